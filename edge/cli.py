@@ -1,0 +1,148 @@
+"""The ``linewatch`` command. Imports are lazy so ``--help`` answers at once, even beside TensorFlow.
+
+Each package adds its own subcommands: ``edge`` the device ones, ``train`` and ``convert``
+the workstation ones when they are installed (the device has no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+from edge import __version__
+from edge.errors import LinewatchError
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  internal error (a bug: please report it with the log)
+  2  usage or configuration error
+  3  input data error (missing folder, unreadable source)
+  4  model error (missing, truncated or unsuitable model file)
+  5  converted model rejected by the parity gate
+  6  MQTT broker unreachable or refused the connection
+  130 interrupted (Ctrl-C)"""
+
+WORKSTATION_COMMANDS = ("train.cli", "convert.cli")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import RunOptions, run
+
+    opts = RunOptions(**{k: v for k, v in vars(args).items() if k in RunOptions.__dataclass_fields__})
+    summary = run(opts)
+    print(json.dumps(summary) if args.json else
+          f"{summary['frames']} frames in {summary['seconds']} s ({summary['fps']} frames/s), "
+          f"{summary['dropped']} dropped, {summary['acknowledged']}/{summary['published']} results "
+          "acknowledged by the broker", flush=True)
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from edge.monitor import monitor
+
+    monitor(args.broker, prefix=args.prefix, protocol=args.protocol, as_json=args.json, count=args.count,
+            timeout=args.timeout)
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge.simulator import write_dataset
+
+    counts = write_dataset(Path(args.out), args.per_class, args.seed)
+    print(f"wrote {sum(counts.values())} images to {args.out}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(args.workdir, per_class=args.per_class, epochs=args.epochs, frames=args.frames)
+
+
+def _add_broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
+    p.add_argument("--prefix", default="linewatch", help="topic prefix (default: linewatch)")
+    p.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="MQTT protocol version")
+
+
+def _edge_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the device daemon: classify frames and publish over MQTT")
+    p.add_argument("--model", required=True, help="the .tflite made by 'linewatch convert'")
+    p.add_argument("--labels", help="labels file, for a .tflite without a model card")
+    p.add_argument("--source", required=True,
+                   help="folder, image or video file, rtsp:// or http:// URL, usb:N, /dev/videoN, "
+                        "picamera:N, conveyor[:SEED]")
+    p.add_argument("--device-id", default=socket.gethostname(), help="device id in topics (default: host name)")
+    _add_broker_args(p)
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file holding the MQTT password (never pass it on the command line)")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    p.add_argument("--fps", type=float, help="pace a folder, file or the conveyor at this frame rate")
+    p.add_argument("--loop", action="store_true", help="repeat a folder or video file")
+    p.add_argument("--once", action="store_true", help="exit when a finite source ends, after all is published")
+    p.add_argument("--max-frames", type=int, help="exit after this many frames")
+    p.add_argument("--top-k", type=int, default=3, help="scores to publish per result")
+    p.add_argument("--json", action="store_true", help="print the exit summary as JSON")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("monitor", help="watch every device on the broker: a line per message")
+    _add_broker_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, help="exit after this many result messages")
+    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.set_defaults(handler=_cmd_monitor)
+
+    p = sub.add_parser("demo-data", help="render the synthetic factory line as a folder-per-class dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--per-class", type=int, default=300, help="images per class (default: 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_demo_data)
+
+    p = sub.add_parser("demo", help="the whole path on this machine: data, train, convert, broker, daemon, subscriber")
+    p.add_argument("--workdir", default="build/demo", help="where artifacts land (default: build/demo)")
+    p.add_argument("--per-class", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--frames", type=int, default=400, help="conveyor frames for the daemon")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linewatch", description="Defect classification on a factory line: train, convert, run on a Pi.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"linewatch {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _edge_commands(sub)
+    for name in WORKSTATION_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a device install without the workstation packages
+            continue
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except LinewatchError as exc:
+        print(f"linewatch {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""``linewatch monitor``: what a subscriber sees, a line per message and a view per device.
+
+It is also the reference subscriber: it checks ``seq`` for gaps, which is how a dashboard
+or PLC bridge tells a lost message from a quiet line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+
+from edge.errors import BrokerError
+from edge.mqtt import connect, make_client, parse_broker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceView:
+    """What the monitor knows of one device."""
+
+    status: str = "unknown"
+    results: int = 0
+    defects: int = 0
+    last_label: str = ""
+    last_seq: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    correct: int = 0
+    with_truth: int = 0
+
+    @property
+    def fps(self) -> float:
+        span = (self.last_ms - self.first_ms) / 1000
+        return (self.results - 1) / span if span > 0 else 0.0
+
+
+class Monitor:
+    """Subscribes to ``<prefix>/+/#`` and keeps a ``DeviceView`` per device id."""
+
+    def __init__(self, prefix: str = "linewatch", as_json: bool = False, out: TextIO = sys.stdout) -> None:
+        self.prefix = prefix
+        self.as_json = as_json
+        self.out = out
+        self.devices: dict[str, DeviceView] = {}
+        self.results = 0
+        self.changed = threading.Condition()
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Account for one message and print its line."""
+        parts = topic.split("/")
+        if len(parts) < 3 or parts[0] != self.prefix:
+            return
+        device, kind = parts[1], "/".join(parts[2:])
+        try:
+            body: Any = json.loads(payload)
+        except ValueError:
+            body = payload.decode("utf-8", "replace")
+        view = self.devices.setdefault(device, DeviceView())
+        line = f"{device} {kind}"
+        if kind == "status" and isinstance(body, dict):
+            view.status = str(body.get("state"))
+            line += f" {view.status}"
+        elif kind == "result" and isinstance(body, dict):
+            self._result(view, body)
+            line += f" #{body.get('seq')} {body.get('label')} {body.get('score')}"
+            if body.get("defect"):
+                line += " DEFECT"
+        with self.changed:
+            if self.as_json:
+                print(json.dumps({"device_id": device, "topic": kind, "payload": body}), file=self.out, flush=True)
+            else:
+                print(line, file=self.out, flush=True)
+            self.changed.notify_all()
+
+    def _result(self, view: DeviceView, body: dict[str, Any]) -> None:
+        seq = int(body.get("seq", 0))
+        if view.last_seq and seq <= view.last_seq:
+            view.duplicates += 1
+            return
+        if view.last_seq and seq > view.last_seq + 1:
+            view.gaps += seq - view.last_seq - 1
+            logger.warning("gap in seq: %d message(s) missing before #%d", seq - view.last_seq - 1, seq)
+        view.last_seq = seq
+        view.results += 1
+        self.results += 1
+        view.last_label = str(body.get("label"))
+        view.labels[view.last_label] = view.labels.get(view.last_label, 0) + 1
+        view.defects += bool(body.get("defect"))
+        view.first_ms = view.first_ms or int(body.get("ts_ms", 0))
+        view.last_ms = int(body.get("ts_ms", 0))
+        if "truth" in body:
+            view.with_truth += 1
+            view.correct += body["truth"] == body.get("label")
+
+
+def monitor(broker: str, prefix: str = "linewatch", protocol: str = "5", as_json: bool = False,
+            count: int | None = None, timeout: float | None = None, out: TextIO = sys.stdout,
+            ready: threading.Event | None = None) -> Monitor:
+    """Print messages until ``count`` results arrived or ``timeout`` passed (or forever)."""
+    view = Monitor(prefix, as_json, out)
+    client = make_client(f"linewatch-monitor-{int(time.time() * 1000) % 100000}", protocol)
+    subscribed = threading.Event()
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        c.subscribe(f"{prefix}/+/#", qos=1)  # again on every reconnect
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = lambda c, u, msg: view.handle(msg.topic, msg.payload)
+    address = parse_broker(broker)
+    connect(client, address)
+    try:
+        if not subscribed.wait(10):
+            raise BrokerError(f"cannot subscribe at {address.host}:{address.port}: is the broker running?")
+        if ready is not None:
+            ready.set()
+        deadline = time.monotonic() + timeout if timeout else None
+        with view.changed:
+            while count is None or view.results < count:
+                left = deadline - time.monotonic() if deadline else 1.0
+                if left <= 0:
+                    break
+                view.changed.wait(min(left, 1.0))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return view

@@ -1,0 +1,55 @@
+"""The one image preparation shared by training, conversion and the device.
+
+Training, calibration and inference must see pixels prepared the same way, or int8
+accuracy collapses. So this is the only place that resizes and reorders channels; the
+model does its own normalization, and gets raw 0..255 pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+ResizeMode = Literal["stretch", "crop", "letterbox"]
+RESIZE_MODES: tuple[str, ...] = ("stretch", "crop", "letterbox")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = "stretch",
+            color_order: str = "RGB") -> np.ndarray:
+    """Resize a BGR (or grey, or BGRA) OpenCV image to ``height x width`` uint8, in ``color_order``."""
+    if bgr.ndim == 2:
+        bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+    elif bgr.shape[2] == 4:
+        bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
+    if bgr.dtype != np.uint8:
+        # 16-bit images: keep the top 8 bits, as a camera's 8-bit output would.
+        bgr = (bgr.astype(np.float32) * (255.0 / np.iinfo(bgr.dtype).max)).astype(np.uint8)
+    h, w = bgr.shape[:2]
+    if resize_mode == "crop":
+        scale = max(width / w, height / h)
+        cw, ch = round(width / scale), round(height / scale)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        bgr = bgr[y0 : y0 + ch, x0 : x0 + cw]
+        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    elif resize_mode == "letterbox":
+        scale = min(width / w, height / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        out = np.zeros((height, width, 3), np.uint8)
+        x0, y0 = (width - nw) // 2, (height - nh) // 2
+        out[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
+    else:
+        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    if color_order == "RGB":
+        out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(out)
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """Decode an image file with OpenCV as BGR; ``None`` when it is unreadable or not an image."""
+    data = np.fromfile(path, np.uint8)
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
