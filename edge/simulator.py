@@ -55,6 +55,8 @@ def _draw_part(img: np.ndarray, part: Part, rng: np.random.Generator) -> None:
     c = (int(round(part.cx)), int(round(part.cy)))
     r = part.radius
     metal = rng.uniform(175, 215)
+    # Defects draw from their own stream, so a part looks the same with or without one.
+    defect_rng = np.random.default_rng(rng.integers(1 << 32))
     tint = np.array([metal, metal * rng.uniform(0.97, 1.02), metal * rng.uniform(0.93, 0.99)])
     cv2.circle(img, c, int(r), tint.tolist(), -1, cv2.LINE_AA)
     cv2.circle(img, c, int(r), (metal * 0.6,) * 3, 1, cv2.LINE_AA)
@@ -70,28 +72,28 @@ def _draw_part(img: np.ndarray, part: Part, rng: np.random.Generator) -> None:
 
     if part.label == "scratch":
         # A straight, thin, dark line across the face of the plate.
-        phi = rng.uniform(0, 2 * math.pi)
-        x0, y0 = on_part(rng.uniform(0.35, 0.55), phi)
-        x1, y1 = on_part(rng.uniform(0.6, 0.9), phi + rng.uniform(0.6, 1.2))
-        shade = metal * rng.uniform(0.3, 0.5)
-        cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), (shade,) * 3, 1, cv2.LINE_AA)
+        phi = defect_rng.uniform(0, 2 * math.pi)
+        x0, y0 = on_part(defect_rng.uniform(0.35, 0.55), phi)
+        x1, y1 = on_part(defect_rng.uniform(0.6, 0.9), phi + defect_rng.uniform(0.6, 1.2))
+        shade = metal * defect_rng.uniform(0.35, 0.55)
+        cv2.line(img, (int(x0), int(y0)), (int(x1), int(y1)), (shade,) * 3, 2, cv2.LINE_AA)
     elif part.label == "crack":
         # A dark, jagged line running in from the rim.
-        phi = rng.uniform(0, 2 * math.pi)
+        phi = defect_rng.uniform(0, 2 * math.pi)
         pts = []
         rho = 1.0
-        while rho > rng.uniform(0.3, 0.45):
-            x, y = on_part(rho, phi + rng.normal(0, 0.08))
+        while rho > defect_rng.uniform(0.3, 0.45):
+            x, y = on_part(rho, phi + defect_rng.normal(0, 0.08))
             pts.append((int(round(x)), int(round(y))))
-            rho -= rng.uniform(0.08, 0.15)
+            rho -= defect_rng.uniform(0.08, 0.15)
         cv2.polylines(img, [np.array(pts, np.int32)], False, (25, 25, 25), 2, cv2.LINE_AA)
     elif part.label == "stain":
         # An irregular oily blob, brownish and darker than the metal.
-        x, y = on_part(rng.uniform(0.35, 0.6), rng.uniform(0, 2 * math.pi))
+        x, y = on_part(defect_rng.uniform(0.35, 0.6), defect_rng.uniform(0, 2 * math.pi))
         for _ in range(3):
-            ax = (max(2, int(r * rng.uniform(0.12, 0.2))), max(2, int(r * rng.uniform(0.08, 0.15))))
-            centre = (int(x + rng.normal(0, 1.5)), int(y + rng.normal(0, 1.5)))
-            cv2.ellipse(img, centre, ax, rng.uniform(0, 180), 0, 360, (60, 85, 105), -1, cv2.LINE_AA)
+            ax = (max(2, int(r * defect_rng.uniform(0.12, 0.2))), max(2, int(r * defect_rng.uniform(0.08, 0.15))))
+            centre = (int(x + defect_rng.normal(0, 1.5)), int(y + defect_rng.normal(0, 1.5)))
+            cv2.ellipse(img, centre, ax, defect_rng.uniform(0, 180), 0, 360, (60, 85, 105), -1, cv2.LINE_AA)
 
 
 def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

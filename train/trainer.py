@@ -74,6 +74,7 @@ def predict_scores(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training and write the run folder; returns the metrics."""
     import keras
+    import tensorflow as tf
 
     from train.model import build_cnn
 
@@ -98,6 +99,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(f"no readable training images under {dataset.root}")
 
     keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()  # the same seed and data give the same model
     model = build_cnn(len(dataset.classes), cfg.height, cfg.width, cfg.width_multiplier)
     steps = max(1, int(np.ceil(len(arrays["train"][0]) / cfg.batch_size))) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, alpha=0.05)

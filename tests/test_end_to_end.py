@@ -1,0 +1,65 @@
+"""The whole path for real: generated data → train → int8 convert → daemon → a subscriber."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge import artifact
+from edge.engine import find_runtime
+from tests.conftest import TrainedModel, linewatch
+from tests.mqtt_helpers import Collector
+
+
+def test_folder_run_publishes_one_correct_result_per_image(trained: TrainedModel, broker) -> None:
+    images = sorted(trained.holdout.rglob("*.jpg"))
+    sub = Collector(broker.url, "linewatch/e2e-folder/#")
+    try:
+        proc = linewatch("run", "--model", str(trained.model), "--source", str(trained.holdout),
+                         "--device-id", "e2e-folder", "--broker", broker.url, "--once", "--json")
+        assert sub.wait_for(lambda s: len(s.on("/result")) >= len(images), timeout=30)
+        results = sub.on("/result")
+    finally:
+        sub.close()
+    assert len(results) == len(images)
+    assert sorted(r["path"] for r in results) == sorted(str(p) for p in images)
+    assert [r["seq"] for r in results] == list(range(1, len(images) + 1))
+    correct = sum(Path(r["path"]).parent.name == r["label"] for r in results)
+    assert correct / len(images) >= 0.9, f"{correct}/{len(images)} right"
+    assert '"acknowledged": %d' % len(images) in proc.stdout
+
+
+def test_int8_model_matches_float_model(trained: TrainedModel) -> None:
+    parity = trained.parity
+    assert parity["accepted"]
+    assert parity["quantized_accuracy"] >= parity["float_accuracy"] - 0.01
+    assert parity["agreement"] >= 0.97
+    assert parity["float_accuracy"] >= 0.9
+
+
+def test_converted_model_is_full_integer(trained: TrainedModel) -> None:
+    model = artifact.load(trained.model)
+    interpreter = find_runtime().Interpreter(model_content=model.flatbuffer)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert list(inp["shape"]) == [1, 96, 128, 3]
+    assert inp["quantization"][0] > 0 and out["quantization"][0] > 0
+
+
+def test_conveyor_run_labels_the_simulated_line(trained: TrainedModel, broker) -> None:
+    sub = Collector(broker.url, "linewatch/e2e-conveyor/#")
+    try:
+        linewatch("run", "--model", str(trained.model), "--source", "conveyor:5", "--device-id", "e2e-conveyor",
+                  "--broker", broker.url, "--max-frames", "120")
+        assert sub.wait_for(lambda s: len(s.on("/result")) >= 120, timeout=30)
+        results = sub.on("/result")
+    finally:
+        sub.close()
+    assert len(results) == 120
+    right = sum(r["truth"] == r["label"] for r in results)
+    assert right / len(results) >= 0.85
+    assert any(r["defect"] for r in results) and not all(r["defect"] for r in results)
+    frame_ids = [r["frame_id"] for r in results]
+    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == len(frame_ids)
