@@ -77,7 +77,7 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         if quantization == "int8":
             sample = calibration_sample(splits["train"], calibration, seed=card["training"]["seed"])
-            x_cal, _, _ = data.load_images(sample, labels, h, w, mode)
+            x_cal, _, _, _ = data.load_images(sample, labels, h, w, mode)
             print(f"calibrating on {len(x_cal)} training images ({len(x_cal) // len(labels)} per class)", flush=True)
 
             def representative():
@@ -92,7 +92,7 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
         flatbuffer = converter.convert()
     convert_seconds = round(time.monotonic() - started, 1)
 
-    x_test, y_test, _ = data.load_images(splits["test"], labels, h, w, mode)
+    x_test, y_test, _, _ = data.load_images(splits["test"], labels, h, w, mode)
     float_scores = predict_scores(model, x_test)
     full_card = {**card, "quantization": quantization, "io_type": io_type if quantization == "int8" else "float32",
                  "calibration_images": calibration if quantization == "int8" else 0}

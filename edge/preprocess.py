@@ -48,8 +48,17 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
 
 
 def read_image(path: str) -> np.ndarray | None:
-    """Decode an image file with OpenCV as BGR; ``None`` when it is unreadable or not an image."""
-    data = np.fromfile(path, np.uint8)
+    """Decode an image file with OpenCV as stored (BGR, grey, BGRA or 16-bit).
+
+    ``None`` when the file is empty, not an image, or a JPEG cut short (OpenCV would
+    otherwise hand back a half-grey picture with only a warning).
+    """
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
     if data.size == 0:
+        return None
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         return None
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)

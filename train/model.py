@@ -1,13 +1,15 @@
 """Architectures. Normalization lives inside the model, so the device feeds raw pixels.
 
 Every layer is one that full-integer quantization handles well: convolutions with batch
-norm (folded at export) and ReLU, pooling, one dense layer, softmax.
+norm (folded at export) and ReLU/ReLU6, pooling, one dense layer, softmax.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import layers
+
+ARCHITECTURES = ("cnn", "mobilenetv2")
 
 
 def build_cnn(num_classes: int, height: int, width: int, width_multiplier: float = 1.0) -> keras.Model:
@@ -31,3 +33,36 @@ def build_cnn(num_classes: int, height: int, width: int, width_multiplier: float
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="scores")(x)
     return keras.Model(inputs, outputs, name="linewatch_cnn")
+
+
+def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplier: float = 1.0,
+                      weights: str | None = None) -> keras.Model:
+    """MobileNetV2 with a ``width_multiplier`` (alpha) and a new classification head.
+
+    ``weights`` is a local file of backbone weights (for example the ImageNet "no top" file
+    for the same alpha): nothing is downloaded at run time. Without it the backbone trains
+    from scratch. The backbone is the layer named ``backbone``, so it can be frozen and
+    partly unfrozen for fine-tuning.
+    """
+    if min(height, width) < 32:
+        raise ValueError("mobilenetv2 needs an input of at least 32x32: use --size 32 or larger")
+    backbone = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=width_multiplier,
+                                              include_top=False, weights=None, pooling="avg")
+    backbone.name = "backbone"
+    if weights:
+        backbone.load_weights(weights)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
+    x = backbone(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="scores")(x)
+    return keras.Model(inputs, outputs, name="linewatch_mobilenetv2")
+
+
+def set_fine_tuning(model: keras.Model, fraction: float) -> None:
+    """Unfreeze the top ``fraction`` of the backbone's layers; batch norm stays frozen."""
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True
+    cut = int(len(backbone.layers) * (1 - fraction))
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)

@@ -1,67 +1,90 @@
-"""Train a classifier from a folder of labeled photos and write a run folder.
+"""Train a classifier from labeled photos and write a run folder.
 
 A run folder holds everything later steps need: ``model.keras``, ``labels.txt``,
-``model_card.json`` (how to feed the model), ``splits.json`` (the exact test images) and
-``metrics.json``. ``linewatch convert`` reads it; nothing else has to be passed along.
+``model_card.json`` (how to feed the model), ``splits.json`` (the exact test images),
+``metrics.json`` and ``report.html`` with its plots. ``linewatch convert`` reads it.
+
+Training is interruptible and resumable: every epoch writes ``checkpoint.keras`` and
+``checkpoint.json``, the best weights so far are kept in ``best.weights.h5``, and Ctrl-C
+finishes the run with the best model so far instead of throwing the work away.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.errors import DataError
+from edge.errors import DataError, UsageError
 from train import data
+from train.augment import DEFAULT_AUGMENT, build_augmenter
 from train.metrics import classification_metrics, good_labels
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT, CHECKPOINT_STATE, BEST_WEIGHTS = "checkpoint.keras", "checkpoint.json", "best.weights.h5"
+
 
 @dataclass
 class TrainConfig:
-    """What a training run is asked to do; recorded in the model card."""
+    """What a training run is asked to do; recorded in the model card and used by ``--resume``."""
 
     data: str
     out: str
-    epochs: int = 30
-    height: int = 96
-    width: int = 128
+    epochs: int = 40
+    size: tuple[int, int] | None = None  # (height, width); None: chosen from the photos
     resize_mode: str = "stretch"
     batch_size: int = 32
     learning_rate: float = 2e-3
     patience: int = 8
-    width_multiplier: float = 1.0
+    architecture: str = "cnn"
+    width: float = 1.0
+    weights: str | None = None
+    fine_tune_epochs: int = 10
+    fine_tune_fraction: float = 0.3
+    augment: tuple[str, ...] = DEFAULT_AUGMENT
+    augment_strength: float = 0.5
+    class_weights: str = "auto"  # auto (when unbalanced), on, off
     seed: int = 0
+    report: bool = True
 
 
-def _tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augment: bool):
+@dataclass
+class _State:
+    """What survives between epochs, and between a run and its ``--resume``."""
+
+    epoch: int = 0
+    stage: int = 0  # index into the stages: train, then fine-tune
+    stage_start: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    wait: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augmenter=None):
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if augment:
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if augmenter is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch)
-    if augment:
-        def flip(images, labels):
-            images = tf.cast(images, tf.float32)
-            images = tf.image.random_flip_left_right(images)
-            images = tf.image.random_flip_up_down(images)
-            return images, labels
-        ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is not None:
+        ds = ds.map(lambda images, labels: (augmenter(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _class_weights(y: np.ndarray, n: int) -> dict[int, float] | None:
-    """Inverse-frequency weights when the classes are unbalanced (largest over smallest > 1.5)."""
+def class_weights(y: np.ndarray, n: int, mode: str = "auto") -> dict[int, float] | None:
+    """Inverse-frequency weights: always with ``on``, with ``auto`` when largest/smallest > 1.5."""
     counts = np.bincount(y, minlength=n).astype(float)
-    if counts.min() == 0 or counts.max() / counts.min() <= 1.5:
+    if mode == "off" or counts.min() == 0 or (mode == "auto" and counts.max() / counts.min() <= 1.5):
         return None
     return {i: float(counts.sum() / (n * c)) for i, c in enumerate(counts)}
 
@@ -71,54 +94,154 @@ def predict_scores(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return model.predict(x.astype(np.float32), batch_size=batch, verbose=0)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run one training and write the run folder; returns the metrics."""
+def _make_checkpointer(out: Path, state: _State, patience: int):
+    """A callback that keeps the best weights, stops early, and checkpoints every epoch."""
+    import keras
+
+    class Checkpointer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            for key, value in logs.items():
+                state.history.setdefault(key, []).append(float(value))
+            state.epoch = epoch + 1
+            val_loss = float(logs.get("val_loss", math.inf))
+            if val_loss < state.best_val_loss - 1e-4:
+                state.best_val_loss, state.best_epoch, state.wait = val_loss, epoch + 1, 0
+                self.model.save_weights(out / BEST_WEIGHTS)
+            else:
+                state.wait += 1
+                if state.wait >= patience:
+                    print(f"early stop: no better validation loss for {patience} epochs; "
+                          f"best was epoch {state.best_epoch}", flush=True)
+                    self.model.stop_training = True
+            self.model.save(out / CHECKPOINT)
+            (out / CHECKPOINT_STATE).write_text(json.dumps(asdict(state)))
+
+    return Checkpointer()
+
+
+def _compile(model: Any, learning_rate: float, steps: int) -> None:
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def _build(cfg: TrainConfig, classes: int, height: int, width: int) -> Any:
+    from train.model import build_cnn, build_mobilenetv2
+
+    if cfg.architecture == "cnn":
+        return build_cnn(classes, height, width, cfg.width)
+    try:
+        model = build_mobilenetv2(classes, height, width, cfg.width, cfg.weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if cfg.weights:  # stage one trains the new head on a frozen backbone
+        model.get_layer("backbone").trainable = False
+    return model
+
+
+def _load_config(out: Path) -> TrainConfig:
+    raw = json.loads((out / "train_config.json").read_text())
+    raw["augment"] = tuple(raw["augment"])
+    raw["size"] = tuple(raw["size"]) if raw["size"] else None
+    return TrainConfig(**raw)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run one training (or resume one) and write the run folder; returns the metrics."""
     import keras
     import tensorflow as tf
 
-    from train.model import build_cnn
+    from train.model import set_fine_tuning
 
     started = time.monotonic()
     out = Path(cfg.out)
+    resuming = resume and (out / CHECKPOINT_STATE).is_file()
+    if resume and not resuming:
+        raise DataError(f"nothing to resume in {out}: no {CHECKPOINT_STATE} there; train without --resume")
+    if resuming:
+        cfg = _load_config(out)  # the run goes on as it was started
     out.mkdir(parents=True, exist_ok=True)
-    dataset = data.scan(cfg.data)
-    counts = dataset.counts()
-    print(f"dataset {dataset.root}: {len(dataset.items)} images, "
-          + ", ".join(f"{c} {n}" for c, n in counts.items())
-          + f" (largest/smallest {max(counts.values()) / max(1, min(counts.values())):.1f}x)", flush=True)
-    splits = data.stratified_split(dataset.items, cfg.seed)
-    data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
 
-    arrays = {}
-    skipped: list[tuple[str, str]] = []
+    dataset = data.scan(cfg.data)
+    print(dataset.summary(), flush=True)
+    if resuming:
+        splits = data.load_splits(out / "splits.json")
+    else:
+        splits = data.split(dataset, cfg.seed)
+        data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
+    height, width = cfg.size or data.auto_size(splits["train"])
+    cfg.size = (height, width)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped = list(dataset.skipped)
     for name, items in splits.items():
-        x, y, bad = data.load_images(items, dataset.classes, cfg.height, cfg.width, cfg.resize_mode)
+        x, y, _, bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
         arrays[name] = (x, y)
         skipped += bad
-    if len(arrays["train"][0]) == 0:
-        raise DataError(f"no readable training images under {dataset.root}")
+    if len(arrays["train"][0]) == 0 or len(arrays["val"][0]) == 0:
+        raise DataError(f"no readable training or validation images under {dataset.root}")
+    print(f"input {height}x{width} ({cfg.resize_mode}), {cfg.architecture} width {cfg.width}, "
+          f"{len(arrays['train'][0])} train / {len(arrays['val'][0])} val / {len(arrays['test'][0])} test images",
+          flush=True)
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # the same seed and data give the same model
-    model = build_cnn(len(dataset.classes), cfg.height, cfg.width, cfg.width_multiplier)
-    steps = max(1, int(np.ceil(len(arrays["train"][0]) / cfg.batch_size))) * cfg.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    weights = _class_weights(arrays["train"][1], len(dataset.classes))
-    history = model.fit(
-        _tf_dataset(*arrays["train"], cfg.batch_size, cfg.seed, augment=True),
-        validation_data=_tf_dataset(*arrays["val"], cfg.batch_size, cfg.seed, augment=False),
-        epochs=cfg.epochs, class_weight=weights, verbose=2, shuffle=False,  # the dataset shuffles itself
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                 restore_best_weights=True)],
-    )
+    state = _State()
+    if resuming:
+        state = _State(**json.loads((out / CHECKPOINT_STATE).read_text()))
+        model = keras.models.load_model(out / CHECKPOINT)
+        print(f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})", flush=True)
+    else:
+        model = _build(cfg, len(dataset.classes), height, width)
+    weights = class_weights(arrays["train"][1], len(dataset.classes), cfg.class_weights)
+    if weights:
+        print("class weights: " + ", ".join(f"{dataset.classes[i]} {w:.2f}" for i, w in weights.items()), flush=True)
+    train_ds = _tf_dataset(*arrays["train"], cfg.batch_size, cfg.seed,
+                           build_augmenter(cfg.augment, cfg.augment_strength, cfg.seed))
+    val_ds = _tf_dataset(*arrays["val"], cfg.batch_size, cfg.seed)
+    steps_per_epoch = math.ceil(len(arrays["train"][0]) / cfg.batch_size)
+    fine_tune = cfg.architecture == "mobilenetv2" and bool(cfg.weights) and cfg.fine_tune_epochs > 0
+    stages = [("train", cfg.epochs, cfg.learning_rate)]
+    if fine_tune:
+        stages.append(("fine-tune", cfg.fine_tune_epochs, cfg.learning_rate / 10))
+
+    interrupted = False
+    try:
+        for index, (stage, stage_epochs, learning_rate) in enumerate(stages):
+            if index < state.stage:
+                continue
+            if index > state.stage or not resuming:  # entering the stage; a resumed one keeps its optimizer
+                state.stage, state.stage_start, state.wait = index, state.epoch, 0
+                if stage == "fine-tune":
+                    print(f"fine-tuning the top {cfg.fine_tune_fraction:.0%} of the backbone at learning rate "
+                          f"{learning_rate:g}", flush=True)
+                    model.load_weights(out / BEST_WEIGHTS)
+                    set_fine_tuning(model, cfg.fine_tune_fraction)
+                _compile(model, learning_rate, steps_per_epoch * stage_epochs)
+            if state.wait < cfg.patience:  # a resumed stage may have stopped early already
+                model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
+                          epochs=state.stage_start + stage_epochs, class_weight=weights, verbose=2,
+                          shuffle=False,  # the dataset shuffles itself
+                          callbacks=[_make_checkpointer(out, state, cfg.patience)])
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})", flush=True)
+    if not (out / BEST_WEIGHTS).is_file():
+        raise DataError("training stopped before the first epoch ended: nothing to keep")
+    model.load_weights(out / BEST_WEIGHTS)
     model.save(out / "model.keras")
     (out / "labels.txt").write_text("\n".join(dataset.classes) + "\n")
 
     x_test, y_test = arrays["test"]
-    metrics = {"test": classification_metrics(y_test, predict_scores(model, x_test), dataset.classes),
-               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    scores = predict_scores(model, x_test)
+    metrics = {"test": classification_metrics(y_test, scores, dataset.classes),
+               "history": state.history,
+               "best_epoch": state.best_epoch,
+               "interrupted": interrupted,
                "skipped": [{"path": p, "reason": r} for p, r in skipped],
                "train_seconds": round(time.monotonic() - started, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -126,20 +249,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "name": out.name or "linewatch-model",
         "version": datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "architecture": "cnn",
-        "input": {"height": cfg.height, "width": cfg.width, "channels": 3, "color_order": "RGB",
+        "architecture": cfg.architecture,
+        "input": {"height": height, "width": width, "channels": 3, "color_order": "RGB",
                   "resize_mode": cfg.resize_mode, "range": [0, 255]},
         "labels": dataset.classes,
         "good_labels": good_labels(dataset.classes),
         "thresholds": {c: 0.5 for c in dataset.classes},
-        "dataset": {"fingerprint": dataset.fingerprint(), "counts": counts},
+        "dataset": {"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
         "training": asdict(cfg),
         "metrics": {"test_accuracy": metrics["test"]["accuracy"],
-                    "defect_miss_rate": metrics["test"]["defect"]["miss_rate"]},
+                    "defect_miss_rate": metrics["test"]["defect"]["miss_rate"],
+                    "false_alarm_rate": metrics["test"]["defect"]["false_alarm_rate"]},
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    if cfg.report:
+        from train.report import write_report
+
+        write_report(out, f"linewatch training report: {out.name}", metrics["test"], dataset.classes, x_test,
+                     y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary())
     test = metrics["test"]
     print(f"test accuracy {test['accuracy']:.4f} on {test['count']} images, defect miss rate "
           f"{test['defect']['miss_rate']:.4f}, false alarms {test['defect']['false_alarm_rate']:.4f}; "
           f"run folder {out} ({metrics['train_seconds']} s)", flush=True)
     return metrics
+
