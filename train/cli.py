@@ -69,10 +69,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        test = result["test"]
-        print(f"accuracy {test['accuracy']:.4f} on {test['count']} images, defect miss rate "
-              f"{test['defect']['miss_rate']:.4f}, false alarms {test['defect']['false_alarm_rate']:.4f}; "
-              f"report in {result['report']}")
+        from train.metrics import describe
+
+        print(f"{describe(result['test'])}; report in {result['report']}")
     return 0
 
 

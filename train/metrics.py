@@ -14,6 +14,15 @@ import numpy as np
 GOOD_LABELS = ("ok", "good", "pass", "empty", "normal")
 
 
+def describe(metrics: dict[str, Any]) -> str:
+    """The one line people read: accuracy, and the defect roll-up when there is one."""
+    text = f"accuracy {metrics['accuracy']:.4f} on {metrics['count']} images"
+    d = metrics["defect"]
+    if d["miss_rate"] is not None:
+        text += f", defect miss rate {d['miss_rate']:.4f}, false alarms {d['false_alarm_rate']:.4f}"
+    return text
+
+
 def good_labels(classes: list[str]) -> list[str]:
     """The classes that are not defects, by their usual names."""
     return [c for c in classes if c.lower() in GOOD_LABELS]
@@ -55,6 +64,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list
     is_good = np.isin(names[y_true], good)
     called_good = np.isin(names[y_pred], good)
     defects = int((~is_good).sum())
+    rollup = bool(good)  # without a good class there is no "defect vs good" to roll up
     return {
         "accuracy": top_k["1"],
         "top_k_accuracy": top_k,
@@ -65,7 +75,8 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list
         "defect": {
             "good_labels": list(good),
             "defects": defects,
-            "miss_rate": float((called_good & ~is_good).sum() / defects) if defects else 0.0,
-            "false_alarm_rate": float((~called_good & is_good).sum() / is_good.sum()) if is_good.sum() else 0.0,
+            "miss_rate": (float((called_good & ~is_good).sum() / defects) if defects else 0.0) if rollup else None,
+            "false_alarm_rate": (float((~called_good & is_good).sum() / is_good.sum()) if is_good.sum() else 0.0)
+            if rollup else None,
         },
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from train.metrics import pr_curve
+from train.metrics import describe, pr_curve
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +127,8 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,t
 img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(summary)}</p>
-<p class="big">Accuracy <b>{metrics['accuracy']:.4f}</b> on {metrics['count']} images ·
-defect miss rate <b>{d['miss_rate']:.4f}</b> · false-alarm rate <b>{d['false_alarm_rate']:.4f}</b></p>
-<p>Good classes: {html.escape(', '.join(d['good_labels']) or 'none named ok/good/pass/empty/normal')};
+<p class="big">{html.escape(describe(metrics))}</p>
+<p>Good classes: {html.escape(', '.join(d['good_labels']) or 'none (no class is named ok, good, pass, empty or normal), so there is no defect roll-up')};
 every other class counts as a defect. Top-k accuracy: {', '.join(f'top-{k} {v:.4f}' for k, v in metrics['top_k_accuracy'].items())}.
 Macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, F1 {metrics['macro']['f1']:.4f}.</p>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th></tr>{rows}</table>

@@ -25,7 +25,7 @@ import numpy as np
 from edge.errors import DataError, UsageError
 from train import data
 from train.augment import DEFAULT_AUGMENT, build_augmenter
-from train.metrics import classification_metrics, good_labels
+from train.metrics import classification_metrics, describe, good_labels
 
 logger = logging.getLogger(__name__)
 
@@ -267,9 +267,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
         write_report(out, f"linewatch training report: {out.name}", metrics["test"], dataset.classes, x_test,
                      y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary())
-    test = metrics["test"]
-    print(f"test accuracy {test['accuracy']:.4f} on {test['count']} images, defect miss rate "
-          f"{test['defect']['miss_rate']:.4f}, false alarms {test['defect']['false_alarm_rate']:.4f}; "
-          f"run folder {out} ({metrics['train_seconds']} s)", flush=True)
+    print(f"test {describe(metrics['test'])}; run folder {out} ({metrics['train_seconds']} s)", flush=True)
     return metrics
 

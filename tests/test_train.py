@@ -1,0 +1,158 @@
+"""Training for real, on tiny data: determinism, resume after Ctrl-C, class weights, backbones, tuning, reports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.simulator import write_dataset
+from tests.conftest import ENV, ROOT, TrainedModel, linewatch
+from train.trainer import TrainConfig, class_weights, train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    write_dataset(folder, per_class=10, seed=4)
+    return folder
+
+
+def _weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(run / "model.keras").get_weights()
+
+
+def test_same_seed_same_model(tiny: Path, tmp_path: Path) -> None:
+    runs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        train(TrainConfig(data=str(tiny), out=str(tmp_path / name), epochs=2, size=(32, 32), seed=seed, report=False))
+        runs.append(_weights(tmp_path / name))
+    assert all(np.array_equal(x, y) for x, y in zip(runs[0], runs[1]))
+    assert not all(np.array_equal(x, y) for x, y in zip(runs[0], runs[2]))
+    assert (tmp_path / "a" / "splits.json").read_text() == (tmp_path / "b" / "splits.json").read_text()
+
+
+def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(tiny: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "train", str(tiny), "-o", str(run), "--epochs", "60",
+                             "--patience", "60", "--size", "32"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = run / "checkpoint.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["epoch"] >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: keeping the best model so far" in out
+    stopped_at = json.loads(state.read_text())["epoch"]
+    assert 3 <= stopped_at < 60
+    assert (run / "model.keras").is_file() and json.loads((run / "metrics.json").read_text())["interrupted"]
+    history = json.loads((run / "metrics.json").read_text())["history"]["loss"]
+
+    resumed = linewatch("train", str(tiny), "-o", str(run), "--resume")
+    assert f"resuming after epoch {stopped_at}" in resumed.stdout
+    final = json.loads((run / "metrics.json").read_text())
+    assert len(final["history"]["loss"]) == 60 and not final["interrupted"]
+    assert final["history"]["loss"][:stopped_at] == history[:stopped_at]
+
+
+def test_resume_without_a_checkpoint_is_an_error(tiny: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "new"), "--resume", check=False)
+    assert proc.returncode == 3 and "nothing to resume" in proc.stderr
+
+
+def test_class_weights_favour_rare_classes() -> None:
+    y = np.array([0] * 90 + [1] * 10)
+    weights = class_weights(y, 2)
+    assert weights is not None and weights[1] == pytest.approx(9 * weights[0])
+    assert class_weights(np.array([0] * 50 + [1] * 45), 2) is None
+    assert class_weights(np.array([0] * 50 + [1] * 45), 2, "on") is not None
+    assert class_weights(y, 2, "off") is None
+
+
+def test_unbalanced_data_trains_with_class_weights(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "d", per_class=12, seed=2)
+    for f in sorted((tmp_path / "d" / "crack").glob("*.jpg"))[4:]:
+        f.unlink()
+    proc = linewatch("train", str(tmp_path / "d"), "-o", str(tmp_path / "run"), "--epochs", "1", "--size", "32")
+    # 34 training images, 2 of them cracks: inverse frequency gives crack 34 / (5 * 2) = 3.4.
+    assert "class weights: crack 3.40, empty 0.85" in proc.stdout, proc.stdout
+
+
+def test_mobilenetv2_loads_local_weights_and_fine_tunes(tiny: Path, tmp_path: Path) -> None:
+    from train.model import build_mobilenetv2
+
+    donor = build_mobilenetv2(5, 32, 32, 0.35)
+    weights = tmp_path / "backbone.weights.h5"
+    donor.get_layer("backbone").save_weights(weights)
+    metrics = train(TrainConfig(data=str(tiny), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1,
+                                size=(32, 32), architecture="mobilenetv2", width=0.35, weights=str(weights),
+                                report=False))
+    assert len(metrics["history"]["loss"]) == 2  # one epoch of head training, one of fine-tuning
+    import keras
+
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert model.name == "linewatch_mobilenetv2"
+    assert json.loads((tmp_path / "run" / "model_card.json").read_text())["architecture"] == "mobilenetv2"
+
+
+def test_missing_weights_file_is_named(tiny: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "r"), "--architecture", "mobilenetv2",
+                     "--weights", str(tmp_path / "imagenet.h5"), check=False)
+    assert proc.returncode == 2 and "imagenet.h5" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_augmentation_is_a_usage_error(tiny: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "r"), "--augment", "rotate,blur", check=False)
+    assert proc.returncode == 2 and "unknown augmentation blur" in proc.stderr
+
+
+def test_tune_keeps_the_best_run(tiny: Path, tmp_path: Path) -> None:
+    proc = linewatch("tune", str(tiny), "-o", str(tmp_path / "tune"), "--budget", "2", "--epochs", "1")
+    result = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert len(result["runs"]) == 2
+    assert len({(r["learning_rate"], r["width"]) for r in result["runs"]}) == 2
+    best = max(result["runs"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert result["best"] == best["run"]
+    assert (tmp_path / "tune" / "best" / "model.keras").is_file()
+    assert "<- best" in proc.stdout
+
+
+def test_run_folder_has_report_and_documented_metrics(trained: TrainedModel) -> None:
+    for name in ("model.keras", "labels.txt", "model_card.json", "splits.json", "metrics.json", "report.html"):
+        assert (trained.run / name).stat().st_size > 0, name
+    for name in ("learning_curves.png", "confusion_matrix.png", "pr_curves.png", "misclassified.png"):
+        png = (trained.run / name).read_bytes()
+        assert png.startswith(PNG) and len(png) > 5000, name
+        assert name in (trained.run / "report.html").read_text()
+    metrics = json.loads((trained.run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert 0 <= test["accuracy"] <= 1 and set(test["per_class"]) == set((trained.run / "labels.txt").read_text().split())
+    assert {"miss_rate", "false_alarm_rate"} <= set(test["defect"])
+    card = json.loads((trained.run / "model_card.json").read_text())
+    assert card["input"]["resize_mode"] == "stretch" and card["dataset"]["fingerprint"]
+
+
+def test_evaluate_scores_keras_and_tflite_alike(trained: TrainedModel, tmp_path: Path) -> None:
+    results = {}
+    for name, model in (("keras", trained.run / "model.keras"), ("tflite", trained.model)):
+        proc = linewatch("evaluate", str(model), str(trained.run), "-o", str(tmp_path / name), "--json")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert json.loads((tmp_path / name / "metrics.json").read_text()) == results[name]
+        assert (tmp_path / name / "report.html").is_file()
+    keras_test, tflite_test = results["keras"]["test"], results["tflite"]["test"]
+    assert keras_test.keys() == tflite_test.keys()
+    assert keras_test["count"] == tflite_test["count"] == trained.parity["test_images"]
+    assert keras_test["accuracy"] == pytest.approx(trained.parity["float_accuracy"])
+    assert tflite_test["accuracy"] == pytest.approx(trained.parity["quantized_accuracy"])
