@@ -1,9 +1,10 @@
-"""Full-integer post-training quantization, with a parity gate against the float model.
+"""Post-training quantization with an op audit and a parity gate against the float model.
 
 Most edge projects lose accuracy here without noticing: calibration images prepared
-differently from training, too few of them, or float ops left behind. So calibration
-uses a class-stratified sample of the run's own training split prepared by the same code
-as training, and the result is checked on the run's own test split before it is written.
+differently from training, too few of them, or float ops left behind that an Edge TPU
+cannot run. So calibration uses a class-stratified sample of the run's own training split,
+prepared by the same code as training; the converted graph is audited op by op; and the
+result is checked on the run's own test split before it is written.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge import artifact
+from edge import artifact, audit
 from edge.engine import Engine
 from edge.errors import DataError, GateError, ModelError
 from train import data
@@ -27,95 +30,71 @@ from train.trainer import predict_scores
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("int8", "float32")
+QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
 
 
-def calibration_sample(items: list[tuple[str, str]], count: int, seed: int) -> list[tuple[str, str]]:
+def calibration_sample(items: list[data.Item], count: int, seed: int) -> list[data.Item]:
     """Up to ``count`` images, the same share from every class, shuffled; never the first N files."""
-    by_class: dict[str, list[tuple[str, str]]] = {}
+    by_class: dict[str, list[data.Item]] = {}
     for item in items:
         by_class.setdefault(item[1], []).append(item)
     rng = random.Random(seed)
     per_class = max(1, count // max(1, len(by_class)))
-    sample: list[tuple[str, str]] = []
+    sample: list[data.Item] = []
     for members in by_class.values():
         sample += rng.sample(members, min(per_class, len(members)))
     rng.shuffle(sample)
     return sample[:count]
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    if not (run_dir / "model.keras").is_file():
-        raise DataError(f"{run_dir} is not a run folder (no model.keras): pass the -o folder of 'linewatch train'")
-    card = json.loads((run_dir / "model_card.json").read_text())
-    return card, artifact.read_labels(run_dir / "labels.txt")
+def tflite_bytes(saved_model: str, quantization: str, io_type: str = "int8",
+                 calibration: np.ndarray | None = None, per_tensor: bool = False) -> bytes:
+    """Convert an exported SavedModel (the robust route with Keras 3) with one quantization.
 
-
-def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io_type: str = "int8",
-            calibration: int = 300, max_drop: float = 1.0) -> dict[str, Any]:
-    """Convert a run folder's model, check it against the float model, write the artifact.
-
-    Raises ``GateError`` (after writing nothing) when accuracy drops more than ``max_drop``
-    points or any class's recall more than 3 points.
+    ``per_tensor`` gives int8 weights one scale per tensor instead of one per output channel:
+    a smaller file (per-channel parameters are about 12 bytes a channel) at some accuracy
+    cost, which the parity gate measures.
     """
-    import keras
     import tensorflow as tf
 
-    run_dir, out = Path(run_dir), Path(out)
-    card, labels = _read_run(run_dir)
-    inp = card["input"]
-    h, w, mode = inp["height"], inp["width"], inp["resize_mode"]
-    splits = data.load_splits(run_dir / "splits.json")
-    model = keras.models.load_model(run_dir / "model.keras")
-    if len(model.outputs) != 1 or model.outputs[0].shape[-1] != len(labels):
-        raise ModelError(f"{run_dir}/model.keras does not output one vector of {len(labels)} class scores")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        if calibration is None or not len(calibration):
+            raise DataError("int8 needs calibration images and none could be read")
 
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        # The SavedModel route is the robust one with Keras 3.
-        model.export(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if quantization == "int8":
-            sample = calibration_sample(splits["train"], calibration, seed=card["training"]["seed"])
-            x_cal, _, _, _ = data.load_images(sample, labels, h, w, mode)
-            print(f"calibrating on {len(x_cal)} training images ({len(x_cal) // len(labels)} per class)", flush=True)
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
 
-            def representative():
-                for image in x_cal:
-                    yield [image[None].astype(np.float32)]
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8 if io_type == "int8" else tf.uint8
+        converter.inference_output_type = converter.inference_input_type
+        converter._experimental_disable_per_channel = per_tensor  # the converter's only switch for it
+    return converter.convert()
 
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8 if io_type == "int8" else tf.uint8
-            converter.inference_output_type = converter.inference_input_type
-        flatbuffer = converter.convert()
-    convert_seconds = round(time.monotonic() - started, 1)
 
-    x_test, y_test, _, _ = data.load_images(splits["test"], labels, h, w, mode)
-    float_scores = predict_scores(model, x_test)
-    full_card = {**card, "quantization": quantization, "io_type": io_type if quantization == "int8" else "float32",
-                 "calibration_images": calibration if quantization == "int8" else 0}
-    packed = artifact.pack(flatbuffer, full_card, labels)
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as tmp_model:
-        tmp_model.write(packed)
-        tmp_model.flush()
-        engine = Engine(artifact.load(tmp_model.name))
-        quant_scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
-    parity = parity_report(y_test, float_scores, quant_scores, labels)
-    parity["convert_seconds"] = convert_seconds
-    failures = gate(parity, max_drop)
-    parity["accepted"] = not failures
-    full_card["parity"] = {k: v for k, v in parity.items() if k != "per_class_recall"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if failures:
-        rejected = out.with_suffix(".rejected.tflite")
-        rejected.write_bytes(artifact.pack(flatbuffer, full_card, labels))
-        raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). Try more calibration "
-                        "images (--calibration), another width, or quantization-aware training")
-    out.write_bytes(artifact.pack(flatbuffer, full_card, labels))
-    out.with_suffix(".parity.json").write_text(json.dumps(parity, indent=1))
-    return parity
+def _engine(flatbuffer: bytes, labels: list[str], card: dict[str, Any], threads: int | None = None) -> Engine:
+    return Engine(artifact.ModelArtifact(Path("<converted>"), flatbuffer, card, labels), num_threads=threads)
+
+
+def latency_ms(engine: Engine, image: np.ndarray, runs: int = 100) -> dict[str, float]:
+    """Invoke latency on this host, p50 and p99, after a warm-up."""
+    tensor = engine.quantize(image)
+    for _ in range(10):
+        engine.invoke(tensor)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        engine.invoke(tensor)
+        times.append(1000 * (time.perf_counter() - t))
+    return {"p50": round(float(np.percentile(times, 50)), 3), "p99": round(float(np.percentile(times, 99)), 3)}
 
 
 def parity_report(y: np.ndarray, float_scores: np.ndarray, quant_scores: np.ndarray,
@@ -149,3 +128,134 @@ def gate(parity: dict[str, Any], max_drop: float, max_class_drop: float = 3.0) -
         if class_drop > limit:
             failures.append(f"recall of '{label}' dropped {class_drop:.1f} points (limit {limit:.1f})")
     return failures
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    if not (run_dir / "model.keras").is_file():
+        raise DataError(f"{run_dir} is not a run folder (no model.keras): pass the -o folder of 'linewatch train'")
+    card = json.loads((run_dir / "model_card.json").read_text())
+    return card, artifact.read_labels(run_dir / "labels.txt")
+
+
+def _edgetpu_compile(out: Path, flatbuffer: bytes, card: dict[str, Any], labels: list[str]) -> Path | None:
+    """Run ``edgetpu_compiler`` when it is installed; the result carries the same card."""
+    compiler = shutil.which("edgetpu_compiler")
+    if compiler is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = Path(tmp) / out.name
+        bare.write_bytes(flatbuffer)
+        proc = subprocess.run([compiler, "-s", "-o", tmp, str(bare)], capture_output=True, text=True)
+        compiled = Path(tmp) / f"{out.stem}_edgetpu.tflite"
+        if proc.returncode != 0 or not compiled.is_file():
+            logger.warning("edgetpu_compiler failed: %s", proc.stdout[-500:] + proc.stderr[-500:])
+            return None
+        target = out.with_name(f"{out.stem}_edgetpu.tflite")
+        target.write_bytes(artifact.pack(compiled.read_bytes(), {**card, "delegate": "edgetpu"}, labels))
+        return target
+
+
+def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io_type: str = "int8",
+            calibration: int = 300, max_drop: float = 1.0, allow_float_ops: bool = False, compare: bool = True,
+            calibration_images: np.ndarray | None = None, per_tensor: bool = False) -> dict[str, Any]:
+    """Convert a run folder's model, audit and check it, write the artifact and its report.
+
+    ``calibration_images`` (uint8, N x H x W x 3, prepared like training) replaces the
+    stratified sample of the training split. Raises ``GateError`` when the parity gate or
+    the op audit rejects the model; the rejected model is kept as ``*.rejected.tflite``.
+    """
+    import keras
+
+    run_dir, out = Path(run_dir), Path(out)
+    if quantization not in QUANTIZATIONS:
+        raise DataError(f"unknown quantization {quantization}: choose from {', '.join(QUANTIZATIONS)}")
+    card, labels = _read_run(run_dir)
+    inp = card["input"]
+    h, w, mode = inp["height"], inp["width"], inp["resize_mode"]
+    splits = data.load_splits(run_dir / "splits.json")
+    try:
+        model = keras.models.load_model(run_dir / "model.keras")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {run_dir / 'model.keras'}: {str(exc).splitlines()[0]}") from None
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2 or model.outputs[0].shape[-1] != len(labels):
+        raise ModelError(f"{run_dir / 'model.keras'} does not output one vector of {len(labels)} class scores")
+
+    if quantization == "int8" or compare:
+        if calibration_images is None:
+            sample = calibration_sample(splits["train"], calibration, seed=card["training"]["seed"])
+            calibration_images, _, _, _ = data.load_images(sample, labels, h, w, mode)
+        print(f"calibrating on {len(calibration_images)} training images, stratified by class", flush=True)
+    x_test, y_test, _, _ = data.load_images(splits["test"], labels, h, w, mode)
+    float_scores = predict_scores(model, x_test)
+
+    wanted = [quantization] + ([q for q in QUANTIZATIONS if q != quantization] if compare else [])
+    comparison: list[dict[str, Any]] = []
+    target: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, verbose=False)
+        for step, q in enumerate(wanted, start=1):
+            started = time.monotonic()
+            print(f"[{step}/{len(wanted)}] converting to {q}", flush=True)
+            flatbuffer = tflite_bytes(saved_model, q, io_type, calibration_images, per_tensor)
+            engine = _engine(flatbuffer, labels, card)
+            scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
+            row = {"quantization": q, "bytes": len(flatbuffer),
+                   "accuracy": classification_metrics(y_test, scores, labels)["accuracy"],
+                   "latency_ms": {"1_thread": latency_ms(_engine(flatbuffer, labels, card, 1), x_test[0]),
+                                  f"{engine.num_threads}_threads": latency_ms(engine, x_test[0])},
+                   "convert_seconds": round(time.monotonic() - started, 1)}
+            comparison.append(row)
+            if q == quantization:
+                target = {"flatbuffer": flatbuffer, "scores": scores}
+
+    flatbuffer = target["flatbuffer"]
+    bare = artifact.ModelArtifact(out, flatbuffer, card, labels)
+    op_list = audit.ops(bare)
+    parity = parity_report(y_test, float_scores, target["scores"], labels)
+    failures = gate(parity, max_drop)
+    float_ops = sorted({op.name for op in op_list if op.is_float})
+    if quantization == "int8" and float_ops:
+        message = f"float ops remain in the int8 model: {', '.join(float_ops)}"
+        if allow_float_ops:
+            logger.warning("%s (allowed by --allow-float-ops)", message)
+        else:
+            failures.append(message + " (--allow-float-ops to accept)")
+    not_on_tpu = sorted({op.name for op in op_list if not op.edgetpu})
+    io = audit.io_details(bare)
+    parity["accepted"] = not failures
+    full_card = {**card, "quantization": quantization, "per_tensor": per_tensor, "io": io,
+                 "calibration_images": int(len(calibration_images)) if quantization == "int8" else 0,
+                 "parity": {k: v for k, v in parity.items() if k != "per_class_recall"}}
+    report = {"parity": parity, "quantizations": comparison, "ops": audit.summary(op_list),
+              "edgetpu_unsupported_ops": not_on_tpu, "io": io, "failures": failures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print_report(report)
+    if failures:
+        rejected = out.with_suffix(".rejected.tflite")
+        rejected.write_bytes(artifact.pack(flatbuffer, {**full_card, "rejected": failures}, labels))
+        out.with_suffix(".rejected.report.json").write_text(json.dumps(report, indent=1))
+        raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). Try more calibration "
+                        "images (--calibration), another width, or quantization-aware training")
+    out.write_bytes(artifact.pack(flatbuffer, full_card, labels))
+    if quantization == "int8":
+        report["edgetpu_model"] = str(_edgetpu_compile(out, flatbuffer, full_card, labels) or "")
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The comparison table and the audit, for the terminal."""
+    rows = report["quantizations"]
+    threads = [k for k in rows[0]["latency_ms"]]
+    print("\nquantization   size KiB   accuracy   " + "   ".join(f"p50/p99 ms {t.replace('_', ' ')}" for t in threads))
+    for r in rows:
+        lat = "   ".join(f"{r['latency_ms'][t]['p50']:>7.3f}/{r['latency_ms'][t]['p99']:<7.3f}     " for t in threads)
+        print(f"{r['quantization']:<14} {r['bytes'] / 1024:>8.1f}   {r['accuracy']:.4f}     {lat}")
+    p = report["parity"]
+    print(f"parity: float {p['float_accuracy']:.4f}, converted {p['quantized_accuracy']:.4f}, "
+          f"top-1 agreement {p['agreement']:.4f} on {p['test_images']} test images")
+    ops = ", ".join(f"{o['op']} x{o['count']}" for o in report["ops"])
+    print(f"ops: {ops}")
+    unsupported = report["edgetpu_unsupported_ops"]
+    print("Edge TPU: every op can be mapped" if not unsupported else
+          f"Edge TPU: cannot map {', '.join(unsupported)} (those run on the CPU)", flush=True)

@@ -50,6 +50,24 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edge import artifact, audit
+
+    model = artifact.load(args.model, args.labels)
+    info = {"card": model.card, "io": audit.io_details(model), "ops": audit.summary(audit.ops(model))}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(json.dumps(model.card, indent=2) if model.card else f"{args.model} has no model card (made elsewhere)")
+    for name, d in info["io"].items():
+        print(f"{name}: {d['shape']} {d['dtype']}, scale {d['scale']:g}, zero point {d['zero_point']}")
+    print("ops:")
+    for op in info["ops"]:
+        flags = ("float " if op["float"] else "") + ("" if op["edgetpu"] else "not-on-edgetpu")
+        print(f"  {op['op']:<22} x{op['count']:<3} in {','.join(op['inputs'])} -> {','.join(op['outputs'])} {flags}")
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -99,6 +117,12 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, help="exit after this many result messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
     p.set_defaults(handler=_cmd_monitor)
+
+    p = sub.add_parser("inspect", help="print a .tflite's model card, ops and input/output quantization")
+    p.add_argument("model", help="a .tflite")
+    p.add_argument("--labels", help="labels file, for a .tflite without a model card")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_inspect)
 
     p = sub.add_parser("demo-data", help="render the synthetic factory line as a folder-per-class dataset")
     p.add_argument("out", help="output folder")

@@ -44,7 +44,7 @@ def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int =
     _linewatch("demo-data", str(data), "--per-class", str(per_class), "--seed", "1")
     _linewatch("train", str(data), "-o", str(run), "--epochs", str(epochs))
     _linewatch("convert", str(run), "-o", str(model))
-    parity = json.loads(model.with_suffix(".parity.json").read_text())
+    parity = json.loads(model.with_suffix(".report.json").read_text())["parity"]
 
     broker = local_broker(work / "broker")
     broker.start()

@@ -58,7 +58,11 @@ class TrainedModel:
 
     @property
     def parity(self) -> dict:
-        return json.loads(self.model.with_suffix(".parity.json").read_text())
+        return self.report["parity"]
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.model.with_suffix(".report.json").read_text())
 
 
 @pytest.fixture(scope="session")
