@@ -42,6 +42,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from edge.classify import classify
+
+    failed = classify(args.model, args.images, labels=args.labels, as_json=args.json, top_k=args.top_k,
+                      threads=args.threads)
+    return 3 if failed else 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from edge.classify import collect
+
+    saved = collect(args.source, args.label, args.out, every=args.every, count=args.count)
+    print(f"collected {saved} image(s) of '{args.label}' in {args.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import bench
+
+    result = bench(args.model, args.source, frames=args.frames, threads=args.threads, labels=args.labels)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"bare invoke loop   {result['bare_fps']:>8.1f} frames/s\n"
+              f"full pipeline      {result['pipeline_fps']:>8.1f} frames/s  ({result['ratio']:.1%} of bare)\n"
+              f"stage p50 ms       " + ", ".join(f"{k} {v}" for k, v in result["stage_ms_p50"].items()) + "\n"
+              f"model loaded after {result['model_loaded_s']} s; max resident memory {result['max_rss_mb']} MB")
+    return 0
+
+
+def _roi(text: str) -> tuple[float, float, float, float]:
+    from edge.preprocess import parse_roi
+
+    try:
+        return parse_roi(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from edge.monitor import monitor
 
@@ -103,6 +142,13 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password-file", help="file holding the MQTT password (never pass it on the command line)")
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
     p.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    p.add_argument("--delegate", help="edgetpu, or a delegate library path (an _edgetpu model asks by itself)")
+    p.add_argument("--cpu-fallback", action="store_true", help="run on the CPU when the delegate cannot load")
+    p.add_argument("--roi", type=_roi, help="region of interest x,y,w,h as fractions of the frame")
+    p.add_argument("--rotate", type=int, default=0, choices=[0, 90, 180, 270], help="clockwise, after the ROI")
+    p.add_argument("--review-dir", help="save low-confidence frames here, by predicted label, for labeling")
+    p.add_argument("--review-below", type=float, default=0.6, help="score under which a frame is saved")
+    p.add_argument("--review-quota-mb", type=float, default=500.0, help="disk quota of the review folder")
     p.add_argument("--fps", type=float, help="pace a folder, file or the conveyor at this frame rate")
     p.add_argument("--loop", action="store_true", help="repeat a folder or video file")
     p.add_argument("--once", action="store_true", help="exit when a finite source ends, after all is published")
@@ -110,6 +156,32 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="scores to publish per result")
     p.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("classify", help="classify images or folders of images once, as a table or JSON lines")
+    p.add_argument("model", help="a .tflite")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--labels", help="labels file, for a .tflite without a model card")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, score, top")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(handler=_cmd_classify)
+
+    p = sub.add_parser("collect", help="gather training photos from a source into DATASET/LABEL/")
+    p.add_argument("--source", required=True, help="as for run")
+    p.add_argument("--label", required=True, help="the class of what the camera sees now")
+    p.add_argument("-o", "--out", required=True, help="dataset folder")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between saved frames")
+    p.add_argument("--count", type=int, help="stop after this many photos")
+    p.set_defaults(handler=_cmd_collect)
+
+    p = sub.add_parser("bench", help="frames/s of the full pipeline against a bare invoke loop")
+    p.add_argument("model", help="a .tflite")
+    p.add_argument("--source", required=True, help="as for run; frames are read once and replayed")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--labels")
+    p.add_argument("--json", action="store_true", help="JSON with pipeline_fps, bare_fps and ratio")
+    p.set_defaults(handler=_cmd_bench)
 
     p = sub.add_parser("monitor", help="watch every device on the broker: a line per message")
     _add_broker_args(p)

@@ -15,6 +15,7 @@ from edge.errors import UsageError
 from edge.messages import result_payload
 from edge.mqtt import DevicePublisher, parse_broker
 from edge.pipeline import Pipeline, Result
+from edge.review import ReviewSaver
 from edge.sources import open_source
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,13 @@ class RunOptions:
     password_file: str | None = None
     ca_file: str | None = None
     threads: int | None = None
+    delegate: str | None = None
+    cpu_fallback: bool = False
+    roi: tuple[float, float, float, float] | None = None
+    rotate: int = 0
+    review_dir: str | None = None
+    review_below: float = 0.6
+    review_quota_mb: float = 500.0
     fps: float | None = None
     loop: bool = False
     once: bool = False
@@ -56,7 +64,7 @@ def run(opts: RunOptions) -> dict[str, float]:
     """Run until the source ends (with ``once``), ``max_frames`` are done, or SIGTERM/SIGINT."""
     started = time.monotonic()
     model = artifact.load(opts.model, opts.labels)
-    engine = Engine(model, opts.threads)
+    engine = Engine(model, opts.threads, opts.delegate, opts.cpu_fallback)
     source = open_source(opts.source, fps=opts.fps, loop=opts.loop)
     publisher = DevicePublisher(
         parse_broker(opts.broker), opts.device_id, opts.prefix, opts.protocol,
@@ -69,15 +77,19 @@ def run(opts: RunOptions) -> dict[str, float]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    review = ReviewSaver(Path(opts.review_dir), opts.review_below, int(opts.review_quota_mb * 2**20)) \
+        if opts.review_dir else None
     seq = 0
 
     def publish(result: Result) -> None:
         nonlocal seq
         seq += 1
         publisher.publish("result", result_payload(result, opts.device_id, seq, model, opts.top_k))
+        if review is not None:
+            review.offer(result.frame.image, result.prediction.label, result.prediction.score, result.frame.id)
 
     logger.info("classifying %s with %s (%d threads)", source.name, model.path, engine.num_threads)
-    pipeline = Pipeline(source, engine, publish, max_frames=opts.max_frames)
+    pipeline = Pipeline(source, engine, publish, max_frames=opts.max_frames, roi=opts.roi, rotate=opts.rotate)
     first = time.monotonic()
     try:
         stats = pipeline.run(stop)
@@ -87,6 +99,8 @@ def run(opts: RunOptions) -> dict[str, float]:
             stop.wait()
     finally:
         publisher.stop()
+        if review is not None:
+            review.close()
     summary = {
         "frames": stats.frames,
         "dropped": stats.dropped,
@@ -96,5 +110,6 @@ def run(opts: RunOptions) -> dict[str, float]:
         "acknowledged": publisher.acked,
         "invoke_ms_p50": round(stats.percentile("invoke", 50), 3),
         "startup_s": round(first - started, 3),
+        "review_saved": review.saved if review else 0,
     }
     return summary

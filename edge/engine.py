@@ -7,6 +7,7 @@ Inputs are quantized and outputs dequantized with each tensor's own scale and ze
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import os
@@ -61,16 +62,49 @@ class Prediction:
         return [(self.labels[i], float(self.scores[i])) for i in order]
 
 
-class Engine:
-    """One interpreter for one model; ``predict`` takes a BGR frame as cameras give it."""
+EDGETPU_LIBRARY = "libedgetpu.so.1"
 
-    def __init__(self, model: ModelArtifact, num_threads: int | None = None) -> None:
+
+def load_delegate(runtime: ModuleType, spec: str) -> Any:
+    """A delegate by name (``edgetpu``) or by library path; an error says what to install."""
+    library = EDGETPU_LIBRARY if spec == "edgetpu" else spec
+    loader = getattr(runtime, "load_delegate", None) or runtime.experimental.load_delegate
+    try:
+        # Open the library first: a Delegate that fails to load prints a traceback from its __del__.
+        ctypes.CDLL(library)
+        return loader(library)
+    except (ValueError, OSError, RuntimeError) as exc:
+        hint = "install the Edge TPU runtime (apt install libedgetpu1-std)" if library == EDGETPU_LIBRARY \
+            else "check the path"
+        raise ModelError(f"cannot load delegate {library} ({str(exc).splitlines()[0]}): {hint}") from None
+
+
+class Engine:
+    """One interpreter for one model; ``predict`` takes a BGR frame as cameras give it.
+
+    ``delegate`` is ``edgetpu`` or a delegate library path; a model compiled for the Edge TPU
+    (its card says so) asks for the Edge TPU by itself. With ``cpu_fallback`` a delegate that
+    cannot be loaded is logged and the model runs on the CPU instead.
+    """
+
+    def __init__(self, model: ModelArtifact, num_threads: int | None = None, delegate: str | None = None,
+                 cpu_fallback: bool = False) -> None:
         runtime = find_runtime()
         self.model = model
         self.num_threads = num_threads or os.cpu_count() or 1  # the interpreter's own default is 1
+        delegate = delegate or model.card.get("delegate")
+        delegates = []
+        if delegate:
+            try:
+                delegates.append(load_delegate(runtime, delegate))
+            except ModelError as exc:
+                if not cpu_fallback:
+                    raise
+                logger.warning("%s; running on the CPU instead", exc)
+        self.delegate = delegate if delegates else None
         try:
-            self.interpreter: Any = runtime.Interpreter(model_content=model.flatbuffer,
-                                                        num_threads=self.num_threads)
+            self.interpreter: Any = runtime.Interpreter(model_content=model.flatbuffer, num_threads=self.num_threads,
+                                                        experimental_delegates=delegates or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{model.path} cannot be loaded by the interpreter ({str(exc).splitlines()[0]}): "

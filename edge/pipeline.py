@@ -1,15 +1,19 @@
-"""Frames in, predictions out: capture and inference overlap in two threads.
+"""Frames in, predictions out, in three overlapping threads.
 
-Capture runs in its own thread and hands frames over through a ``Handoff``. For a live
-source (a camera) the hand-off keeps only the newest frame, so inference never works on a
-stale view of the belt, and counts what it drops. For a finite source (a folder, a file)
-it blocks instead, so every image is classified. Results go to a ``sink`` that must not
-block (the MQTT publisher only queues).
+1. capture: reads the source and prepares each frame (region of interest, rotation, resize,
+   quantization), so the interpreter never waits on decoding or resizing;
+2. inference (the caller's thread): ``invoke()`` and nothing else of note;
+3. publish: hands each ``Result`` to the sink (JSON, MQTT, review frames).
+
+Between capture and inference sits a ``Handoff``. For a live source (a camera) it keeps only
+the newest frame, so inference never works on a stale view of the belt, and counts what it
+drops. For a finite source (a folder, a file) it blocks instead, so every image is classified.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -20,6 +24,7 @@ import numpy as np
 
 from edge.engine import Engine, Prediction
 from edge.errors import DataError
+from edge.preprocess import crop_rotate
 from edge.sources import Source
 
 logger = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ class Frame:
     image: np.ndarray
     path: str | None = None
     truth: str | None = None
+    tensor: np.ndarray | None = None  # the prepared, quantized model input
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class PipelineStats:
     timings_ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=1000) for s in STAGES})
 
     def percentile(self, stage: str, q: float) -> float:
-        values = self.timings_ms[stage]
+        values = list(self.timings_ms[stage])
         return float(np.percentile(values, q)) if values else 0.0
 
 
@@ -99,40 +105,51 @@ class Pipeline:
     """Runs ``source`` through ``engine`` and hands each ``Result`` to ``sink``."""
 
     def __init__(self, source: Source, engine: Engine, sink: Callable[[Result], None],
-                 max_frames: int | None = None, max_backoff: float = 30.0) -> None:
+                 max_frames: int | None = None, max_backoff: float = 30.0,
+                 roi: tuple[float, float, float, float] | None = None, rotate: int = 0) -> None:
         self.source = source
         self.engine = engine
         self.sink = sink
         self.max_frames = max_frames
         self.max_backoff = max_backoff
+        self.roi = roi
+        self.rotate = rotate
         self.stats = PipelineStats()
         self.error: DataError | None = None
         self.exhausted = False  # a finite source reached its end
         self._handoff = Handoff(drop_stale=source.live)
+        self._results: queue.Queue = queue.Queue(maxsize=256)
         self._stop = threading.Event()
         self._done = threading.Event()
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._done.is_set()
 
+    def _prepare(self, frame_id: int, captured, started: float) -> Frame:
+        ts = time.time()
+        t0 = time.perf_counter()
+        image = crop_rotate(captured.image, self.roi, self.rotate)
+        tensor = self.engine.quantize(self.engine.prepare(image))
+        self.stats.timings_ms["capture"].append(1000 * (t0 - started))
+        self.stats.timings_ms["preprocess"].append(1000 * (time.perf_counter() - t0))
+        return Frame(frame_id, ts, captured.image, captured.path, captured.truth, tensor)
+
     def _capture(self) -> None:
-        """Read frames until the source ends or ``stop``; a live source that fails is reopened."""
+        """Read and prepare frames until the source ends or ``stop``; a live source that fails is reopened."""
         next_id = 0
         backoff = 0.5
         stop = self._stopping
         while not stop():
             try:
-                started = time.monotonic()
+                started = time.perf_counter()
                 for captured in self.source.frames():
                     self.stats.source_state = "ok"
                     backoff = 0.5
                     next_id += 1
-                    self.stats.timings_ms["capture"].append(1000 * (time.monotonic() - started))
-                    self._handoff.put(Frame(next_id, time.time(), captured.image, captured.path, captured.truth),
-                                      stop)
+                    self._handoff.put(self._prepare(next_id, captured, started), stop)
                     if stop():
                         break
-                    started = time.monotonic()
+                    started = time.perf_counter()
                 if stop():
                     break
                 if not self.source.live:
@@ -152,35 +169,51 @@ class Pipeline:
         self.stats.source_state = "ended" if self.error is None else "failed"
         self._handoff.put(Handoff.END, stop)
 
+    def _publish(self) -> None:
+        """Hand results to the sink in order; a failing sink is logged, never fatal."""
+        while True:
+            result = self._results.get()
+            if result is None:
+                return
+            t = time.perf_counter()
+            try:
+                self.sink(result)
+            except Exception:  # the sink is the daemon's own code: log it, keep inspecting
+                logger.exception("publishing result of frame %d failed", result.frame.id)
+            self.stats.timings_ms["publish"].append(1000 * (time.perf_counter() - t))
+
     def run(self, stop: threading.Event) -> PipelineStats:
         """Classify frames until the source ends, ``max_frames`` are done, or ``stop`` is set."""
         self._stop = stop
-        capture = threading.Thread(target=self._capture, name="capture", daemon=True)
-        capture.start()
+        threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
+                   threading.Thread(target=self._publish, name="publish", daemon=True)]
+        for thread in threads:
+            thread.start()
         timings = self.stats.timings_ms
-        while True:
-            frame = self._handoff.get(stop.is_set)
-            if frame is Handoff.END:
-                break
-            t0 = time.perf_counter()
-            tensor = self.engine.quantize(self.engine.prepare(frame.image))
-            t1 = time.perf_counter()
-            raw = self.engine.invoke(tensor)
-            t2 = time.perf_counter()
-            prediction = Prediction(self.engine.dequantize(raw), self.engine.model.labels)
-            t3 = time.perf_counter()
-            stage_ms = {"preprocess": 1000 * (t1 - t0), "invoke": 1000 * (t2 - t1), "postprocess": 1000 * (t3 - t2)}
-            self.sink(Result(frame, prediction, stage_ms))
-            t4 = time.perf_counter()
-            stage_ms["publish"] = 1000 * (t4 - t3)
-            for stage, ms in stage_ms.items():
-                timings[stage].append(ms)
-            self.stats.frames += 1
-            self.stats.dropped = self._handoff.dropped
-            if self.max_frames and self.stats.frames >= self.max_frames:
-                break
-        self._done.set()
-        capture.join(timeout=5)
+        labels = self.engine.model.labels
+        try:
+            while True:
+                frame = self._handoff.get(stop.is_set)
+                if frame is Handoff.END:
+                    break
+                t1 = time.perf_counter()
+                raw = self.engine.invoke(frame.tensor)
+                t2 = time.perf_counter()
+                prediction = Prediction(self.engine.dequantize(raw), labels)
+                t3 = time.perf_counter()
+                timings["invoke"].append(1000 * (t2 - t1))
+                timings["postprocess"].append(1000 * (t3 - t2))
+                self._results.put(Result(frame, prediction, {"invoke": 1000 * (t2 - t1),
+                                                             "postprocess": 1000 * (t3 - t2)}))
+                self.stats.frames += 1
+                self.stats.dropped = self._handoff.dropped
+                if self.max_frames and self.stats.frames >= self.max_frames:
+                    break
+        finally:
+            self._done.set()
+            self._results.put(None)
+            for thread in threads:
+                thread.join(timeout=30)
         if self.error is not None:
             raise self.error
         return self.stats

@@ -17,6 +17,32 @@ RESIZE_MODES: tuple[str, ...] = ("stretch", "crop", "letterbox")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
+ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def parse_roi(text: str) -> tuple[float, float, float, float]:
+    """``x,y,w,h`` as fractions of the frame (0..1), so the ROI survives a change of camera resolution."""
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"region of interest '{text}' is not x,y,w,h (fractions of the frame, e.g. 0.2,0,0.6,1)") from None
+    if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x + 1e-9 and 0 < h <= 1 - y + 1e-9):
+        raise ValueError(f"region of interest '{text}' leaves the frame: x+w and y+h must be at most 1")
+    return x, y, w, h
+
+
+def crop_rotate(bgr: np.ndarray, roi: tuple[float, float, float, float] | None = None, rotate: int = 0) -> np.ndarray:
+    """The part of the belt that matters, turned upright: ROI first (in camera coordinates), then rotation."""
+    if roi is not None:
+        h, w = bgr.shape[:2]
+        x0, y0 = int(round(roi[0] * w)), int(round(roi[1] * h))
+        x1, y1 = max(x0 + 1, int(round((roi[0] + roi[2]) * w))), max(y0 + 1, int(round((roi[1] + roi[3]) * h)))
+        bgr = bgr[y0:y1, x0:x1]
+    if ROTATIONS.get(rotate) is not None:
+        bgr = cv2.rotate(bgr, ROTATIONS[rotate])
+    return bgr
+
+
 def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = "stretch",
             color_order: str = "RGB") -> np.ndarray:
     """Resize a BGR (or grey, or BGRA) OpenCV image to ``height x width`` uint8, in ``color_order``."""

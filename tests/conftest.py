@@ -75,3 +75,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     linewatch("train", str(data), "-o", str(run), "--epochs", "30")
     linewatch("convert", str(run), "-o", str(model))
     return TrainedModel(data, run, model, holdout)
+
+
+@pytest.fixture(scope="session")
+def uint8_model(trained: TrainedModel) -> Path:
+    """The same run converted with uint8 input and output, as the Edge TPU wants."""
+    out = trained.model.with_name("model_uint8.tflite")
+    linewatch("convert", str(trained.run), "-o", str(out), "--io", "uint8", "--no-compare")
+    return out

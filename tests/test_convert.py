@@ -53,9 +53,8 @@ def test_float_ops_are_seen_by_the_audit(trained: TrainedModel, tmp_path: Path) 
     assert audit.io_details(artifact.load(out))["input"]["dtype"] == "float32"
 
 
-def test_uint8_io_for_the_edge_tpu_loads_and_classifies(trained: TrainedModel, tmp_path: Path) -> None:
-    out = tmp_path / "uint8.tflite"
-    linewatch("convert", str(trained.run), "-o", str(out), "--io", "uint8", "--no-compare")
+def test_uint8_io_for_the_edge_tpu_loads_and_classifies(trained: TrainedModel, uint8_model: Path) -> None:
+    out = uint8_model
     u8 = Engine(artifact.load(out))
     i8 = Engine(artifact.load(trained.model))
     io = artifact.load(out).card["io"]

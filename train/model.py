@@ -51,6 +51,12 @@ def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplie
     backbone.name = "backbone"
     if weights:
         backbone.load_weights(weights)
+    else:
+        # Keras builds it with momentum 0.999, tuned for ImageNet-sized epochs: on a few hundred
+        # photos the moving statistics would lag for dozens of epochs and validation would stall.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = 0.9
     inputs = keras.Input(shape=(height, width, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
     x = backbone(x)

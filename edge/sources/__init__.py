@@ -2,6 +2,7 @@
 
 ===========================  ==============================================
 ``path/to/folder``           every image in a folder (sorted), then the end
+``photos/*.jpg``             every image matching a glob pattern (sorted)
 ``path/to/image.jpg``        one image
 ``path/to/video.mp4``        a video file, through OpenCV
 ``rtsp://…``, ``http://…``   a network stream, through OpenCV
@@ -72,7 +73,7 @@ def open_source(spec: str, fps: float | None = None, loop: bool = False) -> Sour
 
         return VideoSource(spec, live=True, loop=False, fps=fps)
     path = Path(spec)
-    if path.is_dir() or path.suffix.lower() not in VIDEO_SUFFIXES:
+    if any(c in spec for c in "*?[") or path.is_dir() or path.suffix.lower() not in VIDEO_SUFFIXES:
         from edge.sources.folder import FolderSource
 
         return FolderSource(path, fps=fps, loop=loop)

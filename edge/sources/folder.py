@@ -1,4 +1,4 @@
-"""Images from a folder (or one image file), sorted by name, optionally looped."""
+"""Images from a folder, a glob pattern or one image file, sorted by name, optionally looped."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ class FolderSource:
         self.skipped = 0
 
     def _paths(self) -> list[Path]:
+        if any(c in str(self.path) for c in "*?["):
+            anchor = Path(self.path.anchor or ".")
+            pattern = str(self.path.relative_to(anchor)) if self.path.is_absolute() else str(self.path)
+            paths = sorted(p for p in anchor.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise DataError(f"source {self.path} matches no images")
+            return paths
         if self.path.is_file():
             return [self.path]
         if not self.path.is_dir():

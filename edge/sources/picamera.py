@@ -67,7 +67,7 @@ class PicameraSource:
     def to_bgr(self, array: np.ndarray) -> np.ndarray:
         """The lores array as BGR: "RGB888" is already B,G,R in memory; YUV420 is converted."""
         if self._lores_format == "YUV420":
-            return cv2.cvtColor(array, cv2.COLOR_YUV420p2BGR)
+            return cv2.cvtColor(array, cv2.COLOR_YUV2BGR_I420)  # planar Y, then U, then V
         return array[:, :, :3]
 
     def frames(self) -> Iterator[Captured]:

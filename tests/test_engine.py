@@ -1,0 +1,94 @@
+"""The inference engine: runtime order, quantization math, delegates, and the one-shot device tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import artifact
+from edge.engine import Engine, find_runtime
+from edge.errors import ModelError
+from edge.review import ReviewSaver
+from tests.conftest import TrainedModel, linewatch
+
+
+def test_runtime_order_and_missing_runtime() -> None:
+    assert find_runtime(("no_such_runtime.interpreter", "ai_edge_litert.interpreter")).__name__ == \
+        "ai_edge_litert.interpreter"
+    assert find_runtime().__name__ == "ai_edge_litert.interpreter"  # LiteRT first
+    with pytest.raises(ModelError, match="pip install ai-edge-litert"):
+        find_runtime(("no_such_runtime.interpreter",))
+
+
+@pytest.mark.parametrize("which", ["int8", "uint8"])
+def test_quantization_uses_each_tensors_scale_and_zero_point(trained: TrainedModel, uint8_model: Path,
+                                                              which: str) -> None:
+    engine = Engine(artifact.load(trained.model if which == "int8" else uint8_model))
+    scale, zero = engine._in["quantization"]
+    pixels = np.arange(0, 256, dtype=np.uint8)[None, :, None].repeat(3, axis=2)
+    q = engine.quantize(pixels)
+    assert q.dtype == np.dtype(which)
+    expected = np.clip(np.round(pixels / scale + zero), np.iinfo(which).min, np.iinfo(which).max)
+    assert np.array_equal(q[0], expected.astype(which))
+    out_scale, out_zero = engine._out["quantization"]
+    raw = np.array([out_zero, out_zero + 10], dtype=which)
+    assert np.allclose(engine.dequantize(raw), [0.0, 10 * out_scale])
+    image = cv2.imread(str(next((trained.holdout / "stain").glob("*.jpg"))))
+    prediction = engine.predict(image)
+    assert prediction.scores.sum() == pytest.approx(1.0, abs=0.02)
+    assert prediction.label == "stain" and [l for l, _ in prediction.top(3)][0] == "stain"
+
+
+def test_missing_delegate_fails_clearly_or_falls_back(trained: TrainedModel) -> None:
+    model = artifact.load(trained.model)
+    with pytest.raises(ModelError, match="libedgetpu.so.1.*apt install libedgetpu1-std"):
+        Engine(model, delegate="edgetpu")
+    engine = Engine(model, delegate="/opt/none/libdelegate.so", cpu_fallback=True)
+    assert engine.delegate is None and engine.predict(np.zeros((120, 160, 3), np.uint8)).label
+
+
+def test_classify_prints_a_table_or_json_and_names_bad_files(trained: TrainedModel, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    folder = trained.holdout / "crack"
+    proc = linewatch("classify", str(trained.model), str(folder), str(bad), "--json", check=False)
+    assert proc.returncode == 3 and f"{bad}: not a readable image" in proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 12 and {"path", "label", "score", "top"} <= set(rows[0])
+    assert sum(r["label"] == "crack" for r in rows) >= 10
+    table = linewatch("classify", str(trained.model), str(folder)).stdout.splitlines()
+    assert table[0].split() == ["label", "score", "path"] and len(table) == 13
+
+
+def test_collect_gathers_photos_into_the_training_layout(tmp_path: Path) -> None:
+    proc = linewatch("collect", "--source", "conveyor:3", "--label", "ok", "-o", str(tmp_path / "ds"),
+                     "--every", "0", "--count", "5")
+    photos = sorted((tmp_path / "ds" / "ok").glob("*.jpg"))
+    assert len(photos) == 5 and "collected 5 image(s)" in proc.stdout
+    assert cv2.imread(str(photos[0])).shape == (120, 160, 3)
+
+
+def test_review_frames_stay_under_their_quota(tmp_path: Path) -> None:
+    saver = ReviewSaver(tmp_path / "review", below=0.6, quota_bytes=60_000, queue_size=64)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        saver.offer(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), "scratch", 0.4, i)
+    saver.offer(np.zeros((120, 160, 3), np.uint8), "ok", 0.95, 99)  # confident: not saved
+    saver.close()
+    files = sorted((tmp_path / "review").rglob("*.jpg"))
+    assert saver.saved == 30 and 0 < len(files) < 30
+    assert sum(f.stat().st_size for f in files) <= 60_000
+    assert files[-1].name.split("_")[1] == "00000029"  # the newest survive
+    assert not (tmp_path / "review" / "ok").exists()
+
+
+def test_bench_reports_both_loops_from_one_run(trained: TrainedModel) -> None:
+    result = json.loads(linewatch("bench", str(trained.model), "--source", str(trained.holdout), "--frames", "40",
+                                  "--json").stdout)
+    assert result["frames"] == 40 and result["bare_fps"] > 0 and result["pipeline_fps"] > 0
+    assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)
+    assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}

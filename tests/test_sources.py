@@ -1,0 +1,143 @@
+"""Frame sources: picamera2 through a fake module, OpenCV video files for real, folders, and reconnects."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import DataError, UsageError
+from edge.pipeline import Frame, Handoff
+from edge.preprocess import crop_rotate, parse_roi
+from edge.sources import open_source
+from edge.sources.folder import FolderSource
+from edge.sources.video import VideoSource
+
+FAKE = Path(__file__).parent / "fake_picamera2"
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(FAKE))
+    for name in [m for m in sys.modules if m.startswith("picamera2")]:
+        monkeypatch.delitem(sys.modules, name)
+    import picamera2
+
+    picamera2.instances.clear()
+    return picamera2
+
+
+@pytest.mark.parametrize("board,fmt", [("VC4", "YUV420"), ("PISP", "RGB888")])
+def test_picamera_lores_stream_arrives_as_bgr(fake_picamera2, monkeypatch, board: str, fmt: str) -> None:
+    from picamera2 import platform
+
+    monkeypatch.setattr(platform, "CURRENT", platform.Platform[board])
+    source = open_source("picamera:1", fps=15)
+    frame = next(source.frames()).image
+    camera = fake_picamera2.instances[-1]
+    assert camera.camera_num == 1
+    assert camera.config["lores"] == {"size": (320, 240), "format": fmt}
+    assert camera.config["controls"] == {"FrameRate": 15.0}
+    assert frame.shape == (240, 320, 3)
+    b, g, r = frame[120, 160].astype(int)
+    assert r > 200 and g < 60 and b < 60, (b, g, r)  # the fake shows pure red either way
+    source.close()
+    assert camera.closed
+
+
+def test_picamera_errors_name_the_fix(fake_picamera2, monkeypatch) -> None:
+    with pytest.raises(DataError, match="camera 5 is not available"):
+        next(open_source("picamera:5").frames())
+    with pytest.raises(UsageError, match="picamera:N"):
+        open_source("picamera:front")
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(DataError, match="apt install python3-picamera2"):
+        next(open_source("picamera:0").frames())
+
+
+def _video(path: Path, frames: int = 10) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+    writer.release()
+    return path
+
+
+def test_video_file_plays_once_or_loops(tmp_path: Path) -> None:
+    video = _video(tmp_path / "line.avi")
+    frames = [c.image for c in open_source(str(video)).frames()]
+    assert len(frames) == 10 and frames[0].shape == (48, 64, 3)
+    assert abs(int(frames[3].mean()) - 60) <= 4  # decoded for real
+    looped = open_source(str(video), loop=True).frames()
+    assert len([next(looped) for _ in range(25)]) == 25
+
+
+def test_unopenable_sources_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot open source"):
+        next(open_source(str(tmp_path / "missing.mp4")).frames())
+    with pytest.raises(DataError, match="usb:N"):
+        next(open_source("usb:front").frames())
+    with pytest.raises(DataError, match="does not exist"):
+        next(open_source(str(tmp_path / "nope")).frames())
+
+
+def test_folder_glob_and_unreadable_files(tmp_path: Path) -> None:
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"part_{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    (tmp_path / "part_9.png").write_bytes(b"garbage")
+    source = open_source(str(tmp_path / "part_[0-2].png"))
+    assert [Path(c.path).name for c in source.frames()] == ["part_0.png", "part_1.png", "part_2.png"]
+    folder = FolderSource(tmp_path)
+    assert len(list(folder.frames())) == 4 and folder.skipped == 1
+
+
+def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, trained, caplog) -> None:
+    """A 'camera' that stops delivering (a stream that ends) is reopened, and frames keep coming."""
+    from edge import artifact
+    from edge.engine import Engine
+    from edge.pipeline import Pipeline
+
+    video = _video(tmp_path / "cam.avi", frames=6)
+    results = []
+    pipeline = Pipeline(VideoSource(str(video), live=True), Engine(artifact.load(trained.model)),
+                        results.append, max_frames=14)
+    with caplog.at_level(logging.WARNING):
+        stats = pipeline.run(threading.Event())
+    assert stats.frames == 14 and len(results) == 14
+    assert "stopped delivering frames; reopening in 0.5 s" in caplog.text
+    assert "reopening in 1.0 s" not in caplog.text  # backoff resets once frames flow again
+
+
+def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
+    never = lambda: False  # noqa: E731
+    live = Handoff(drop_stale=True)
+    for i in range(1, 6):
+        live.put(Frame(i, 0.0, np.zeros(1)), never)
+    assert live.get(never).id == 5 and live.dropped == 4
+    finite = Handoff(drop_stale=False)
+    stop = threading.Event()
+    done = []
+    writer = threading.Thread(target=lambda: [finite.put(Frame(i, 0.0, np.zeros(1)), stop.is_set)
+                                              for i in range(1, 5)] and done.append(True))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive()  # blocked: a finite source waits instead of dropping
+    assert [finite.get(never).id for _ in range(4)] == [1, 2, 3, 4] and finite.dropped == 0
+    writer.join(2)
+    assert done
+
+
+def test_region_of_interest_and_rotation() -> None:
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, 50:] = 255  # right half white
+    assert crop_rotate(image, parse_roi("0.5,0,0.5,1")).min() == 255
+    assert crop_rotate(image, parse_roi("0,0,0.5,0.5")).shape == (20, 50, 3)
+    turned = crop_rotate(image, None, 90)
+    assert turned.shape == (100, 40, 3) and turned[-1, 0, 0] == 255  # the white half is now at the bottom
+    with pytest.raises(ValueError, match="leaves the frame"):
+        parse_roi("0.6,0,0.6,1")
