@@ -8,8 +8,6 @@ serializes each result as the daemon does; only the network is left out.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from edge.errors import DataError
 from edge.messages import result_payload
 from edge.pipeline import Pipeline, Result
 from edge.sources import Captured, open_source
+from edge.system import max_rss_mb, process_age
 
 
 class ReplaySource:
@@ -54,13 +53,6 @@ def _read_frames(spec: str, count: int) -> list[Captured]:
     if not frames:
         raise DataError(f"source {spec} gave no frames to benchmark with")
     return frames
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux), for cold-start figures."""
-    ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-    uptime = float(open("/proc/uptime").read().split()[0])
-    return uptime - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
@@ -103,5 +95,5 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         "ratio": round(pipeline_fps / bare_fps, 3),
         "stage_ms_p50": {s: round(stats.percentile(s, 50), 3) for s in stats.timings_ms},
         "model_loaded_s": round(first_result_s, 3),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "max_rss_mb": max_rss_mb(),
     }

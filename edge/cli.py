@@ -10,12 +10,14 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import socket
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.errors import LinewatchError
+from edge.errors import LinewatchError, UsageError
 
 EXIT_CODES = """exit codes:
   0  success
@@ -30,15 +32,43 @@ EXIT_CODES = """exit codes:
 WORKSTATION_COMMANDS = ("train.cli", "convert.cli")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.daemon import RunOptions, run
+# ``linewatch run`` flags and the config keys they set (see edge/config.py).
+RUN_FLAGS = {
+    "model": "model.path", "labels": "model.labels", "threads": "model.threads", "delegate": "model.delegate",
+    "cpu_fallback": "model.cpu_fallback", "source": "source.spec", "fps": "source.fps", "loop": "source.loop",
+    "roi": "source.roi", "rotate": "source.rotate", "broker": "mqtt.broker", "prefix": "mqtt.prefix",
+    "protocol": "mqtt.protocol", "username": "mqtt.username", "password_file": "mqtt.password_file",
+    "ca_file": "mqtt.ca_file", "cert_file": "mqtt.cert_file", "key_file": "mqtt.key_file",
+    "device_id": "device_id", "state_dir": "state_dir", "result_mode": "results.mode", "top_k": "results.top_k",
+    "stats_interval": "stats.interval_s", "review_dir": "review.dir", "review_below": "review.below",
+    "review_quota_mb": "review.quota_mb", "ha_discovery": "homeassistant.discovery",
+}
 
-    opts = RunOptions(**{k: v for k, v in vars(args).items() if k in RunOptions.__dataclass_fields__})
-    summary = run(opts)
+
+def _default_state_dir() -> str:
+    """/var/lib/linewatch for the service; a folder of the user's own for a quick start."""
+    system = Path("/var/lib/linewatch")
+    if system.is_dir() and os.access(system, os.W_OK):
+        return str(system)
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "linewatch")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge import config
+    from edge.daemon import Daemon
+
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) not in (None, False)}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item}: use KEY=VALUE, e.g. --set results.mode=change")
+        overrides[key.strip()] = value
+    path = Path(args.config) if args.config else None
+    cfg = config.load(path, overrides, defaults={"device_id": socket.gethostname(), "state_dir": _default_state_dir()})
+    summary = Daemon(cfg, path, overrides, once=args.once, max_frames=args.max_frames).run()
     print(json.dumps(summary) if args.json else
           f"{summary['frames']} frames in {summary['seconds']} s ({summary['fps']} frames/s), "
-          f"{summary['dropped']} dropped, {summary['acknowledged']}/{summary['published']} results "
-          "acknowledged by the broker", flush=True)
+          f"{summary['dropped']} dropped, {summary['acknowledged']} messages acknowledged by the broker", flush=True)
     return 0
 
 
@@ -131,29 +161,39 @@ def _add_broker_args(p: argparse.ArgumentParser) -> None:
 
 def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the device daemon: classify frames and publish over MQTT")
-    p.add_argument("--model", required=True, help="the .tflite made by 'linewatch convert'")
+    p.add_argument("--config", help="TOML config file (see docs/linewatch.example.toml); flags override it")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. results.mode=change")
+    p.add_argument("--model", help="the .tflite made by 'linewatch convert'")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
-    p.add_argument("--source", required=True,
-                   help="folder, image or video file, rtsp:// or http:// URL, usb:N, /dev/videoN, "
+    p.add_argument("--source",
+                   help="folder, glob, image or video file, rtsp:// or http:// URL, usb:N, /dev/videoN, "
                         "picamera:N, conveyor[:SEED]")
-    p.add_argument("--device-id", default=socket.gethostname(), help="device id in topics (default: host name)")
-    _add_broker_args(p)
+    p.add_argument("--device-id", help="device id in topics (default: host name)")
+    p.add_argument("--broker", help="mqtt://HOST:PORT, or mqtts:// for TLS (default: mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", help="topic prefix (default: linewatch)")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], help="MQTT protocol version (default: 5)")
     p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password-file", help="file holding the MQTT password (never pass it on the command line)")
+    p.add_argument("--password-file", help="file holding the MQTT password (or LINEWATCH_MQTT_PASSWORD)")
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    p.add_argument("--cert-file", help="client certificate for mqtts://")
+    p.add_argument("--key-file", help="client key for mqtts://")
+    p.add_argument("--state-dir", help="spool and snapshots (default: /var/lib/linewatch or ~/.local/state/linewatch)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
     p.add_argument("--delegate", help="edgetpu, or a delegate library path (an _edgetpu model asks by itself)")
     p.add_argument("--cpu-fallback", action="store_true", help="run on the CPU when the delegate cannot load")
     p.add_argument("--roi", type=_roi, help="region of interest x,y,w,h as fractions of the frame")
-    p.add_argument("--rotate", type=int, default=0, choices=[0, 90, 180, 270], help="clockwise, after the ROI")
+    p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], help="clockwise, after the ROI")
     p.add_argument("--review-dir", help="save low-confidence frames here, by predicted label, for labeling")
-    p.add_argument("--review-below", type=float, default=0.6, help="score under which a frame is saved")
-    p.add_argument("--review-quota-mb", type=float, default=500.0, help="disk quota of the review folder")
+    p.add_argument("--review-below", type=float, help="score under which a frame is saved (default: 0.6)")
+    p.add_argument("--review-quota-mb", type=float, help="disk quota of the review folder (default: 500)")
     p.add_argument("--fps", type=float, help="pace a folder, file or the conveyor at this frame rate")
     p.add_argument("--loop", action="store_true", help="repeat a folder or video file")
+    p.add_argument("--result-mode", choices=["every", "change", "sample"], help="which frames publish a result")
+    p.add_argument("--top-k", type=int, help="scores to publish per result (default: 3)")
+    p.add_argument("--stats-interval", type=float, help="seconds between stats messages (default: 10)")
+    p.add_argument("--ha-discovery", action="store_true", help="announce the device to Home Assistant")
     p.add_argument("--once", action="store_true", help="exit when a finite source ends, after all is published")
     p.add_argument("--max-frames", type=int, help="exit after this many frames")
-    p.add_argument("--top-k", type=int, default=3, help="scores to publish per result")
     p.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     p.set_defaults(handler=_cmd_run)
 

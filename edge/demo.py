@@ -59,7 +59,7 @@ def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int =
         ready.wait(15)
         out = _linewatch("run", "--model", str(model), "--source", "conveyor:7", "--device-id", DEVICE_ID,
                          "--broker", broker.url, "--protocol", broker.protocol, "--max-frames", str(frames),
-                         "--json")
+                         "--state-dir", str(work / "state"), "--json")
         daemon = json.loads(out.strip().splitlines()[-1])
         watcher.join(30)
     finally:

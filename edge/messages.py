@@ -44,3 +44,11 @@ def result_payload(result: Result, device_id: str, seq: int, model: ModelArtifac
     if frame.truth is not None:
         payload["truth"] = frame.truth
     return payload
+
+
+def event_payload(event: dict[str, Any], device_id: str, seq: int, snapshot: str | None) -> dict[str, Any]:
+    """A defect alarm, as published on ``<prefix>/<device>/event``: ``start`` or ``end``."""
+    payload = {"schema": SCHEMA, "device_id": device_id, "seq": seq, "ts": rfc3339(event["ts_ms"] / 1000), **event}
+    if snapshot is not None:
+        payload["snapshot"] = snapshot
+    return payload

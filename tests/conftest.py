@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``linewatch`` command line in its own process."""
+    """Run the real ``linewatch`` command line in its own process (a daemon gets a fresh state dir)."""
+    if args and args[0] == "run" and "--state-dir" not in args:
+        args = (*args, "--state-dir", tempfile.mkdtemp(prefix="linewatch-state-"))
     proc = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=ENV, **kwargs)
     if check and proc.returncode != 0:

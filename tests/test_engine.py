@@ -12,7 +12,7 @@ import pytest
 from edge import artifact
 from edge.engine import Engine, find_runtime
 from edge.errors import ModelError
-from edge.review import ReviewSaver
+from edge.archive import JpegArchive
 from tests.conftest import TrainedModel, linewatch
 
 
@@ -72,18 +72,16 @@ def test_collect_gathers_photos_into_the_training_layout(tmp_path: Path) -> None
     assert cv2.imread(str(photos[0])).shape == (120, 160, 3)
 
 
-def test_review_frames_stay_under_their_quota(tmp_path: Path) -> None:
-    saver = ReviewSaver(tmp_path / "review", below=0.6, quota_bytes=60_000, queue_size=64)
+def test_archive_stays_under_its_quota(tmp_path: Path) -> None:
+    archive = JpegArchive(tmp_path / "review", quota_bytes=60_000, queue_size=64)
     rng = np.random.default_rng(0)
     for i in range(30):
-        saver.offer(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), "scratch", 0.4, i)
-    saver.offer(np.zeros((120, 160, 3), np.uint8), "ok", 0.95, 99)  # confident: not saved
-    saver.close()
+        archive.add(f"scratch/{i:08d}.jpg", rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    archive.close()
     files = sorted((tmp_path / "review").rglob("*.jpg"))
-    assert saver.saved == 30 and 0 < len(files) < 30
+    assert archive.saved == 30 and 0 < len(files) < 30
     assert sum(f.stat().st_size for f in files) <= 60_000
-    assert files[-1].name.split("_")[1] == "00000029"  # the newest survive
-    assert not (tmp_path / "review" / "ok").exists()
+    assert files[-1].name == "00000029.jpg"  # the newest survive
 
 
 def test_bench_reports_both_loops_from_one_run(trained: TrainedModel) -> None:
