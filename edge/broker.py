@@ -47,11 +47,13 @@ def find_mosquitto() -> str | None:
 
 
 class MosquittoBroker:
-    """A real mosquitto on ``127.0.0.1:port``; ``extra_config`` adds listeners, TLS, auth."""
+    """A real mosquitto on ``127.0.0.1:port``, optionally with TLS, passwords and persistence."""
 
     protocol = "5"
 
-    def __init__(self, port: int | None = None, extra_config: str = "", workdir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, workdir: Path | None = None, extra_config: str = "",
+                 persistence: bool = False, tls_files: tuple[Path, Path, Path] | None = None,
+                 password_file: Path | None = None) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
@@ -61,14 +63,22 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "mosquitto.log"
         self.config_path = self.workdir / "mosquitto.conf"
-        self.config_path.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nuser root\n{extra_config}")
+        # Messages for persistent sessions survive a restart only with persistence on.
+        storage = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n" if persistence \
+            else "persistence false\n"
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls_files:
+            listener += "cafile {}\ncertfile {}\nkeyfile {}\n".format(*tls_files)
+        listener += f"password_file {password_file}\nallow_anonymous false\n" if password_file \
+            else "allow_anonymous true\n"
+        logging_conf = "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nuser root\n"
+        self.config_path.write_text(listener + storage + logging_conf + extra_config)
+        self.tls = tls_files is not None
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         log = self.log_path.open("ab")

@@ -128,6 +128,8 @@ class DevicePublisher:
         self.client.max_inflight_messages_set(window)
         self.since = time.time()
         self.connected = threading.Event()
+        self._refused = threading.Event()
+        self.refused = ""
         self.acked = 0
         self._last_sent = 0  # spool id of the last entry handed to paho
         self._cond = threading.Condition()
@@ -152,6 +154,8 @@ class DevicePublisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             logger.error("broker %s:%d refused the connection: %s", self.broker.host, self.broker.port, reason)
+            self.refused = str(reason)
+            self._refused.set()
             return
         logger.info("connected to %s:%d", self.broker.host, self.broker.port)
         client.publish(self.topic("status"), self._status("online"), qos=1, retain=True)
@@ -186,7 +190,15 @@ class DevicePublisher:
     def start(self, timeout: float = 10.0) -> None:
         """Connect, wait until the broker has accepted us, and start draining the spool."""
         connect(self.client, self.broker, self.keepalive, self.credentials)
-        if not self.connected.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while not self.connected.is_set() and not self._refused.is_set() and time.monotonic() < deadline:
+            self.connected.wait(0.05)
+        if self._refused.is_set() and not self.connected.is_set():
+            self.client.disconnect()
+            self.client.loop_stop()
+            raise BrokerError(f"the MQTT broker at {self.broker.host}:{self.broker.port} refused us: {self.refused}; "
+                              "check the user name and password")
+        if not self.connected.is_set():
             self.client.loop_stop()
             raise BrokerError(f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} within "
                               f"{timeout:.0f} s: check the broker address, credentials and that it is running")

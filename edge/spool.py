@@ -95,6 +95,11 @@ class Spool:
         with self._lock:
             self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
 
+    def last_seq(self, sequence: str) -> int:
+        """The last ``seq`` handed out for ``sequence`` (0 before the first)."""
+        with self._lock:
+            return self._counter(f"seq:{sequence}")
+
     def backlog(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]

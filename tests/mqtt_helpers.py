@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 @dataclass(frozen=True)
@@ -23,16 +25,24 @@ class Message:
 class Collector:
     """Subscribes to ``topic`` on ``url`` and keeps every message, decoded from JSON where it can."""
 
-    def __init__(self, url: str, topic: str = "linewatch/#", protocol: int = mqtt.MQTTv5) -> None:
+    def __init__(self, url: str, topic: str = "linewatch/#", protocol: int = mqtt.MQTTv5,
+                 session: str | None = None) -> None:
+        """``session`` names a persistent session: the broker queues QoS 1 messages while we are away."""
         parts = urlsplit(url)
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "", protocol=protocol)
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect(parts.hostname, parts.port)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        kwargs = {}
+        if session:  # MQTT 5 only: a session that outlives the connection
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect(parts.hostname, parts.port, **kwargs)
         self.client.loop_start()
         assert self._subscribed.wait(10), "test subscriber could not subscribe"
 
