@@ -161,11 +161,11 @@ class DevicePublisher:
         client.publish(self.topic("status"), self._status("online"), qos=1, retain=True)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
-        for hook in self._on_connect_hooks:
-            hook()
         with self._cond:
             self.connected.set()
             self._cond.notify_all()
+        for hook in self._on_connect_hooks:
+            hook()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()

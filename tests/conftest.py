@@ -25,7 +25,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run the real ``linewatch`` command line in its own process (a daemon gets a fresh state dir)."""
-    if args and args[0] == "run" and "--state-dir" not in args:
+    if "run" in args[:3] and "--state-dir" not in args:
         args = (*args, "--state-dir", tempfile.mkdtemp(prefix="linewatch-state-"))
     proc = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=ENV, **kwargs)
