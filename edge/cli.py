@@ -114,8 +114,13 @@ def _roi(text: str) -> tuple[float, float, float, float]:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from edge.monitor import monitor
 
+    from edge.config import read_password
+    from edge.mqtt import Credentials
+
+    password = read_password(args.password_file)
     monitor(args.broker, prefix=args.prefix, protocol=args.protocol, as_json=args.json, count=args.count,
-            timeout=args.timeout)
+            timeout=args.timeout, summary_every=None if args.json else args.summary_every,
+            credentials=Credentials(args.username, password, args.ca_file))
     return 0
 
 
@@ -151,12 +156,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
     return run_demo(args.workdir, per_class=args.per_class, epochs=args.epochs, frames=args.frames)
-
-
-def _add_broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
-    p.add_argument("--prefix", default="linewatch", help="topic prefix (default: linewatch)")
-    p.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="MQTT protocol version")
 
 
 def _edge_commands(sub: argparse._SubParsersAction) -> None:
@@ -224,10 +223,17 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_bench)
 
     p = sub.add_parser("monitor", help="watch every device on the broker: a line per message")
-    _add_broker_args(p)
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
+    p.add_argument("--prefix", default="linewatch", help="topic prefix (default: linewatch)")
+    p.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="MQTT protocol version")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file holding the MQTT password (or LINEWATCH_MQTT_PASSWORD)")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="exit after this many result messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--summary-every", type=float, default=10.0,
+                   help="seconds between per-device tables: status, last label, defect rate, frames/s, gaps")
     p.set_defaults(handler=_cmd_monitor)
 
     p = sub.add_parser("inspect", help="print a .tflite's model card, ops and input/output quantization")

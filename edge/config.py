@@ -190,14 +190,14 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
         raise UsageError(_describe(exc)) from None
 
 
-def password(config: Config, environ: dict[str, str] | None = None) -> str | None:
+def read_password(password_file: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The MQTT password: ``LINEWATCH_MQTT_PASSWORD``, else the password file. Never logged."""
     environ = dict(os.environ if environ is None else environ)
     if environ.get("LINEWATCH_MQTT_PASSWORD"):
         return environ["LINEWATCH_MQTT_PASSWORD"]
-    if not config.mqtt.password_file:
+    if not password_file:
         return None
     try:
-        return Path(config.mqtt.password_file).read_text().strip()
+        return Path(password_file).read_text().strip()
     except OSError as exc:
-        raise UsageError(f"cannot read the MQTT password file {config.mqtt.password_file}: {exc.strerror}") from None
+        raise UsageError(f"cannot read the MQTT password file {password_file}: {exc.strerror}") from None

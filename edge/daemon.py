@@ -65,7 +65,7 @@ class Daemon:
             raise UsageError(f"state_dir {state}: {exc}") from None
         self.publisher = DevicePublisher(
             parse_broker(cfg.mqtt.broker), cfg.device_id, self.spool, cfg.mqtt.prefix, cfg.mqtt.protocol,
-            Credentials(cfg.mqtt.username, config_module.password(cfg), cfg.mqtt.ca_file, cfg.mqtt.cert_file,
+            Credentials(cfg.mqtt.username, config_module.read_password(cfg.mqtt.password_file), cfg.mqtt.ca_file, cfg.mqtt.cert_file,
                         cfg.mqtt.key_file),
             cfg.mqtt.keepalive, status_extra=lambda: {"model": self.model.name, "version": self.model.version})
         card_thresholds = self.model.card.get("thresholds", {})

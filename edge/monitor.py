@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from edge.errors import BrokerError
-from edge.mqtt import connect, make_client, parse_broker
+from edge.mqtt import Credentials, connect, make_client, parse_broker
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,16 @@ class Monitor:
                 print(line, file=self.out, flush=True)
             self.changed.notify_all()
 
+    def table(self) -> str:
+        """The live view: one row per device."""
+        rows = [f"{'device':<20} {'status':<8} {'last label':<12} {'results':>8} {'defect %':>8} "
+                f"{'frames/s':>8} {'missing':>7} {'repeats':>7}"]
+        for device, v in sorted(self.devices.items()):
+            rate = 100 * v.defects / v.results if v.results else 0.0
+            rows.append(f"{device:<20} {v.status:<8} {v.last_label:<12} {v.results:>8} {rate:>8.1f} "
+                        f"{v.fps:>8.1f} {v.gaps:>7} {v.duplicates:>7}")
+        return "\n".join(rows)
+
     def _result(self, view: DeviceView, body: dict[str, Any]) -> None:
         seq = int(body.get("seq", 0))
         if view.last_seq and seq <= view.last_seq:
@@ -106,8 +116,12 @@ class Monitor:
 
 def monitor(broker: str, prefix: str = "linewatch", protocol: str = "5", as_json: bool = False,
             count: int | None = None, timeout: float | None = None, out: TextIO = sys.stdout,
-            ready: threading.Event | None = None) -> Monitor:
-    """Print messages until ``count`` results arrived or ``timeout`` passed (or forever)."""
+            ready: threading.Event | None = None, summary_every: float | None = None,
+            credentials: Credentials = Credentials()) -> Monitor:
+    """Print messages until ``count`` results arrived or ``timeout`` passed (or forever).
+
+    With ``summary_every``, the per-device table is printed that often, and at the end.
+    """
     view = Monitor(prefix, as_json, out)
     client = make_client(f"linewatch-monitor-{int(time.time() * 1000) % 100000}", protocol)
     subscribed = threading.Event()
@@ -119,20 +133,28 @@ def monitor(broker: str, prefix: str = "linewatch", protocol: str = "5", as_json
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, msg: view.handle(msg.topic, msg.payload)
     address = parse_broker(broker)
-    connect(client, address)
+    connect(client, address, credentials=credentials)
     try:
         if not subscribed.wait(10):
             raise BrokerError(f"cannot subscribe at {address.host}:{address.port}: is the broker running?")
         if ready is not None:
             ready.set()
         deadline = time.monotonic() + timeout if timeout else None
+        next_summary = time.monotonic() + summary_every if summary_every else None
         with view.changed:
             while count is None or view.results < count:
                 left = deadline - time.monotonic() if deadline else 1.0
                 if left <= 0:
                     break
                 view.changed.wait(min(left, 1.0))
+                if next_summary and time.monotonic() >= next_summary:
+                    print(view.table(), file=out, flush=True)
+                    next_summary = time.monotonic() + summary_every
+    except KeyboardInterrupt:
+        pass
     finally:
         client.disconnect()
         client.loop_stop()
+    if summary_every:
+        print(view.table(), file=out, flush=True)
     return view
