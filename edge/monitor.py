@@ -64,8 +64,8 @@ class Monitor:
         device, kind = parts[1], "/".join(parts[2:])
         try:
             body: Any = json.loads(payload)
-        except ValueError:
-            body = payload.decode("utf-8", "replace")
+        except ValueError:  # a snapshot (JPEG) or something not ours
+            body = {"bytes": len(payload)}
         view = self.devices.setdefault(device, DeviceView())
         line = f"{device} {kind}"
         if kind == "status" and isinstance(body, dict):
@@ -76,6 +76,10 @@ class Monitor:
             line += f" #{body.get('seq')} {body.get('label')} {body.get('score')}"
             if body.get("defect"):
                 line += " DEFECT"
+        elif kind == "event" and isinstance(body, dict):
+            line += f" {body.get('type')} {body.get('class')} peak {body.get('peak_score')} #{body.get('seq')}"
+        elif kind == "snapshot":
+            line += f" {body.get('bytes')} bytes"
         with self.changed:
             if self.as_json:
                 print(json.dumps({"device_id": device, "topic": kind, "payload": body}), file=self.out, flush=True)
