@@ -46,11 +46,10 @@ class Frame:
 
 @dataclass(frozen=True)
 class Result:
-    """A frame's prediction with the time each stage took, in milliseconds."""
+    """A frame's prediction (stage timings are kept in ``PipelineStats``)."""
 
     frame: Frame
     prediction: Prediction
-    timings_ms: dict[str, float]
 
 
 @dataclass
@@ -203,8 +202,7 @@ class Pipeline:
                 t3 = time.perf_counter()
                 timings["invoke"].append(1000 * (t2 - t1))
                 timings["postprocess"].append(1000 * (t3 - t2))
-                self._results.put(Result(frame, prediction, {"invoke": 1000 * (t2 - t1),
-                                                             "postprocess": 1000 * (t3 - t2)}))
+                self._results.put(Result(frame, prediction))
                 self.stats.frames += 1
                 self.stats.dropped = self._handoff.dropped
                 if self.max_frames and self.stats.frames >= self.max_frames:
