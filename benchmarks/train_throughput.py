@@ -20,6 +20,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Seconds per epoch, printed as images/s as they come."""
+
+        def __init__(self, name: str, images: int) -> None:
+            super().__init__()
+            self.name, self.images, self.times = name, images, []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.started)
+            print(f"  {self.name} epoch {epoch + 1}: {self.images / self.times[-1]:.0f} images/s", file=sys.stderr,
+                  flush=True)
+
+    return EpochTimer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=100)
@@ -29,6 +50,7 @@ def main() -> None:
 
     import keras
 
+    EpochTimer = _epoch_timer()
     from edge.simulator import write_dataset
     from train import data
     from train.augment import DEFAULT_AUGMENT, build_augmenter
@@ -47,18 +69,9 @@ def main() -> None:
         model = build_cnn(len(dataset.classes), height, width)
         _compile(model, 2e-3, 1000)
         ds = _tf_dataset(x, y, 32, 0, augmenter)
-        times: list[float] = []
-
-        class Timer(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                times.append(time.perf_counter() - self.t)
-                print(f"  {name} epoch {epoch + 1}: {len(x) / times[-1]:.0f} images/s", file=sys.stderr, flush=True)
-
-        model.fit(ds, epochs=args.epochs, verbose=0, shuffle=False, callbacks=[Timer()])
-        steady = times[1:] or times
+        timer = EpochTimer(name, len(x))
+        model.fit(ds, epochs=args.epochs, verbose=0, shuffle=False, callbacks=[timer])
+        steady = timer.times[1:] or timer.times
         results[f"{name}_images_per_s"] = round(len(x) * len(steady) / sum(steady), 1)
     results["augmented_over_plain"] = round(results["augmented_images_per_s"] / results["plain_images_per_s"], 3)
     print(json.dumps(results) if args.json else "\n".join(f"{k}: {v}" for k, v in results.items()))

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 
 from edge import artifact
 from edge.engine import Engine

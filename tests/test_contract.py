@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import jsonschema
-import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties

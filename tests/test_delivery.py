@@ -85,7 +85,7 @@ def test_kill_9_with_spooled_results_then_restart_delivers_them(trained: Trained
 
 def test_full_spool_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite", max_entries=10)
-    for i in range(25):
+    for _ in range(25):
         spool.append("t", lambda seq: str(seq).encode(), "result")
     assert spool.backlog() == 10 and spool.dropped() == 15
     assert [e.payload for e in spool.after(0, 100)] == [str(i).encode() for i in range(16, 26)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from picamera2 import platform
+from picamera2 import platform  # noqa: F401  (picamera2.platform, as the real package has)
 
 CAMERAS = 2
 instances: list["Picamera2"] = []
