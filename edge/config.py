@@ -40,6 +40,7 @@ class SourceSection(Section):
     loop: bool = False
     roi: tuple[float, float, float, float] | None = None
     rotate: Literal[0, 90, 180, 270] = 0
+    camera_size: tuple[int, int] = Field((320, 240), description="picamera: the lores stream fed to the model (w, h)")
 
     @field_validator("roi", mode="before")
     @classmethod

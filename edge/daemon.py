@@ -57,7 +57,8 @@ class Daemon:
         self.max_frames = max_frames
         self.model = artifact.load(cfg.model.path, cfg.model.labels)
         self.engine = Engine(self.model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
-        self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop)
+        self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
+                                  camera_size=cfg.source.camera_size)
         state = Path(cfg.state_dir)
         try:
             self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries)

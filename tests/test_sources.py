@@ -37,7 +37,7 @@ def test_picamera_lores_stream_arrives_as_bgr(fake_picamera2, monkeypatch, board
     from picamera2 import platform
 
     monkeypatch.setattr(platform, "CURRENT", platform.Platform[board])
-    source = open_source("picamera:1", fps=15)
+    source = open_source("picamera:1", fps=15, camera_size=(320, 240))
     frame = next(source.frames()).image
     camera = fake_picamera2.instances[-1]
     assert camera.camera_num == 1

@@ -52,8 +52,10 @@ class Source(Protocol):
         """Release the device; safe to call twice."""
 
 
-def open_source(spec: str, fps: float | None = None, loop: bool = False) -> Source:
-    """The source that ``spec`` names; ``fps`` paces finite sources, ``loop`` repeats them."""
+def open_source(spec: str, fps: float | None = None, loop: bool = False,
+                camera_size: tuple[int, int] = (320, 240)) -> Source:
+    """The source that ``spec`` names; ``fps`` paces finite sources (and sets a Pi camera's
+    frame rate), ``loop`` repeats them, ``camera_size`` is the Pi camera's lores stream (w, h)."""
     if spec.startswith("conveyor"):
         from edge.sources.conveyor import ConveyorSource
 
@@ -67,7 +69,7 @@ def open_source(spec: str, fps: float | None = None, loop: bool = False) -> Sour
         index = spec.partition(":")[2] or "0"
         if not index.isdigit():
             raise UsageError(f"source '{spec}': use picamera:N with the camera number, e.g. picamera:0")
-        return PicameraSource(camera=int(index), fps=fps)
+        return PicameraSource(camera=int(index), fps=fps, lores_size=camera_size)
     if spec.startswith(("usb:", "/dev/video", "rtsp://", "rtsps://", "http://", "https://")):
         from edge.sources.video import VideoSource
 
