@@ -50,6 +50,8 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            # Counted once here and kept up to date: COUNT(*) walks the whole table in SQLite.
+            self._size = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise OSError(f"spool {path} is not usable ({exc}): move it aside and restart") from None
 
@@ -70,7 +72,7 @@ class Spool:
                 self._set_counter(f"seq:{sequence}", seq)
                 self._db.execute("INSERT INTO messages(topic, payload, retain) VALUES (?, ?, ?)",
                                  (topic, build(seq), int(retain)))
-                excess = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] - self.max_entries
+                excess = self._size + 1 - self.max_entries
                 if excess > 0:
                     self._db.execute("DELETE FROM messages WHERE id IN "
                                      "(SELECT id FROM messages ORDER BY id LIMIT ?)", (excess,))
@@ -79,6 +81,7 @@ class Spool:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._size += 1 - max(excess, 0)
         if excess > 0:
             logger.warning("spool full (%d entries): dropped the %d oldest", self.max_entries, excess)
         return seq
@@ -93,7 +96,7 @@ class Spool:
     def remove(self, entry_id: int) -> None:
         """The broker acknowledged it: forget it."""
         with self._lock:
-            self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
+            self._size -= self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,)).rowcount
 
     def last_seq(self, sequence: str) -> int:
         """The last ``seq`` handed out for ``sequence`` (0 before the first)."""
@@ -101,8 +104,8 @@ class Spool:
             return self._counter(f"seq:{sequence}")
 
     def backlog(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        """Messages waiting for the broker."""
+        return self._size
 
     def dropped(self) -> int:
         with self._lock:
