@@ -29,7 +29,7 @@ def main() -> None:
 
     import numpy as np
 
-    from convert.quantize import _engine, latency_ms, tflite_bytes
+    from convert.quantize import engine_for, latency_ms, tflite_bytes
     from edge import simulator
     from edge.preprocess import prepare
     from train.model import build_mobilenetv2
@@ -48,7 +48,7 @@ def main() -> None:
             print(f"converting {name}", file=sys.stderr, flush=True)
             flatbuffer = tflite_bytes(saved, quantization, "int8", calibration, per_tensor)
             rows[name] = {"bytes": len(flatbuffer),
-                          **{f"p50_ms_{t}_threads": latency_ms(_engine(flatbuffer, labels, card, t), calibration[0],
+                          **{f"p50_ms_{t}_threads": latency_ms(engine_for(flatbuffer, labels, card, t), calibration[0],
                                                                runs=50)["p50"] for t in (1, 2)}}
     f32, i8, pt = rows["float32"], rows["int8"], rows["int8 per-tensor"]
     result = {"input": f"{args.size}x{args.size}", "width": args.width, "rows": rows,

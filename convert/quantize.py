@@ -80,7 +80,8 @@ def tflite_bytes(saved_model: str, quantization: str, io_type: str = "int8",
     return converter.convert()
 
 
-def _engine(flatbuffer: bytes, labels: list[str], card: dict[str, Any], threads: int | None = None) -> Engine:
+def engine_for(flatbuffer: bytes, labels: list[str], card: dict[str, Any], threads: int | None = None) -> Engine:
+    """An engine on converted bytes that are not written anywhere yet."""
     return Engine(artifact.ModelArtifact(Path("<converted>"), flatbuffer, card, labels), num_threads=threads)
 
 
@@ -197,11 +198,11 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
             started = time.monotonic()
             print(f"[{step}/{len(wanted)}] converting to {q}", flush=True)
             flatbuffer = tflite_bytes(saved_model, q, io_type, calibration_images, per_tensor)
-            engine = _engine(flatbuffer, labels, card)
+            engine = engine_for(flatbuffer, labels, card)
             scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
             row = {"quantization": q, "bytes": len(flatbuffer),
                    "accuracy": classification_metrics(y_test, scores, labels)["accuracy"],
-                   "latency_ms": {"1_thread": latency_ms(_engine(flatbuffer, labels, card, 1), x_test[0]),
+                   "latency_ms": {"1_thread": latency_ms(engine_for(flatbuffer, labels, card, 1), x_test[0]),
                                   f"{engine.num_threads}_threads": latency_ms(engine, x_test[0])},
                    "convert_seconds": round(time.monotonic() - started, 1)}
             comparison.append(row)

@@ -1,7 +1,7 @@
 """A local MQTT broker for the demo and the tests: mosquitto when installed, else an embedded one.
 
-``MosquittoBroker`` runs the real mosquitto on a loopback port and can be stopped, killed
-and restarted on the same port, which is how the tests take the broker away mid-stream.
+``MosquittoBroker`` runs the real mosquitto on a loopback port and can be stopped and
+started again on the same port, which is how the tests take the broker away mid-stream.
 ``EmbeddedBroker`` (amqtt, MQTT 3.1.1 only) lets ``make demo`` run where mosquitto is not
 installed; production devices talk to the plant's own broker.
 """
@@ -51,7 +51,7 @@ class MosquittoBroker:
 
     protocol = "5"
 
-    def __init__(self, port: int | None = None, workdir: Path | None = None, extra_config: str = "",
+    def __init__(self, port: int | None = None, workdir: Path | None = None,
                  persistence: bool = False, tls_files: tuple[Path, Path, Path] | None = None,
                  password_file: Path | None = None) -> None:
         binary = find_mosquitto()
@@ -72,7 +72,7 @@ class MosquittoBroker:
         listener += f"password_file {password_file}\nallow_anonymous false\n" if password_file \
             else "allow_anonymous true\n"
         logging_conf = "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nuser root\n"
-        self.config_path.write_text(listener + storage + logging_conf + extra_config)
+        self.config_path.write_text(listener + storage + logging_conf)
         self.tls = tls_files is not None
         self.process: subprocess.Popen | None = None
 
@@ -95,16 +95,6 @@ class MosquittoBroker:
             self.process.wait(10)
             self.process = None
 
-    def kill(self) -> None:
-        """Stop like a broker that crashed or lost power."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 class EmbeddedBroker:

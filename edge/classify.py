@@ -15,7 +15,7 @@ import cv2
 from edge import artifact
 from edge.engine import Engine
 from edge.errors import DataError
-from edge.preprocess import IMAGE_SUFFIXES, read_image
+from edge.preprocess import image_files, read_image
 from edge.sources import open_source
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _image_paths(targets: list[str]) -> Iterator[Path]:
     for target in targets:
         path = Path(target)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from image_files(path)
         else:
             yield path
 

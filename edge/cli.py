@@ -63,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not sep:
             raise UsageError(f"--set {item}: use KEY=VALUE, e.g. --set results.mode=change")
         overrides[key.strip()] = value
-    path = Path(args.config) if args.config else None
+    path = Path(args.config) if args.config else (config.DEFAULT_PATH if config.DEFAULT_PATH.is_file() else None)
     cfg = config.load(path, overrides, defaults={"device_id": socket.gethostname(), "state_dir": _default_state_dir()})
     summary = Daemon(cfg, path, overrides, once=args.once, max_frames=args.max_frames).run()
     print(json.dumps(summary) if args.json else
@@ -160,7 +160,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the device daemon: classify frames and publish over MQTT")
-    p.add_argument("--config", help="TOML config file (see docs/linewatch.example.toml); flags override it")
+    p.add_argument("--config", help="TOML config file (default: /etc/linewatch/linewatch.toml when it exists; "
+                                    "see docs/linewatch.example.toml); flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. results.mode=change")
     p.add_argument("--model", help="the .tflite made by 'linewatch convert'")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")

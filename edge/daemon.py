@@ -66,8 +66,8 @@ class Daemon:
             raise UsageError(f"state_dir {state}: {exc}") from None
         self.publisher = DevicePublisher(
             parse_broker(cfg.mqtt.broker), cfg.device_id, self.spool, cfg.mqtt.prefix, cfg.mqtt.protocol,
-            Credentials(cfg.mqtt.username, config_module.read_password(cfg.mqtt.password_file), cfg.mqtt.ca_file, cfg.mqtt.cert_file,
-                        cfg.mqtt.key_file),
+            Credentials(cfg.mqtt.username, config_module.read_password(cfg.mqtt.password_file), cfg.mqtt.ca_file,
+                        cfg.mqtt.cert_file, cfg.mqtt.key_file),
             cfg.mqtt.keepalive, status_extra=lambda: {"model": self.model.name, "version": self.model.version})
         card_thresholds = self.model.card.get("thresholds", {})
         self.tracker = EventTracker(self.model.labels, self.model.card.get("good_labels", []),
@@ -124,11 +124,12 @@ class Daemon:
                             result.frame.image)
 
     def _publish_snapshot(self, image: np.ndarray, name: str) -> None:
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             return
-        self.snapshots.add(name, jpeg.tobytes())
-        self.publisher.spool_message("snapshot", lambda seq: jpeg.tobytes())
+        jpeg = encoded.tobytes()
+        self.snapshots.add(name, jpeg)
+        self.publisher.spool_message("snapshot", lambda seq: jpeg)
 
     # --- stats -------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ model does its own normalization, and gets raw 0..255 pixels.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -15,6 +16,11 @@ import numpy as np
 ResizeMode = Literal["stretch", "crop", "letterbox"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "crop", "letterbox")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below ``folder``, by its suffix, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 ROTATIONS = {0: None, 90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge.errors import DataError
-from edge.preprocess import IMAGE_SUFFIXES, read_image
+from edge.preprocess import IMAGE_SUFFIXES, image_files, read_image
 from edge.sources import Captured
 from edge.sources.pacing import Pacer
 
@@ -38,7 +38,7 @@ class FolderSource:
             return [self.path]
         if not self.path.is_dir():
             raise DataError(f"source {self.path} does not exist: give a folder of images, a file or a camera")
-        paths = sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_files(self.path)
         if not paths:
             raise DataError(f"source {self.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return paths
