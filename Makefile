@@ -1,10 +1,14 @@
 # The two front-door commands: `make demo` and `make test`. Both create .venv and install what they need.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+# The device tier runs in a venv of its own with only what a Pi installs: linewatch[edge] and the test runner.
+EDGE_VENV := .venv-edge
+EDGE_BIN  := $(EDGE_VENV)/bin
+EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model broker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +17,14 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
+
+$(EDGE_BIN)/python:
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_BIN)/pip install --quiet --upgrade pip
+
+$(EDGE_STAMP): pyproject.toml | $(EDGE_BIN)/python
+	$(EDGE_BIN)/pip install --quiet -e '.[edge,test]'
+	touch $(EDGE_STAMP)
 
 # mosquitto is the broker the tests run against; install it when it is missing.
 broker:
@@ -28,8 +40,29 @@ broker:
 demo: $(STAMP)
 	$(BIN)/linewatch demo --workdir build/demo
 
-test: $(STAMP) broker
-	$(BIN)/python -m pytest
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Regenerate what is generated from the code: payload schemas, configuration reference, exit-code tables.
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
+schemas: docs
+
+# The tiny int8 models the device tier runs on (needs TensorFlow; commit the result).
+tiny-model: $(STAMP)
+	$(BIN)/python tests/fixtures/make_tiny_model.py
+
+# Unit, device and broker tests where TensorFlow is not even installed, as on a Pi.
+test-device: $(EDGE_STAMP) broker
+	@$(EDGE_BIN)/python -c "import importlib.util, sys; sys.exit('TensorFlow is installed in $(EDGE_VENV)' if importlib.util.find_spec('tensorflow') else 0)"
+	$(EDGE_BIN)/python -m pytest -m "not workstation"
+
+# Training, conversion, packaging: the workstation tier.
+test-workstation: $(STAMP) broker
+	$(BIN)/python -m pytest -m workstation
+
+test: lint test-device test-workstation
 
 clean:
 	rm -rf build .pytest_cache

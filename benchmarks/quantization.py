@@ -29,10 +29,10 @@ def main() -> None:
 
     import numpy as np
 
-    from convert.quantize import engine_for, latency_ms, tflite_bytes
-    from edge import simulator
-    from edge.preprocess import prepare
-    from train.model import build_mobilenetv2
+    from linewatch.convert.quantize import engine_for, latency_ms, tflite_bytes
+    from linewatch.edge import simulator
+    from linewatch.edge.model.images import prepare
+    from linewatch.train.model import build_mobilenetv2
 
     rng = np.random.default_rng(0)
     calibration = np.stack([prepare(simulator.render(simulator.random_part(label, rng), rng), args.size, args.size)

@@ -51,11 +51,11 @@ def main() -> None:
     import keras
 
     EpochTimer = _epoch_timer()
-    from edge.simulator import write_dataset
-    from train import data
-    from train.augment import DEFAULT_AUGMENT, build_augmenter
-    from train.model import build_cnn
-    from train.trainer import _compile, _tf_dataset
+    from linewatch.edge.simulator import write_dataset
+    from linewatch.train import data
+    from linewatch.train.augment import DEFAULT_AUGMENT, build_augmenter
+    from linewatch.train.model import build_cnn
+    from linewatch.train.trainer import _compile, _tf_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.per_class, seed=0)

@@ -21,16 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from edge import artifact, audit
-from edge.engine import Engine
-from edge.errors import DataError, GateError, ModelError
-from train import data
-from train.metrics import classification_metrics
-from train.trainer import predict_scores
+from linewatch.convert.config import QUANTIZATIONS, ConvertConfig
+from linewatch.edge.errors import DataError, GateError, ModelError
+from linewatch.edge.files import write_atomic
+from linewatch.edge.model import artifact, audit
+from linewatch.edge.model.card import InputSpec, ModelCard
+from linewatch.edge.model.engine import Engine
+from linewatch.train import data
+from linewatch.train.metrics import classification_metrics
+from linewatch.train.trainer import predict_scores
 
 logger = logging.getLogger(__name__)
-
-QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
 
 
 def calibration_sample(items: list[data.Item], count: int, seed: int) -> list[data.Item]:
@@ -80,7 +81,7 @@ def tflite_bytes(saved_model: str, quantization: str, io_type: str = "int8",
     return converter.convert()
 
 
-def engine_for(flatbuffer: bytes, labels: list[str], card: dict[str, Any], threads: int | None = None) -> Engine:
+def engine_for(flatbuffer: bytes, labels: list[str], card: ModelCard, threads: int | None = None) -> Engine:
     """An engine on converted bytes that are not written anywhere yet."""
     return Engine(artifact.ModelArtifact(Path("<converted>"), flatbuffer, card, labels), num_threads=threads)
 
@@ -113,7 +114,7 @@ def parity_report(y: np.ndarray, float_scores: np.ndarray, quant_scores: np.ndar
     }
 
 
-def gate(parity: dict[str, Any], max_drop: float, max_class_drop: float = 3.0) -> list[str]:
+def gate(parity: dict[str, Any], max_drop: float, max_class_drop: float) -> list[str]:
     """The reasons a converted model is rejected; empty when it passes.
 
     A class with few test images may lose one of them without failing the gate: in a class
@@ -131,14 +132,16 @@ def gate(parity: dict[str, Any], max_drop: float, max_class_drop: float = 3.0) -
     return failures
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+def _read_run(run_dir: Path) -> tuple[ModelCard, InputSpec, list[str]]:
     if not (run_dir / "model.keras").is_file():
         raise DataError(f"{run_dir} is not a run folder (no model.keras): pass the -o folder of 'linewatch train'")
-    card = json.loads((run_dir / "model_card.json").read_text())
-    return card, artifact.read_labels(run_dir / "labels.txt")
+    card = artifact.read_card(run_dir / "model_card.json")
+    if card.input is None:
+        raise ModelError(f"{run_dir / 'model_card.json'} does not say the model's input size: train it again")
+    return card, card.input, artifact.read_labels(run_dir / "labels.txt")
 
 
-def _edgetpu_compile(out: Path, flatbuffer: bytes, card: dict[str, Any], labels: list[str]) -> Path | None:
+def _edgetpu_compile(out: Path, flatbuffer: bytes, card: ModelCard, labels: list[str]) -> Path | None:
     """Run ``edgetpu_compiler`` when it is installed; the result carries the same card."""
     compiler = shutil.which("edgetpu_compiler")
     if compiler is None:
@@ -152,13 +155,13 @@ def _edgetpu_compile(out: Path, flatbuffer: bytes, card: dict[str, Any], labels:
             logger.warning("edgetpu_compiler failed: %s", proc.stdout[-500:] + proc.stderr[-500:])
             return None
         target = out.with_name(f"{out.stem}_edgetpu.tflite")
-        target.write_bytes(artifact.pack(compiled.read_bytes(), {**card, "delegate": "edgetpu"}, labels))
+        write_atomic(target, artifact.pack(compiled.read_bytes(), card.model_copy(update={"delegate": "edgetpu"}),
+                                           labels))
         return target
 
 
-def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io_type: str = "int8",
-            calibration: int = 300, max_drop: float = 1.0, allow_float_ops: bool = False, compare: bool = True,
-            calibration_images: np.ndarray | None = None, per_tensor: bool = False) -> dict[str, Any]:
+def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = None,
+            calibration_images: np.ndarray | None = None) -> dict[str, Any]:
     """Convert a run folder's model, audit and check it, write the artifact and its report.
 
     ``calibration_images`` (uint8, N x H x W x 3, prepared like training) replaces the
@@ -167,12 +170,11 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
     """
     import keras
 
+    cfg = cfg or ConvertConfig()
+    quantization = cfg.quantization
     run_dir, out = Path(run_dir), Path(out)
-    if quantization not in QUANTIZATIONS:
-        raise DataError(f"unknown quantization {quantization}: choose from {', '.join(QUANTIZATIONS)}")
-    card, labels = _read_run(run_dir)
-    inp = card["input"]
-    h, w, mode = inp["height"], inp["width"], inp["resize_mode"]
+    card, spec, labels = _read_run(run_dir)
+    h, w, mode = spec.height, spec.width, spec.resize_mode
     splits = data.load_splits(run_dir / "splits.json")
     try:
         model = keras.models.load_model(run_dir / "model.keras")
@@ -181,15 +183,15 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2 or model.outputs[0].shape[-1] != len(labels):
         raise ModelError(f"{run_dir / 'model.keras'} does not output one vector of {len(labels)} class scores")
 
-    if quantization == "int8" or compare:
+    if quantization == "int8" or cfg.compare:
         if calibration_images is None:
-            sample = calibration_sample(splits["train"], calibration, seed=card["training"]["seed"])
+            sample = calibration_sample(splits["train"], cfg.calibration, seed=int(card.training.get("seed", 0)))
             calibration_images, _, _, _ = data.load_images(sample, labels, h, w, mode)
         print(f"calibrating on {len(calibration_images)} training images, stratified by class", flush=True)
     x_test, y_test, _, _ = data.load_images(splits["test"], labels, h, w, mode)
     float_scores = predict_scores(model, x_test)
 
-    wanted = [quantization] + ([q for q in QUANTIZATIONS if q != quantization] if compare else [])
+    wanted = [quantization] + ([q for q in QUANTIZATIONS if q != quantization] if cfg.compare else [])
     comparison: list[dict[str, Any]] = []
     target: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as saved_model:
@@ -197,7 +199,7 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
         for step, q in enumerate(wanted, start=1):
             started = time.monotonic()
             print(f"[{step}/{len(wanted)}] converting to {q}", flush=True)
-            flatbuffer = tflite_bytes(saved_model, q, io_type, calibration_images, per_tensor)
+            flatbuffer = tflite_bytes(saved_model, q, cfg.io, calibration_images, cfg.per_tensor)
             engine = engine_for(flatbuffer, labels, card)
             scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
             row = {"quantization": q, "bytes": len(flatbuffer),
@@ -213,31 +215,33 @@ def convert(run_dir: Path | str, out: Path | str, quantization: str = "int8", io
     bare = artifact.ModelArtifact(out, flatbuffer, card, labels)
     op_list = audit.ops(bare)
     parity = parity_report(y_test, float_scores, target["scores"], labels)
-    failures = gate(parity, max_drop)
+    failures = gate(parity, cfg.max_drop, cfg.max_class_drop)
     float_ops = sorted({op.name for op in op_list if op.is_float})
     if quantization == "int8" and float_ops:
         message = f"float ops remain in the int8 model: {', '.join(float_ops)}"
-        if allow_float_ops:
+        if cfg.allow_float_ops:
             logger.warning("%s (allowed by --allow-float-ops)", message)
         else:
             failures.append(message + " (--allow-float-ops to accept)")
     not_on_tpu = sorted({op.name for op in op_list if not op.edgetpu})
     io = audit.io_details(bare)
     parity["accepted"] = not failures
-    full_card = {**card, "quantization": quantization, "per_tensor": per_tensor, "io": io,
-                 "calibration_images": int(len(calibration_images)) if quantization == "int8" else 0,
-                 "parity": {k: v for k, v in parity.items() if k != "per_class_recall"}}
+    full_card = card.model_copy(update={
+        "quantization": quantization, "per_tensor": cfg.per_tensor, "io": io,
+        "calibration_images": int(len(calibration_images)) if quantization == "int8" and calibration_images is not None
+        else 0,
+        "parity": {k: v for k, v in parity.items() if k != "per_class_recall"}})
     report = {"parity": parity, "quantizations": comparison, "ops": audit.summary(op_list),
               "edgetpu_unsupported_ops": not_on_tpu, "io": io, "failures": failures}
     out.parent.mkdir(parents=True, exist_ok=True)
     print_report(report)
     if failures:
         rejected = out.with_suffix(".rejected.tflite")
-        rejected.write_bytes(artifact.pack(flatbuffer, {**full_card, "rejected": failures}, labels))
+        write_atomic(rejected, artifact.pack(flatbuffer, full_card.model_copy(update={"rejected": failures}), labels))
         out.with_suffix(".rejected.report.json").write_text(json.dumps(report, indent=1))
         raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). Try more calibration "
                         "images (--calibration), another width, or quantization-aware training")
-    out.write_bytes(artifact.pack(flatbuffer, full_card, labels))
+    write_atomic(out, artifact.pack(flatbuffer, full_card, labels))
     if quantization == "int8":
         report["edgetpu_model"] = str(_edgetpu_compile(out, flatbuffer, full_card, labels) or "")
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=1))

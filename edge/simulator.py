@@ -18,6 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from linewatch.edge.errors import DataError
+from linewatch.edge.model.images import encode_jpeg
+
 logger = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("crack", "empty", "ok", "scratch", "stain")
@@ -133,11 +136,14 @@ def write_dataset(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
     counts: dict[str, int] = {}
     for label in CLASSES:
         folder = out / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            frame = render(random_part(label, rng), rng, belt_offset=rng.uniform(0, 40))
-            if not cv2.imwrite(str(folder / f"{label}_{i:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 92]):
-                raise OSError(f"cannot write images under {folder}: check the path and free space")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                frame = render(random_part(label, rng), rng, belt_offset=rng.uniform(0, 40))
+                (folder / f"{label}_{i:05d}.jpg").write_bytes(encode_jpeg(frame))
+        except OSError as exc:
+            raise DataError(f"cannot write images under {folder} ({exc.strerror}): check the path and free space") \
+                from None
         counts[label] = per_class
     logger.info("wrote %d images of %d classes to %s", per_class * len(CLASSES), len(CLASSES), out)
     return counts
@@ -151,28 +157,46 @@ class ConveyorFrame:
     truth: str
 
 
+CONVEYOR_MIX = {"ok": 0.55, "scratch": 0.15, "crack": 0.15, "stain": 0.15}  # defects rarer than good parts
+
+
+def conveyor_truth(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4) -> Iterator[str]:
+    """The true label of each conveyor frame, in order, without rendering a pixel.
+
+    Frame ``n`` (1-based, as the daemon numbers them in ``frame_id``) shows a part of class
+    ``truth[n - 1]``. The labels come from their own random stream, so the demo and the tests
+    can judge results by frame id; ground truth never travels with the device's frames.
+    """
+    rng = np.random.default_rng([seed, 0])
+    labels, probs = list(CONVEYOR_MIX), np.array(list(CONVEYOR_MIX.values()))
+    slot = 0
+    while True:
+        slot += 1
+        label = "empty" if slot % empty_every == 0 else str(rng.choice(labels, p=probs))
+        for _ in range(steps_per_part):
+            yield label
+
+
 def conveyor(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4,
              size: tuple[int, int] = FRAME_SIZE) -> Iterator[ConveyorFrame]:
     """Endless frames of parts riding through the view, left to right.
 
     Each part is seen in ``steps_per_part`` frames while it crosses the middle of the view;
-    every ``empty_every``-th slot the belt is empty. The class of each part is drawn at random
-    with defects rarer than good parts, as on a real line.
+    every ``empty_every``-th slot the belt is empty (see ``conveyor_truth``).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 1])
     w, _ = size
-    weights = {"ok": 0.55, "scratch": 0.15, "crack": 0.15, "stain": 0.15}
-    labels, probs = list(weights), np.array(list(weights.values()))
-    slot = 0
+    truth = conveyor_truth(seed, steps_per_part, empty_every)
     offset = 0.0
     while True:
-        slot += 1
-        label = "empty" if slot % empty_every == 0 else str(rng.choice(labels, p=probs))
+        label = next(truth)
         part = random_part(label, rng, size)
         # Travel across the central third of the frame so the whole part stays in view.
         start = part.radius + 2
         stop = w - part.radius - 2
         for step in range(steps_per_part):
+            if step:
+                next(truth)
             x = start + (stop - start) * step / max(1, steps_per_part - 1)
             moved = Part(part.label, x, part.cy, part.radius, part.angle + 0.05 * step)
             offset += (stop - start) / max(1, steps_per_part - 1)

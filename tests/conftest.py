@@ -1,42 +1,46 @@
-"""Shared fixtures: a real mosquitto on a loopback port, and one tiny trained model per session.
+"""Fixtures and test tiers.
 
-The model is made through the real commands (``linewatch demo-data``, ``train``, ``convert``)
-once per session and cached, so every test that needs a ``.tflite`` uses the same one.
+Tiers (markers), so that the device's own tests run on a Pi with only ``linewatch[edge,test]``:
+
+- ``unit``: no broker, no model file; pure logic and real OpenCV.
+- ``device``: the committed tiny int8 models (tests/fixtures/, made by make_tiny_model.py)
+  with the real LiteRT interpreter; no TensorFlow.
+- ``broker``: a real mosquitto on a loopback port.
+- ``workstation``: TensorFlow: training, conversion, and the session's freshly trained model.
+
+A test gets its markers from the fixtures it uses (and ``workstation`` from its module);
+``pytest -m "not workstation"`` is the device tier.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from edge.broker import MosquittoBroker
+from linewatch.edge.demo.brokers import MosquittoBroker
+from linewatch.edge.simulator import write_dataset
+from tests.helpers import FIXTURES, linewatch
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+TIERS = {"trained": "workstation", "uint8_model": "workstation", "tiny": "device", "tiny_uint8": "device",
+         "broker": "broker", "own_broker": "broker", "make_broker": "broker"}
 
 
-def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``linewatch`` command line in its own process (a daemon gets a fresh state dir)."""
-    if "run" in args[:3] and "--state-dir" not in args:
-        args = (*args, "--state-dir", tempfile.mkdtemp(prefix="linewatch-state-"))
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=ENV, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"linewatch {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        marks = {TIERS[name] for name in fixtures & TIERS.keys()}
+        marks |= {m.name for m in item.iter_markers() if m.name in ("workstation", "device", "broker")}
+        for mark in marks or {"unit"}:
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[MosquittoBroker]:
-    """One mosquitto for the session; tests that stop it use ``own_broker`` instead."""
+    """One mosquitto for the session; tests that stop it use ``own_broker`` or ``make_broker``."""
     b = MosquittoBroker()
     b.start()
     yield b
@@ -44,12 +48,45 @@ def broker() -> Iterator[MosquittoBroker]:
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A mosquitto for one test, free to be stopped, killed and restarted on its port."""
-    b = MosquittoBroker(workdir=tmp_path / "mosquitto")
-    b.start()
-    yield b
-    b.stop()
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Start mosquittos of a test's own (persistence, TLS, passwords); all are stopped at the end."""
+    started: list[MosquittoBroker] = []
+
+    def make(**options: object) -> MosquittoBroker:
+        b = MosquittoBroker(workdir=tmp_path / f"mosquitto-{len(started)}", **options)  # type: ignore[arg-type]
+        b.start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def own_broker(make_broker: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """A mosquitto for one test, free to be stopped and restarted on its port."""
+    return make_broker()
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Path:
+    """The committed int8 model (int8 I/O) of the synthetic line: 5 classes, 72x96, with its card."""
+    return FIXTURES / "tiny.tflite"
+
+
+@pytest.fixture(scope="session")
+def tiny_uint8() -> Path:
+    """The same model with uint8 input and output, as the Edge TPU wants."""
+    return FIXTURES / "tiny_uint8.tflite"
+
+
+@pytest.fixture(scope="session")
+def holdout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images no model here was trained on (another seed): 12 per class, folder per class."""
+    folder = tmp_path_factory.mktemp("holdout")
+    write_dataset(folder, per_class=12, seed=99)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -57,7 +94,6 @@ class TrainedModel:
     data: Path
     run: Path
     model: Path
-    holdout: Path  # images the model never saw, from another seed
 
     @property
     def parity(self) -> dict:
@@ -72,12 +108,11 @@ class TrainedModel:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """A small dataset, a model trained on it and converted to int8, all through the CLI."""
     base = tmp_path_factory.mktemp("trained")
-    data, run, model, holdout = base / "data", base / "run", base / "model.tflite", base / "holdout"
+    data, run, model = base / "data", base / "run", base / "model.tflite"
     linewatch("demo-data", str(data), "--per-class", "150", "--seed", "3")
-    linewatch("demo-data", str(holdout), "--per-class", "12", "--seed", "99")
     linewatch("train", str(data), "-o", str(run), "--epochs", "30")
     linewatch("convert", str(run), "-o", str(model))
-    return TrainedModel(data, run, model, holdout)
+    return TrainedModel(data, run, model)
 
 
 @pytest.fixture(scope="session")

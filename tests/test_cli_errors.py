@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.broker import free_port
-from edge.simulator import write_dataset
-from tests.conftest import TrainedModel, linewatch
+from linewatch.edge.demo.brokers import free_port
+from linewatch.edge.simulator import write_dataset
+from tests.helpers import linewatch
 
 
 def _one_line_error(proc, code: int, *needles: str) -> None:
@@ -20,26 +20,27 @@ def _one_line_error(proc, code: int, *needles: str) -> None:
         assert needle in line, line
 
 
-def test_missing_source_folder(trained: TrainedModel, broker, tmp_path: Path) -> None:
+def test_missing_source_folder(tiny: Path, broker, tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    proc = linewatch("run", "--model", str(trained.model), "--source", str(missing), "--device-id", "x",
+    proc = linewatch("run", "--model", str(tiny), "--source", str(missing), "--device-id", "x",
                      "--broker", broker.url, "--once", check=False)
     _one_line_error(proc, 3, str(missing), "does not exist")
 
 
-def test_bad_broker_url(trained: TrainedModel, tmp_path: Path) -> None:
-    proc = linewatch("run", "--model", str(trained.model), "--source", str(tmp_path), "--device-id", "x",
+def test_bad_broker_url(tiny: Path, tmp_path: Path) -> None:
+    proc = linewatch("run", "--model", str(tiny), "--source", str(tmp_path), "--device-id", "x",
                      "--broker", "http://example:1883", check=False)
     _one_line_error(proc, 2, "http://example:1883", "mqtt://")
 
 
-def test_unreachable_broker(trained: TrainedModel) -> None:
+def test_unreachable_broker(tiny: Path, holdout: Path) -> None:
     port = free_port()  # nothing listens there
-    proc = linewatch("run", "--model", str(trained.model), "--source", str(trained.holdout), "--device-id", "x",
+    proc = linewatch("run", "--model", str(tiny), "--source", str(holdout), "--device-id", "x",
                      "--broker", f"mqtt://127.0.0.1:{port}", "--once", check=False)
     _one_line_error(proc, 6, f"127.0.0.1:{port}")
 
 
+@pytest.mark.workstation
 def test_train_needs_two_classes(tmp_path: Path) -> None:
     write_dataset(tmp_path / "d", per_class=3)
     for extra in ("crack", "empty", "scratch", "stain"):
@@ -50,6 +51,7 @@ def test_train_needs_two_classes(tmp_path: Path) -> None:
     _one_line_error(proc, 3, "at least 2")
 
 
+@pytest.mark.workstation
 def test_train_names_a_class_too_small_to_split(tmp_path: Path) -> None:
     write_dataset(tmp_path / "d", per_class=4)
     for f in sorted((tmp_path / "d" / "stain").iterdir())[2:]:
@@ -58,11 +60,13 @@ def test_train_names_a_class_too_small_to_split(tmp_path: Path) -> None:
     _one_line_error(proc, 3, "'stain'", "2 image(s)")
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("args", [["convert", "/nonexistent/run", "-o", "/tmp/x.tflite"]])
 def test_convert_needs_a_run_folder(args: list[str]) -> None:
     _one_line_error(linewatch(*args, check=False), 3, "/nonexistent/run", "run folder")
 
 
+@pytest.mark.workstation
 def test_bad_size_option_is_a_usage_error(tmp_path: Path) -> None:
     proc = linewatch("train", str(tmp_path), "-o", str(tmp_path / "r"), "--size", "big", check=False)
     assert proc.returncode == 2 and "is not a size" in proc.stderr

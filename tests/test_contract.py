@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import jsonschema
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import config
-from edge.broker import MosquittoBroker
-from edge.errors import UsageError
-from edge.events import EventTracker
-from edge.monitor import Monitor
-from tests.conftest import ENV, ROOT, TrainedModel, linewatch
-from tests.mqtt_helpers import Collector
-
-SCHEMAS = ROOT / "docs" / "schemas"
+from linewatch.edge.comms.payloads import Event, Reply, Result, Stats
+from linewatch.edge.device import config
+from linewatch.edge.device.events import EventTracker
+from linewatch.edge.errors import UsageError
+from linewatch.edge.tools.monitor import Monitor
+from tests.helpers import ROOT, Collector, linewatch, start_daemon, stop_daemon, summary
 
 
-def _schema(name: str) -> dict:
-    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
-
-
-def _daemon(trained: TrainedModel, url: str, device: str, state: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(trained.model), "--source", "conveyor:4",
-         "--fps", "25", "--device-id", device, "--broker", url, "--state-dir", str(state), *extra],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
-    return err
-
-
-def test_commands_survive_a_flood_of_garbage_and_reply_to_each(trained: TrainedModel, broker, tmp_path: Path) -> None:
+def test_commands_survive_a_flood_of_garbage_and_reply_to_each(tiny: Path, broker, tmp_path: Path) -> None:
     sub = Collector(broker.url, "linewatch/cmd-dev/#")
-    proc = _daemon(trained, broker.url, "cmd-dev", tmp_path)
+    proc = start_daemon(tiny, broker.url, "cmd-dev", tmp_path, "--stats-interval", "1")
     client = sub.client
     try:
         assert sub.wait_for(lambda s: len(s.on("/result")) >= 5, timeout=60), proc.stderr
@@ -54,13 +30,14 @@ def test_commands_survive_a_flood_of_garbage_and_reply_to_each(trained: TrainedM
             name = ("threshold", "reboot", "pause; rm -rf", "snapshot")[i % 4] if i % 3 else "threshold"
             client.publish(f"linewatch/cmd-dev/cmd/{name}", payload, qos=1)
         client.publish("linewatch/other-device/cmd/pause", b"{}", qos=1)  # not ours: ignored
-        assert sub.wait_for(lambda s: sum(1 for m in s.messages if m.topic.endswith("/reply")) >= len(garbage) - 100,
-                            timeout=60)
-        replies = [m.payload for m in sub.messages if m.topic.endswith("/reply")]
+        assert sub.wait_for(lambda s: len(s.on("/reply")) >= len(garbage), timeout=60), len(sub.on("/reply"))
+        replies = sub.on("/reply")
+        assert len(replies) == len(garbage)  # one reply to every command, and none to another device's
         for reply in replies:
-            jsonschema.validate(reply, _schema("reply"))
+            Reply.model_validate(reply, strict=True)
         assert any(r["command"] == "reboot" and not r["ok"] and "unknown command" in r["error"] for r in replies)
         assert any(r["command"] == "threshold" and not r["ok"] for r in replies)
+        assert not any(r["command"] == "pause" and r["ok"] for r in replies)  # '"pause"' is not a JSON object
         count = len(sub.on("/result"))
         assert sub.wait_for(lambda s: len(s.on("/result")) >= count + 10, timeout=30)  # still inspecting
 
@@ -71,42 +48,42 @@ def test_commands_survive_a_flood_of_garbage_and_reply_to_each(trained: TrainedM
         client.publish("linewatch/cmd-dev/cmd/threshold", json.dumps({"id": 7, "class": "scratch", "value": 0.9}),
                        qos=1, properties=props)
         assert sub.wait_for(lambda s: bool(s.on("/answers")), timeout=20)
-        answer = sub.on("/answers")[0]
-        assert answer == {"schema": 1, "device_id": "cmd-dev", "command": "threshold", "id": 7, "ok": True,
-                          "result": {"class": "scratch", "value": 0.9}}
+        answer = next(m for m in sub.messages if m.topic.endswith("/answers"))
+        assert answer.payload == {"schema": 1, "device_id": "cmd-dev", "command": "threshold", "id": 7, "ok": True,
+                                  "result": {"class": "scratch", "value": 0.9}}
+        assert answer.properties is not None and answer.properties.CorrelationData == b"req-42"
 
+        # Pause: frames are still read (stats count on), but no result is published until resume.
         client.publish("linewatch/cmd-dev/cmd/pause", b"{}", qos=1)
         assert sub.wait_for(lambda s: any(r["command"] == "pause" and r["ok"] for r in s.on("/pause/reply")), 20)
-        time.sleep(1.0)
+        assert sub.wait_for(lambda s: any(st["paused"] for st in s.on("/stats")), timeout=20)
+        paused_stats = next(st for st in sub.on("/stats") if st["paused"])
         paused_at = len(sub.on("/result"))
-        time.sleep(1.5)
-        assert len(sub.on("/result")) == paused_at  # paused: nothing new
+        assert sub.wait_for(lambda s: s.on("/stats")[-1]["frames"] >= paused_stats["frames"] + 20, timeout=30)
+        assert len(sub.on("/result")) == paused_at  # paused: nothing new while 20 more frames were read
         client.publish("linewatch/cmd-dev/cmd/resume", b"{}", qos=1)
         assert sub.wait_for(lambda s: len(s.on("/result")) > paused_at + 5, timeout=20)
-        err = _stop(proc)
+        _, err = stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
     assert "Traceback" not in err
 
 
-def test_events_stats_and_snapshots_follow_their_schemas(trained: TrainedModel, broker, tmp_path: Path) -> None:
+def test_events_stats_and_snapshots_follow_their_schemas(tiny: Path, broker, tmp_path: Path) -> None:
     sub = Collector(broker.url, "linewatch/ev-dev/#")
-    proc = _daemon(trained, broker.url, "ev-dev", tmp_path, "--stats-interval", "1", "--result-mode", "change")
+    proc = start_daemon(tiny, broker.url, "ev-dev", tmp_path, "--stats-interval", "1", "--result-mode", "change")
     try:
         assert sub.wait_for(lambda s: len([e for e in s.on("/event") if e["type"] == "end"]) >= 2
                             and len(s.on("/stats")) >= 2, timeout=90), proc.stderr
-        _stop(proc)
+        stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
     events, stats, results = sub.on("/event"), sub.on("/stats"), sub.on("/result")
-    for e in events:
-        jsonschema.validate(e, _schema("event"))
-    for s in stats:
-        jsonschema.validate(s, _schema("stats"))
-    for r in results:
-        jsonschema.validate(r, _schema("result"))
+    for model, payloads in ((Event, events), (Stats, stats), (Result, results)):
+        for payload in payloads:
+            model.model_validate(payload, strict=True)
     starts = {e["event_id"]: e for e in events if e["type"] == "start"}
     ends = [e for e in events if e["type"] == "end"]
     assert all(e["event_id"] in starts and e["class"] == starts[e["event_id"]]["class"] for e in ends)
@@ -125,20 +102,20 @@ def test_event_debouncing_needs_k_of_n() -> None:
     assert not [e for i, s in enumerate(flicker) for e in tracker.update({"crack": s, "ok": 1 - s}, i)]
     events = [e for i, s in enumerate([0.9, 0.8, 0.95] + [0.1] * 5, start=10)
               for e in tracker.update({"crack": s, "ok": 1 - s}, i)]
-    assert [e["type"] for e in events] == ["start", "end"]
-    assert events[1]["peak_score"] == 0.95 and events[1]["frame_id"] == 12 and events[1]["frames"] == 3
+    assert [e.type for e in events] == ["start", "end"]
+    assert events[1].peak_score == 0.95 and events[1].frame_id == 12 and events[1].frames == 3
 
 
-def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(trained: TrainedModel, broker,
+def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: Path, broker,
                                                                           tmp_path: Path) -> None:
     sub = Collector(broker.url, "homeassistant/#")
-    proc = _daemon(trained, broker.url, "ha-dev", tmp_path, "--ha-discovery")
+    proc = start_daemon(tiny, broker.url, "ha-dev", tmp_path, "--ha-discovery")
     try:
         assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 3, 60)
         configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config")}
         sub.client.publish("homeassistant/status", b"online", qos=1)
         assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 6, 30)
-        _stop(proc)
+        stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
@@ -157,45 +134,44 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
     ext = folder / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-        "-subj", "/CN=linewatch test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
-        "-days", "2", "-extfile", str(ext))
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+            "-subj", "/CN=linewatch test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out",
+            str(cert), "-days", "2", "-extfile", str(ext))
     for path in folder.iterdir():
         path.chmod(0o644)  # mosquitto drops to another user when run as root
     return ca, cert, key
 
 
-def test_tls_and_password_auth(trained: TrainedModel, tmp_path: Path) -> None:
+def test_tls_and_password_auth(tiny: Path, holdout: Path, make_broker, tmp_path: Path) -> None:
     ca, cert, key = _certificates(tmp_path / "tls")
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "line3", "s3cret-pw"], check=True)
     passwords.chmod(0o644)
-    broker = MosquittoBroker(workdir=tmp_path / "broker", tls_files=(ca, cert, key), password_file=passwords)
-    broker.start()
+    broker = make_broker(tls_files=(ca, cert, key), password_file=passwords)
     secret = tmp_path / "mqtt-password"
     secret.write_text("s3cret-pw\n")
     wrong = tmp_path / "wrong-password"
     wrong.write_text("guess\n")
-    try:
-        refused = linewatch("run", "--model", str(trained.model), "--source", str(trained.holdout / "ok"),
-                            "--device-id", "tls-dev", "--broker", broker.url, "--ca-file", str(ca),
-                            "--username", "line3", "--password-file", str(wrong), "--once", check=False)
-        assert refused.returncode == 6 and "refused" in refused.stderr.strip().splitlines()[-1]
-        assert "guess" not in refused.stderr
-        ok = linewatch("--log-level", "DEBUG", "run", "--model", str(trained.model), "--source",
-                       str(trained.holdout / "ok"), "--device-id", "tls-dev", "--broker", broker.url, "--ca-file",
-                       str(ca), "--username", "line3", "--password-file", str(secret), "--once", "--json")
-        assert json.loads(ok.stdout.strip().splitlines()[-1])["acknowledged"] >= 12
-        assert "s3cret-pw" not in ok.stderr + ok.stdout  # never logged, even at DEBUG
-        plain = linewatch("run", "--model", str(trained.model), "--source", str(trained.holdout / "ok"),
-                          "--device-id", "tls-dev", "--broker", broker.url.replace("mqtts", "mqtt"),
-                          "--once", check=False)
-        assert plain.returncode == 6  # no TLS, no entry
-    finally:
-        broker.stop()
+    refused = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"),
+                        "--device-id", "tls-dev", "--broker", broker.url, "--ca-file", str(ca),
+                        "--username", "line3", "--password-file", str(wrong), "--once", check=False)
+    assert refused.returncode == 6 and "refused" in refused.stderr.strip().splitlines()[-1]
+    assert "guess" not in refused.stderr
+    ok = linewatch("--log-level", "DEBUG", "run", "--model", str(tiny), "--source",
+                   str(holdout / "ok"), "--device-id", "tls-dev", "--broker", broker.url, "--ca-file",
+                   str(ca), "--username", "line3", "--password-file", str(secret), "--once", "--json")
+    assert summary(ok.stdout)["acknowledged"] >= 12
+    assert "s3cret-pw" not in ok.stderr + ok.stdout  # never logged, even at DEBUG
+    plain = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"),
+                      "--device-id", "tls-dev", "--broker", broker.url.replace("mqtts", "mqtt"),
+                      "--once", check=False)
+    assert plain.returncode == 6  # no TLS, no entry
 
 
 def test_config_file_env_and_flags(tmp_path: Path) -> None:
@@ -217,13 +193,30 @@ def test_config_file_env_and_flags(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "config key source.rotate" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_monitor_reports_gaps_and_duplicates() -> None:
-    import io
+def test_every_setting_has_a_description_and_its_flag_sets_it(tmp_path: Path) -> None:
+    """One source of truth: each flag of `run` lands on the config key the reference documents."""
+    from linewatch.edge import options
+    from linewatch.edge.cli import build_parser
 
+    parser = build_parser()
+    for key, field in options.settings(config.Config):
+        assert field.description, f"{key} has no description"
+        flag = options.flag(field)
+        if flag is None or field.annotation is bool:
+            continue
+        value = (options.choices(field) or ["7"])[-1]
+        args = parser.parse_args(["run", flag, value])
+        assert options.given(args, config.Config) == {key: value}, key
+    assert options.given(parser.parse_args(["run", "--cpu-fallback"]), config.Config) == {"model.cpu_fallback": True}
+
+
+def test_monitor_reports_gaps_and_duplicates() -> None:
     out = io.StringIO()
-    view = Monitor(out=out)
+    seen: list[int] = []
+    view = Monitor(out=out, on_result=lambda device, r: seen.append(r["seq"]))
     for seq in (1, 2, 2, 5, 6):
         view.handle("linewatch/m1/result", json.dumps({"seq": seq, "label": "ok", "ts_ms": seq * 100}).encode())
     device = view.devices["m1"]
     assert device.results == 4 and device.duplicates == 1 and device.gaps == 2
     assert out.getvalue().count("m1 result") == 5
+    assert seen == [1, 2, 5, 6]

@@ -9,17 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import artifact, audit
-from edge.engine import Engine
-from edge.errors import GateError
-from edge.preprocess import read_image
-from tests.conftest import TrainedModel, linewatch
+from linewatch.convert.config import ConvertConfig
+from linewatch.convert.quantize import calibration_sample, convert
+from linewatch.edge.errors import GateError
+from linewatch.edge.model import artifact, audit
+from linewatch.edge.model.engine import Engine
+from linewatch.edge.model.images import read_image
+from linewatch.train import data
+from tests.conftest import TrainedModel
+from tests.helpers import linewatch
+
+pytestmark = pytest.mark.workstation
 
 
 def _holdout_accuracy(engine: Engine, holdout: Path) -> tuple[float, list[str]]:
     paths = sorted(holdout.rglob("*.jpg"))
     labels = [engine.predict(read_image(str(p))).label for p in paths]
-    return float(np.mean([p.parent.name == l for p, l in zip(paths, labels)])), labels
+    return float(np.mean([p.parent.name == label for p, label in zip(paths, labels)])), labels
 
 
 def test_every_op_is_integer_and_edgetpu_mappable(trained: TrainedModel) -> None:
@@ -44,47 +50,41 @@ def test_report_compares_every_quantization(trained: TrainedModel) -> None:
 
 
 def test_float_ops_are_seen_by_the_audit(trained: TrainedModel, tmp_path: Path) -> None:
-    from convert.quantize import convert
-
     out = tmp_path / "float.tflite"
-    convert(trained.run, out, quantization="float32", compare=False)
+    convert(trained.run, out, ConvertConfig(quantization="float32", compare=False))
     ops = audit.ops(artifact.load(out))
     assert all(op.is_float for op in ops if op.name == "CONV_2D")
     assert audit.io_details(artifact.load(out))["input"]["dtype"] == "float32"
 
 
-def test_uint8_io_for_the_edge_tpu_loads_and_classifies(trained: TrainedModel, uint8_model: Path) -> None:
+def test_uint8_io_for_the_edge_tpu_loads_and_classifies(trained: TrainedModel, uint8_model: Path,
+                                                         holdout: Path) -> None:
     out = uint8_model
     u8 = Engine(artifact.load(out))
     i8 = Engine(artifact.load(trained.model))
-    io = artifact.load(out).card["io"]
+    io = artifact.load(out).card.io
     assert io["input"]["dtype"] == "uint8" and io["output"]["dtype"] == "uint8"
     assert io["input"]["zero_point"] == 0  # raw pixels pass through unchanged
-    u8_accuracy, u8_labels = _holdout_accuracy(u8, trained.holdout)
-    i8_accuracy, i8_labels = _holdout_accuracy(i8, trained.holdout)
+    u8_accuracy, u8_labels = _holdout_accuracy(u8, holdout)
+    i8_accuracy, i8_labels = _holdout_accuracy(i8, holdout)
     assert u8_accuracy >= 0.9 and i8_accuracy >= 0.9
     assert np.mean([a == b for a, b in zip(u8_labels, i8_labels)]) >= 0.95
 
 
 def test_gate_rejects_a_double_normalized_calibration(trained: TrainedModel, tmp_path: Path) -> None:
     """The classic mistake: calibration images scaled to 0..1 although the model rescales itself."""
-    from convert.quantize import calibration_sample
-    from train import data
-
     card = json.loads((trained.run / "model_card.json").read_text())
     labels = (trained.run / "labels.txt").read_text().split()
     sample = calibration_sample(data.load_splits(trained.run / "splits.json")["train"], 100, seed=0)
     images, _, _, _ = data.load_images(sample, labels, card["input"]["height"], card["input"]["width"])
     broken = (images / 255.0).astype(np.float32)
 
-    from convert.quantize import convert
-
     out = tmp_path / "broken.tflite"
     with pytest.raises(GateError, match="accuracy dropped"):
-        convert(trained.run, out, calibration_images=broken, compare=False)
+        convert(trained.run, out, ConvertConfig(compare=False), calibration_images=broken)
     assert not out.exists()
     rejected = artifact.load(tmp_path / "broken.rejected.tflite")
-    assert rejected.card["rejected"] and not rejected.card["parity"]["accepted"]
+    assert rejected.card.rejected and not rejected.card.parity["accepted"]
 
 
 def test_model_that_is_not_a_classifier_is_refused(trained: TrainedModel, tmp_path: Path) -> None:
@@ -98,9 +98,13 @@ def test_model_that_is_not_a_classifier_is_refused(trained: TrainedModel, tmp_pa
     assert proc.returncode == 4 and "class scores" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_inspect_shows_card_ops_and_quantization(trained: TrainedModel) -> None:
+def test_inspect_shows_card_ops_and_quantization(trained: TrainedModel, tmp_path: Path) -> None:
     text = linewatch("inspect", str(trained.model)).stdout
     assert '"labels"' in text and "CONV_2D" in text and "int8, scale" in text
     info = json.loads(linewatch("inspect", str(trained.model), "--json").stdout)
     assert info["io"]["input"]["dtype"] == "int8"
     assert info["card"]["model_sha256"] == artifact.sha256(artifact.load(trained.model).flatbuffer)
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(artifact.load(trained.model).flatbuffer)
+    bare = json.loads(linewatch("inspect", str(plain), "--json").stdout)
+    assert bare["card"] is None and bare["io"]["input"]["dtype"] == "int8"

@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import DataError
-from edge.simulator import write_dataset
-from train import data
+from linewatch.edge.errors import DataError
+from linewatch.edge.simulator import write_dataset
+from linewatch.train import data
+
+pytestmark = pytest.mark.workstation
 
 
 def _corrupt_files(folder: Path) -> list[Path]:
@@ -78,7 +80,7 @@ def test_pre_split_folders_are_kept_as_given(tmp_path: Path) -> None:
     splits = data.split(dataset, seed=1)
     for name, n in (("train", 6), ("val", 3), ("test", 3)):
         assert all(f"/{name}/" in p for p, _ in splits[name])
-        assert Counter(l for _, l in splits[name]) == {c: n for c in dataset.classes}
+        assert Counter(label for _, label in splits[name]) == {c: n for c in dataset.classes}
 
 
 def test_stratified_split_is_complete_disjoint_and_seeded(tmp_path: Path) -> None:
@@ -89,8 +91,8 @@ def test_stratified_split_is_complete_disjoint_and_seeded(tmp_path: Path) -> Non
     paths = [p for s in a.values() for p, _ in s]
     assert sorted(paths) == sorted(p for p, _ in items) and len(set(paths)) == len(paths)
     for split in a.values():  # the rare classes appear in every split
-        assert {"ok", "crack", "stain"} <= {l for _, l in split}
-    assert Counter(l for _, l in a["test"])["ok"] == 12
+        assert {"ok", "crack", "stain"} <= {label for _, label in split}
+    assert Counter(label for _, label in a["test"])["ok"] == 12
 
 
 def test_auto_size_suits_the_photos(tmp_path: Path) -> None:

@@ -2,65 +2,48 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from edge.broker import MosquittoBroker
-from edge.spool import Spool
-from tests.conftest import ENV, ROOT, TrainedModel
-from tests.mqtt_helpers import Collector
-
-
-def _daemon(trained: TrainedModel, broker: MosquittoBroker, device: str, state: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(trained.model), "--source", "conveyor:2",
-         "--fps", "30", "--device-id", device, "--broker", broker.url, "--state-dir", str(state), "--json", *extra],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+from linewatch.edge.comms.spool import Spool
+from tests.helpers import Collector, spool_backlog, start_daemon, stop_daemon, summary, wait_until
 
 
 def _seqs(sub: Collector, topic: str = "/result") -> list[int]:
     return [p["seq"] for p in sub.on(topic)]
 
 
-def test_broker_outage_mid_stream_loses_no_result(trained: TrainedModel, tmp_path: Path) -> None:
-    broker = MosquittoBroker(workdir=tmp_path / "broker", persistence=True)
-    broker.start()
+def test_broker_outage_mid_stream_loses_no_result(tiny: Path, make_broker, tmp_path: Path) -> None:
+    broker = make_broker(persistence=True)
     sub = Collector(broker.url, "linewatch/outage/#", session="outage-subscriber")
-    proc = _daemon(trained, broker, "outage", tmp_path / "state")
+    state = tmp_path / "state"
+    proc = start_daemon(tiny, broker.url, "outage", state, "--json", source="conveyor:2", fps=30)
     try:
         assert sub.wait_for(lambda s: len(s.on("/result")) >= 20, timeout=60), proc.stderr
         broker.stop()
-        time.sleep(4)  # the daemon keeps inspecting and spools
+        # The daemon keeps inspecting while the broker is away: results pile up in its spool.
+        assert wait_until(lambda: spool_backlog(state, "outage") >= 60, timeout=30)
         broker.start()
         before = len(set(_seqs(sub)))
         assert sub.wait_for(lambda s: len(set(_seqs(s))) >= before + 150, timeout=60)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-2000:]
-        frames = json.loads(out.strip().splitlines()[-1])["frames"]
+        out, err = stop_daemon(proc)
+        frames = summary(out)["frames"]
         assert sub.wait_for(lambda s: len(set(_seqs(s))) >= frames, timeout=30)
     finally:
         proc.kill()
         sub.close()
-        broker.stop()
     assert sorted(set(_seqs(sub))) == list(range(1, frames + 1))  # every result, duplicates allowed
     assert "lost the broker" in err and "spooling" in err
 
 
-def test_kill_9_with_spooled_results_then_restart_delivers_them(trained: TrainedModel, tmp_path: Path) -> None:
-    broker = MosquittoBroker(workdir=tmp_path / "broker", persistence=True)
-    broker.start()
+def test_kill_9_with_spooled_results_then_restart_delivers_them(tiny: Path, make_broker, tmp_path: Path) -> None:
+    broker = make_broker(persistence=True)
     sub = Collector(broker.url, "linewatch/crash/result", session="crash-subscriber")
     state = tmp_path / "state"
-    proc = _daemon(trained, broker, "crash", state)
+    proc = start_daemon(tiny, broker.url, "crash", state, "--json", source="conveyor:2", fps=30)
     try:
         assert sub.wait_for(lambda s: len(s.on("/result")) >= 10, timeout=60), proc.stderr
         broker.stop()
-        time.sleep(3)  # results pile up in the spool
+        assert wait_until(lambda: spool_backlog(state, "crash") >= 30, timeout=30)  # results pile up in the spool
         proc.kill()  # kill -9: no flush, no goodbye
         proc.wait(10)
         spool = Spool(state / "spool-crash.sqlite")
@@ -68,7 +51,8 @@ def test_kill_9_with_spooled_results_then_restart_delivers_them(trained: Trained
         spool.close()
         assert pending > 10 and first_run > 20
         broker.start()
-        second = _daemon(trained, broker, "crash", state, "--max-frames", "20")
+        second = start_daemon(tiny, broker.url, "crash", state, "--json", "--max-frames", "20",
+                              source="conveyor:2", fps=30)
         out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err[-2000:]
         spool = Spool(state / "spool-crash.sqlite")
@@ -79,7 +63,6 @@ def test_kill_9_with_spooled_results_then_restart_delivers_them(trained: Trained
     finally:
         proc.kill()
         sub.close()
-        broker.stop()
     assert sorted(set(_seqs(sub))) == list(range(1, produced + 1))  # nothing lost across the crash
 
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 
 import numpy as np
 
-from edge import artifact
-from edge.engine import find_runtime
-from tests.conftest import TrainedModel, linewatch
-from tests.mqtt_helpers import Collector
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import find_runtime
+from linewatch.edge.simulator import conveyor_truth
+from tests.conftest import TrainedModel
+from tests.helpers import Collector, linewatch, summary
 
 
-def test_folder_run_publishes_one_correct_result_per_image(trained: TrainedModel, broker) -> None:
-    images = sorted(trained.holdout.rglob("*.jpg"))
+def test_folder_run_publishes_one_correct_result_per_image(tiny: Path, holdout: Path, broker) -> None:
+    images = sorted(holdout.rglob("*.jpg"))
     sub = Collector(broker.url, "linewatch/e2e-folder/#")
     try:
-        proc = linewatch("run", "--model", str(trained.model), "--source", str(trained.holdout),
+        proc = linewatch("run", "--model", str(tiny), "--source", str(holdout),
                          "--device-id", "e2e-folder", "--broker", broker.url, "--once", "--json")
         assert sub.wait_for(lambda s: len(s.on("/result")) >= len(images), timeout=30)
         results = sub.on("/result")
@@ -28,7 +29,7 @@ def test_folder_run_publishes_one_correct_result_per_image(trained: TrainedModel
     assert [r["seq"] for r in results] == list(range(1, len(images) + 1))
     correct = sum(Path(r["path"]).parent.name == r["label"] for r in results)
     assert correct / len(images) >= 0.9, f"{correct}/{len(images)} right"
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["acknowledged"] >= len(images)  # results, events, snapshots
+    assert summary(proc.stdout)["acknowledged"] >= len(images)  # results, events, snapshots
 
 
 def test_int8_model_matches_float_model(trained: TrainedModel) -> None:
@@ -49,17 +50,19 @@ def test_converted_model_is_full_integer(trained: TrainedModel) -> None:
     assert inp["quantization"][0] > 0 and out["quantization"][0] > 0
 
 
-def test_conveyor_run_labels_the_simulated_line(trained: TrainedModel, broker) -> None:
+def test_conveyor_run_labels_the_simulated_line(tiny: Path, broker) -> None:
     sub = Collector(broker.url, "linewatch/e2e-conveyor/#")
     try:
-        linewatch("run", "--model", str(trained.model), "--source", "conveyor:5", "--device-id", "e2e-conveyor",
+        linewatch("run", "--model", str(tiny), "--source", "conveyor:5", "--device-id", "e2e-conveyor",
                   "--broker", broker.url, "--max-frames", "120")
         assert sub.wait_for(lambda s: len(s.on("/result")) >= 120, timeout=30)
         results = sub.on("/result")
     finally:
         sub.close()
     assert len(results) == 120
-    right = sum(r["truth"] == r["label"] for r in results)
+    assert all("truth" not in r for r in results)  # ground truth stays with the simulator
+    truth = list(itertools.islice(conveyor_truth(5), max(r["frame_id"] for r in results)))
+    right = sum(truth[r["frame_id"] - 1] == r["label"] for r in results)
     assert right / len(results) >= 0.85
     assert any(r["defect"] for r in results) and not all(r["defect"] for r in results)
     frame_ids = [r["frame_id"] for r in results]

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import artifact
-from edge.engine import Engine, find_runtime
-from edge.errors import ModelError
-from edge.archive import JpegArchive
-from tests.conftest import TrainedModel, linewatch
+from linewatch.edge.device.archive import JpegArchive
+from linewatch.edge.errors import ModelError
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import Engine, find_runtime
+from tests.helpers import linewatch
 
 
 def test_runtime_order_and_missing_runtime() -> None:
@@ -25,9 +25,9 @@ def test_runtime_order_and_missing_runtime() -> None:
 
 
 @pytest.mark.parametrize("which", ["int8", "uint8"])
-def test_quantization_uses_each_tensors_scale_and_zero_point(trained: TrainedModel, uint8_model: Path,
+def test_quantization_uses_each_tensors_scale_and_zero_point(tiny: Path, tiny_uint8: Path, holdout: Path,
                                                               which: str) -> None:
-    engine = Engine(artifact.load(trained.model if which == "int8" else uint8_model))
+    engine = Engine(artifact.load(tiny if which == "int8" else tiny_uint8))
     scale, zero = engine._in["quantization"]
     pixels = np.arange(0, 256, dtype=np.uint8)[None, :, None].repeat(3, axis=2)
     q = engine.quantize(pixels)
@@ -37,30 +37,30 @@ def test_quantization_uses_each_tensors_scale_and_zero_point(trained: TrainedMod
     out_scale, out_zero = engine._out["quantization"]
     raw = np.array([out_zero, out_zero + 10], dtype=which)
     assert np.allclose(engine.dequantize(raw), [0.0, 10 * out_scale])
-    image = cv2.imread(str(next((trained.holdout / "stain").glob("*.jpg"))))
+    image = cv2.imread(str(next((holdout / "stain").glob("*.jpg"))))
     prediction = engine.predict(image)
     assert prediction.scores.sum() == pytest.approx(1.0, abs=0.02)
-    assert prediction.label == "stain" and [l for l, _ in prediction.top(3)][0] == "stain"
+    assert prediction.label == "stain" and [label for label, _ in prediction.top(3)][0] == "stain"
 
 
-def test_missing_delegate_fails_clearly_or_falls_back(trained: TrainedModel) -> None:
-    model = artifact.load(trained.model)
+def test_missing_delegate_fails_clearly_or_falls_back(tiny: Path) -> None:
+    model = artifact.load(tiny)
     with pytest.raises(ModelError, match="libedgetpu.so.1.*apt install libedgetpu1-std"):
         Engine(model, delegate="edgetpu")
     engine = Engine(model, delegate="/opt/none/libdelegate.so", cpu_fallback=True)
     assert engine.delegate is None and engine.predict(np.zeros((120, 160, 3), np.uint8)).label
 
 
-def test_classify_prints_a_table_or_json_and_names_bad_files(trained: TrainedModel, tmp_path: Path) -> None:
+def test_classify_prints_a_table_or_json_and_names_bad_files(tiny: Path, holdout: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_text("no")
-    folder = trained.holdout / "crack"
-    proc = linewatch("classify", str(trained.model), str(folder), str(bad), "--json", check=False)
+    folder = holdout / "crack"
+    proc = linewatch("classify", str(tiny), str(folder), str(bad), "--json", check=False)
     assert proc.returncode == 3 and f"{bad}: not a readable image" in proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 12 and {"path", "label", "score", "top"} <= set(rows[0])
     assert sum(r["label"] == "crack" for r in rows) >= 10
-    table = linewatch("classify", str(trained.model), str(folder)).stdout.splitlines()
+    table = linewatch("classify", str(tiny), str(folder)).stdout.splitlines()
     assert table[0].split() == ["label", "score", "path"] and len(table) == 13
 
 
@@ -84,8 +84,8 @@ def test_archive_stays_under_its_quota(tmp_path: Path) -> None:
     assert files[-1].name == "00000029.jpg"  # the newest survive
 
 
-def test_bench_reports_both_loops_from_one_run(trained: TrainedModel) -> None:
-    result = json.loads(linewatch("bench", str(trained.model), "--source", str(trained.holdout), "--frames", "40",
+def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> None:
+    result = json.loads(linewatch("bench", str(tiny), "--source", str(holdout), "--frames", "40",
                                   "--json").stdout)
     assert result["frames"] == 40 and result["bare_fps"] > 0 and result["pipeline_fps"] > 0
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import simulator
+from linewatch.edge import simulator
 
 
 def _digest(folder: Path) -> str:
@@ -47,6 +47,7 @@ def test_defects_are_small_against_the_frame() -> None:
 def test_conveyor_carries_ground_truth_and_empty_slots() -> None:
     frames = list(islice(simulator.conveyor(seed=2, steps_per_part=3, empty_every=4), 24))
     truths = [f.truth for f in frames]
+    assert list(islice(simulator.conveyor_truth(seed=2, steps_per_part=3, empty_every=4), 24)) == truths
     assert truths[9:12] == ["empty"] * 3 and truths[21:24] == ["empty"] * 3
     assert set(truths) <= set(simulator.CLASSES)
     assert len({t for t in truths if t != "empty"}) >= 2

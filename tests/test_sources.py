@@ -11,12 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import DataError, UsageError
-from edge.pipeline import Frame, Handoff
-from edge.preprocess import crop_rotate, parse_roi
-from edge.sources import open_source
-from edge.sources.folder import FolderSource
-from edge.sources.video import VideoSource
+from linewatch.edge.device.pipeline import Frame, Handoff, Pipeline
+from linewatch.edge.device.sources import open_source
+from linewatch.edge.device.sources.folder import FolderSource
+from linewatch.edge.device.sources.video import VideoSource
+from linewatch.edge.errors import DataError, UsageError
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import Engine
+from linewatch.edge.model.images import crop_rotate, parse_roi
 
 FAKE = Path(__file__).parent / "fake_picamera2"
 
@@ -96,15 +98,11 @@ def test_folder_glob_and_unreadable_files(tmp_path: Path) -> None:
     assert len(list(folder.frames())) == 4 and folder.skipped == 1
 
 
-def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, trained, caplog) -> None:
+def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, tiny: Path, caplog) -> None:
     """A 'camera' that stops delivering (a stream that ends) is reopened, and frames keep coming."""
-    from edge import artifact
-    from edge.engine import Engine
-    from edge.pipeline import Pipeline
-
     video = _video(tmp_path / "cam.avi", frames=6)
-    results = []
-    pipeline = Pipeline(VideoSource(str(video), live=True), Engine(artifact.load(trained.model)),
+    results: list = []
+    pipeline = Pipeline(VideoSource(str(video), live=True), Engine(artifact.load(tiny)),
                         results.append, max_frames=14)
     with caplog.at_level(logging.WARNING):
         stats = pipeline.run(threading.Event())
@@ -114,22 +112,40 @@ def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, trained
 
 
 def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
-    never = lambda: False  # noqa: E731
+    def never() -> bool:
+        return False
+
     live = Handoff(drop_stale=True)
     for i in range(1, 6):
         live.put(Frame(i, 0.0, np.zeros(1)), never)
-    assert live.get(never).id == 5 and live.dropped == 4
+    frame = live.get(never)
+    assert frame is not None and frame.id == 5 and live.dropped == 4
+
     finite = Handoff(drop_stale=False)
-    stop = threading.Event()
-    done = []
-    writer = threading.Thread(target=lambda: [finite.put(Frame(i, 0.0, np.zeros(1)), stop.is_set)
-                                              for i in range(1, 5)] and done.append(True))
-    writer.start()
-    writer.join(0.5)
-    assert writer.is_alive()  # blocked: a finite source waits instead of dropping
-    assert [finite.get(never).id for _ in range(4)] == [1, 2, 3, 4] and finite.dropped == 0
-    writer.join(2)
-    assert done
+    waits = threading.Semaphore(0)
+    put = []
+
+    def waiting() -> bool:  # called by put() each time it waits for room
+        waits.release()
+        return False
+
+    def writer() -> None:
+        for i in range(1, 5):
+            finite.put(Frame(i, 0.0, np.zeros(1)), waiting)
+            put.append(i)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    for _ in range(3):  # a finite source waits for room instead of dropping: seen waiting, three times
+        assert waits.acquire(timeout=10)
+    assert put == [1, 2] and finite.dropped == 0
+    got = []
+    for _ in range(4):
+        item = finite.get(never)
+        assert item is not None
+        got.append(item.id)
+    thread.join(10)
+    assert got == [1, 2, 3, 4] and put == [1, 2, 3, 4] and finite.dropped == 0
 
 
 def test_region_of_interest_and_rotation() -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge.simulator import write_dataset
-from tests.conftest import ENV, ROOT, TrainedModel, linewatch
-from train.trainer import TrainConfig, class_weights, train
+from linewatch.edge.simulator import write_dataset
+from linewatch.train.config import TrainConfig
+from linewatch.train.trainer import class_weights, train
+from tests.conftest import TrainedModel
+from tests.helpers import CLI, ENV, ROOT, linewatch
+
+pytestmark = pytest.mark.workstation
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -44,7 +47,7 @@ def test_same_seed_same_model(tiny: Path, tmp_path: Path) -> None:
 
 def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "train", str(tiny), "-o", str(run), "--epochs", "60",
+    proc = subprocess.Popen([*CLI, "train", str(tiny), "-o", str(run), "--epochs", "60",
                              "--patience", "60", "--size", "32"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = run / "checkpoint.json"
@@ -91,7 +94,7 @@ def test_unbalanced_data_trains_with_class_weights(tmp_path: Path) -> None:
 
 
 def test_mobilenetv2_loads_local_weights_and_fine_tunes(tiny: Path, tmp_path: Path) -> None:
-    from train.model import build_mobilenetv2
+    from linewatch.train.model import build_mobilenetv2
 
     donor = build_mobilenetv2(5, 32, 32, 0.35)
     weights = tmp_path / "backbone.weights.h5"
@@ -138,7 +141,8 @@ def test_run_folder_has_report_and_documented_metrics(trained: TrainedModel) -> 
         assert name in (trained.run / "report.html").read_text()
     metrics = json.loads((trained.run / "metrics.json").read_text())
     test = metrics["test"]
-    assert 0 <= test["accuracy"] <= 1 and set(test["per_class"]) == set((trained.run / "labels.txt").read_text().split())
+    labels = set((trained.run / "labels.txt").read_text().split())
+    assert 0 <= test["accuracy"] <= 1 and set(test["per_class"]) == labels
     assert {"miss_rate", "false_alarm_rate"} <= set(test["defect"])
     card = json.loads((trained.run / "model_card.json").read_text())
     assert card["input"]["resize_mode"] == "stretch" and card["dataset"]["fingerprint"]

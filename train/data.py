@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import DataError
-from edge.preprocess import IMAGE_SUFFIXES, prepare, read_image
+from linewatch.edge.errors import DataError
+from linewatch.edge.model.images import IMAGE_SUFFIXES, prepare, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def split(dataset: Dataset, seed: int) -> dict[str, list[Item]]:
 
 def save_splits(path: Path, splits: dict[str, list[Item]], classes: list[str], seed: int) -> None:
     path.write_text(json.dumps({"seed": seed, "classes": classes,
-                                **{s: [{"path": p, "label": l} for p, l in splits[s]] for s in SPLITS}},
+                                **{s: [{"path": p, "label": label} for p, label in splits[s]] for s in SPLITS}},
                                indent=1))
 
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from edge import artifact
-from edge.errors import DataError, ModelError
-from train import data
-from train.metrics import classification_metrics
+from linewatch.edge.errors import DataError, ModelError
+from linewatch.edge.model import artifact
+from linewatch.edge.model.card import InputSpec, ModelCard
+from linewatch.train import data
+from linewatch.train.metrics import classification_metrics
 
 
 def _images(source: Path) -> tuple[list[data.Item], str]:
@@ -28,10 +29,10 @@ def _images(source: Path) -> tuple[list[data.Item], str]:
     return dataset.items, f"all images of {source}"
 
 
-def _keras_scorer(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
+def _keras_scorer(path: Path) -> tuple[Any, ModelCard, InputSpec, list[str]]:
     import keras
 
-    from train.trainer import predict_scores
+    from linewatch.train.trainer import predict_scores
 
     card_path = path.parent / "model_card.json"
     if not card_path.is_file():
@@ -40,41 +41,41 @@ def _keras_scorer(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
         model = keras.models.load_model(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {path} ({str(exc).splitlines()[0]}): is it a complete .keras file?") from None
-    return (lambda x: predict_scores(model, x)), json.loads(card_path.read_text()), \
-        artifact.read_labels(path.parent / "labels.txt")
+    card = artifact.read_card(card_path)
+    if card.input is None:
+        raise ModelError(f"{card_path} does not say the model's input size: train it again")
+    return (lambda x: predict_scores(model, x)), card, card.input, artifact.read_labels(path.parent / "labels.txt")
 
 
-def _tflite_scorer(path: Path, labels: str | None) -> tuple[Any, dict[str, Any], list[str]]:
-    from edge.engine import Engine
+def _tflite_scorer(path: Path, labels: str | None) -> tuple[Any, ModelCard, InputSpec, list[str]]:
+    from linewatch.edge.model.engine import Engine
 
     engine = Engine(artifact.load(path, labels))
-    card = dict(engine.model.card)
-    card.setdefault("input", {"height": engine.height, "width": engine.width, "resize_mode": engine.resize_mode})
-    return (lambda x: np.stack([engine.predict_pixels(image).scores for image in x])), card, engine.model.labels
+    return (lambda x: np.stack([engine.predict_pixels(image).scores for image in x])), engine.model.card, \
+        engine.input, engine.model.labels
 
 
 def evaluate(model_path: str | Path, source: str | Path, out: str | Path | None = None,
              labels: str | None = None) -> dict[str, Any]:
     """Score ``model_path`` on labeled images; writes ``metrics.json`` and ``report.html`` into ``out``."""
-    from train.report import write_report
+    from linewatch.train.report import write_report
 
     model_path, source = Path(model_path), Path(source)
     if not model_path.is_file():
         raise ModelError(f"model {model_path} does not exist")
     if model_path.suffix == ".keras":
-        score, card, classes = _keras_scorer(model_path)
+        score, card, spec, classes = _keras_scorer(model_path)
     else:
-        score, card, classes = _tflite_scorer(model_path, labels)
+        score, card, spec, classes = _tflite_scorer(model_path, labels)
     items, what = _images(source)
     unknown = sorted({label for _, label in items} - set(classes))
     if unknown:
         raise DataError(f"{source} has classes the model does not know: {', '.join(unknown)}")
-    inp = card["input"]
-    x, y, _, skipped = data.load_images(items, classes, inp["height"], inp["width"], inp.get("resize_mode", "stretch"))
+    x, y, _, skipped = data.load_images(items, classes, spec.height, spec.width, spec.resize_mode)
     if not len(x):
         raise DataError(f"no readable images in {what}")
     scores = score(x)
-    metrics = classification_metrics(y, scores, classes, card.get("good_labels"))
+    metrics = classification_metrics(y, scores, classes, card.good_labels if card.good_labels else None)
     out = Path(out) if out else model_path.parent / f"evaluation-{model_path.stem}"
     report = write_report(out, f"linewatch evaluation: {model_path.name}", metrics, classes, x, y, scores,
                           skipped=[{"path": p, "reason": r} for p, r in skipped],

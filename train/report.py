@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from train.metrics import describe, pr_curve
+from linewatch.train.metrics import describe, pr_curve
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def learning_curves(history: dict[str, list[float]], path: Path) -> None:
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:
-                ax.plot(range(1, len(values) + 1), values, style, label=("validation " if prefix else "training ") + key)
+                name = ("validation " if prefix else "training ") + key
+                ax.plot(range(1, len(values) + 1), values, style, label=name)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)

@@ -14,46 +14,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.errors import DataError, UsageError
-from train import data
-from train.augment import DEFAULT_AUGMENT, build_augmenter
-from train.metrics import classification_metrics, describe, good_labels
+from linewatch.edge.errors import DataError, UsageError
+from linewatch.edge.files import write_atomic
+from linewatch.edge.model.card import InputSpec, ModelCard
+from linewatch.train import data
+from linewatch.train.augment import build_augmenter
+from linewatch.train.config import TrainConfig
+from linewatch.train.metrics import classification_metrics, describe, good_labels
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT, CHECKPOINT_STATE, BEST_WEIGHTS = "checkpoint.keras", "checkpoint.json", "best.weights.h5"
-
-
-@dataclass
-class TrainConfig:
-    """What a training run is asked to do; recorded in the model card and used by ``--resume``."""
-
-    data: str
-    out: str
-    epochs: int = 40
-    size: tuple[int, int] | None = None  # (height, width); None: chosen from the photos
-    resize_mode: str = "stretch"
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    patience: int = 8
-    architecture: str = "cnn"
-    width: float = 1.0
-    weights: str | None = None
-    fine_tune_epochs: int = 10
-    fine_tune_fraction: float = 0.3
-    augment: tuple[str, ...] = DEFAULT_AUGMENT
-    augment_strength: float = 0.5
-    class_weights: str = "auto"  # auto (when unbalanced), on, off
-    seed: int = 0
-    report: bool = True
 
 
 @dataclass
@@ -94,6 +75,16 @@ def predict_scores(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return model.predict(x.astype(np.float32), batch_size=batch, verbose=0)
 
 
+def _replace(path: Path, save: Callable[[Path], Any]) -> None:
+    """``save(tmp)`` beside ``path``, then rename it over ``path``: never a half-written checkpoint.
+
+    Keras picks the format by the file name's ending, so the temporary name keeps it.
+    """
+    tmp = path.with_name(f".partial.{path.name}")
+    save(tmp)
+    os.replace(tmp, path)
+
+
 def _make_checkpointer(out: Path, state: _State, patience: int):
     """A callback that keeps the best weights, stops early, and checkpoints every epoch."""
     import keras
@@ -107,15 +98,16 @@ def _make_checkpointer(out: Path, state: _State, patience: int):
             val_loss = float(logs.get("val_loss", math.inf))
             if val_loss < state.best_val_loss - 1e-4:
                 state.best_val_loss, state.best_epoch, state.wait = val_loss, epoch + 1, 0
-                self.model.save_weights(out / BEST_WEIGHTS)
+                _replace(out / BEST_WEIGHTS, self.model.save_weights)
             else:
                 state.wait += 1
                 if state.wait >= patience:
                     print(f"early stop: no better validation loss for {patience} epochs; "
                           f"best was epoch {state.best_epoch}", flush=True)
                     self.model.stop_training = True
-            self.model.save(out / CHECKPOINT)
-            (out / CHECKPOINT_STATE).write_text(json.dumps(asdict(state)))
+            # Ctrl-C may land in the middle of a save: each file is replaced whole, the state last.
+            _replace(out / CHECKPOINT, self.model.save)
+            write_atomic(out / CHECKPOINT_STATE, json.dumps(asdict(state)))
 
     return Checkpointer()
 
@@ -129,7 +121,7 @@ def _compile(model: Any, learning_rate: float, steps: int) -> None:
 
 
 def _build(cfg: TrainConfig, classes: int, height: int, width: int) -> Any:
-    from train.model import build_cnn, build_mobilenetv2
+    from linewatch.train.model import build_cnn, build_mobilenetv2
 
     if cfg.architecture == "cnn":
         return build_cnn(classes, height, width, cfg.width)
@@ -143,10 +135,7 @@ def _build(cfg: TrainConfig, classes: int, height: int, width: int) -> Any:
 
 
 def _load_config(out: Path) -> TrainConfig:
-    raw = json.loads((out / "train_config.json").read_text())
-    raw["augment"] = tuple(raw["augment"])
-    raw["size"] = tuple(raw["size"]) if raw["size"] else None
-    return TrainConfig(**raw)
+    return TrainConfig.model_validate_json((out / "train_config.json").read_text())
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -154,7 +143,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from train.model import set_fine_tuning
+    from linewatch.train.model import set_fine_tuning
 
     started = time.monotonic()
     out = Path(cfg.out)
@@ -174,7 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
     height, width = cfg.size or data.auto_size(splits["train"])
     cfg.size = (height, width)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped = list(dataset.skipped)
@@ -245,25 +234,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                "skipped": [{"path": p, "reason": r} for p, r in skipped],
                "train_seconds": round(time.monotonic() - started, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    card = {
-        "name": out.name or "linewatch-model",
-        "version": datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "architecture": cfg.architecture,
-        "input": {"height": height, "width": width, "channels": 3, "color_order": "RGB",
-                  "resize_mode": cfg.resize_mode, "range": [0, 255]},
-        "labels": dataset.classes,
-        "good_labels": good_labels(dataset.classes),
-        "thresholds": {c: 0.5 for c in dataset.classes},
-        "dataset": {"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
-        "training": asdict(cfg),
-        "metrics": {"test_accuracy": metrics["test"]["accuracy"],
-                    "defect_miss_rate": metrics["test"]["defect"]["miss_rate"],
-                    "false_alarm_rate": metrics["test"]["defect"]["false_alarm_rate"]},
-    }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    now = datetime.now(UTC)
+    card = ModelCard(
+        name=out.name or "linewatch-model", version=now.strftime("%Y%m%d%H%M%S"),
+        created=now.isoformat(timespec="seconds"), architecture=cfg.architecture,
+        input=InputSpec(height=height, width=width, resize_mode=cfg.resize_mode),
+        labels=dataset.classes, good_labels=good_labels(dataset.classes),
+        thresholds={c: 0.5 for c in dataset.classes},
+        dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
+        training=cfg.model_dump(mode="json"),
+        metrics={"test_accuracy": metrics["test"]["accuracy"],
+                 "defect_miss_rate": metrics["test"]["defect"]["miss_rate"],
+                 "false_alarm_rate": metrics["test"]["defect"]["false_alarm_rate"]})
+    (out / "model_card.json").write_text(card.to_json())
     if cfg.report:
-        from train.report import write_report
+        from linewatch.train.report import write_report
 
         write_report(out, f"linewatch training report: {out.name}", metrics["test"], dataset.classes, x_test,
                      y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary())

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from train import data
-from train.trainer import TrainConfig, train
+from linewatch.train import data
+from linewatch.train.trainer import TrainConfig, train
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from picamera2 import platform  # noqa: F401  (picamera2.platform, as the real package has)
 
 CAMERAS = 2
-instances: list["Picamera2"] = []
+instances: list[Picamera2] = []
 
 
 class Picamera2:

@@ -1,0 +1,33 @@
+"""What a conversion is asked to do: every setting once, with its default, flag and description."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
+
+
+class ConvertConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quantization: Literal["int8", "float16", "dynamic", "float32"] = Field(
+        "int8", description="int8: full-integer, for XNNPACK and the Edge TPU",
+        json_schema_extra={"flag": "--quantization"})
+    io: Literal["int8", "uint8"] = Field("int8", description="input/output type: int8 for the CPU, uint8 for the "
+                                                             "Edge TPU", json_schema_extra={"flag": "--io"})
+    calibration: int = Field(300, ge=1, description="calibration images, stratified by class",
+                             json_schema_extra={"flag": "--calibration"})
+    max_drop: float = Field(1.0, ge=0, description="accuracy points the converted model may lose",
+                            json_schema_extra={"flag": "--max-drop"})
+    max_class_drop: float = Field(3.0, ge=0, description="recall points one class may lose (or one image, in a "
+                                                         "class of fewer than 34 test images)")
+    allow_float_ops: bool = Field(False, description="warn instead of failing on float ops in an int8 model",
+                                  json_schema_extra={"flag": "--allow-float-ops"})
+    per_tensor: bool = Field(False, description="one int8 scale per weight tensor: a smaller file, at an accuracy "
+                                                "cost the gate checks", json_schema_extra={"flag": "--per-tensor"})
+    compare: bool = Field(True, description="also convert to the other quantizations for a table of size, accuracy "
+                                            "and latency", json_schema_extra={
+                              "flag": "--no-compare", "negate": True,
+                              "flag_help": "skip converting to the other quantizations for the table"})

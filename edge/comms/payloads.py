@@ -1,0 +1,161 @@
+"""The JSON payloads subscribers rely on, as pydantic models: the one source of the MQTT contract.
+
+docs/schemas/*.json are generated from these models (``make docs``) and a test fails when
+the committed files differ. Bump ``SCHEMA`` on any breaking change. Fields that are absent
+rather than null when they do not apply (``path``, ``snapshot``, a reply's ``result``) are
+marked with ``exclude_if``; every other field is always sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA = 1
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def rfc3339(epoch: float) -> str:
+    """UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T23:12:56.042Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+
+
+def _absent_if_none(value: Any) -> bool:
+    return value is None
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Payload(_Part):
+    """What every message of a device carries."""
+
+    schema_: Literal[1] = Field(1, alias="schema")  # SCHEMA
+    device_id: str = Field(min_length=1)
+
+    def encode(self) -> bytes:
+        """Compact JSON, as published."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class Status(Payload):
+    """online on every (re)connect, offline as the last will (connection lost), stopped on a clean exit."""
+
+    model_config = ConfigDict(title="linewatch status (topic <prefix>/<device_id>/status, retained)")
+
+    state: Literal["online", "offline", "stopped"]
+    since: str = Field(description="When the daemon started, UTC, RFC 3339.")
+    model: str | None = Field(None, exclude_if=_absent_if_none)
+    version: str | None = Field(None, exclude_if=_absent_if_none)
+
+
+class Score(_Part):
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class ModelRef(_Part):
+    name: str
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Result(Payload):
+    """One classified frame. QoS 1. Subscribers drop duplicates by (device_id, seq)."""
+
+    model_config = ConfigDict(title="linewatch result (topic <prefix>/<device_id>/result)")
+
+    seq: int = Field(ge=1, description="Per device, increasing by one per result.")
+    ts: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+                    description="Capture time, UTC, RFC 3339.")
+    ts_ms: int = Field(description="Capture time, Unix epoch milliseconds.")
+    frame_id: int = Field(ge=1, description="Monotonic per daemon run; gaps are frames dropped as stale.")
+    path: str | None = Field(None, exclude_if=_absent_if_none,
+                             description="The image file, for folder and file sources.")
+    label: str
+    score: float = Field(ge=0, le=1)
+    defect: bool = Field(description="The label is not one of the model's good labels (ok, empty...).")
+    top: list[Score] = Field(min_length=1)
+    model: ModelRef
+    latency_ms: float = Field(ge=0, description="From capture to publishing: preprocess, wait, invoke, postprocess.")
+
+
+class Event(Payload):
+    """start when a defect class passes its threshold in k of the last n frames, end when it passes in none
+    of the last n. QoS 1 through the spool; drop duplicates by (device_id, seq)."""
+
+    model_config = ConfigDict(title="linewatch defect event (topic <prefix>/<device_id>/event)")
+
+    seq: int = Field(ge=1, description="Per device, its own sequence for events.")
+    ts: str
+    ts_ms: int
+    type: Literal["start", "end"]
+    event_id: str = Field(min_length=1, description="The same for an event's start and end.")
+    class_: str = Field(alias="class")
+    peak_score: float = Field(ge=0, le=1)
+    frames: int = Field(ge=0, description="Frames above the threshold so far.")
+    started_ms: int
+    frame_id: int = Field(description="The frame with the peak score.")
+    snapshot: str | None = Field(None, exclude_if=_absent_if_none,
+                                 description="File name of the JPEG published on <prefix>/<device_id>/snapshot and "
+                                             "kept in state_dir/snapshots.")
+
+
+class Percentiles(_Part):
+    p50: float
+    p99: float
+
+
+class SpoolStats(_Part):
+    backlog: int = Field(ge=0, description="Messages waiting for the broker.")
+    dropped: int = Field(ge=0, description="Oldest messages dropped because the spool was full.")
+
+
+class Stats(Payload):
+    """QoS 0, not spooled: a stale figure is worth nothing."""
+
+    model_config = ConfigDict(title="linewatch stats (topic <prefix>/<device_id>/stats, every stats.interval_s)")
+
+    ts: str
+    uptime_s: float = Field(ge=0)
+    frames: int = Field(ge=0, description="Frames classified since start.")
+    fps: float = Field(ge=0, description="Over the last interval.")
+    dropped: int = Field(ge=0, description="Stale camera frames skipped for newer ones.")
+    paused: bool
+    source_state: Literal["starting", "ok", "reconnecting", "ended", "failed"]
+    latency_ms: dict[str, Percentiles] = Field(description="Per pipeline stage, over the last 1000 frames.")
+    spool: SpoolStats
+    acknowledged: int = Field(ge=0, description="Spooled messages the broker has acknowledged since start.")
+    cpu_temp_c: float | None
+    max_rss_mb: float
+
+
+class Reply(Payload):
+    """Every command on <prefix>/<device_id>/cmd/<name> gets one; MQTT 5 correlation data is echoed."""
+
+    model_config = ConfigDict(title="linewatch command reply (MQTT 5 response topic, or "
+                                    "<prefix>/<device_id>/cmd/<name>/reply)")
+
+    command: str
+    id: Any = Field(description='The request\'s own "id", echoed; null when it had none.')
+    ok: bool
+    result: Any = Field(None, exclude_if=_absent_if_none, description="What the command did, when ok.")
+    error: str | None = Field(None, exclude_if=_absent_if_none, description="Why it was refused, when not ok.")
+
+
+TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,
+                                              "reply": Reply}
+
+
+def json_schema(model: type[Payload], name: str) -> dict[str, Any]:
+    """The JSON Schema of a payload as published: every field required but those absent when unused."""
+    schema = model.model_json_schema(by_alias=True, mode="serialization")
+    parts: dict[str, type[BaseModel]] = {model.__name__: model, "Score": Score, "ModelRef": ModelRef,
+                                         "Percentiles": Percentiles, "SpoolStats": SpoolStats}
+    for node_name, node in [(model.__name__, schema), *schema.get("$defs", {}).items()]:
+        cls = parts[node_name]
+        node["required"] = [f.alias or key for key, f in cls.model_fields.items() if f.exclude_if is None]
+    return {"$schema": SCHEMA_DIALECT, "$id": f"linewatch/{name}/{SCHEMA}", **schema}

@@ -1,0 +1,100 @@
+"""Commands on ``<prefix>/<device_id>/cmd/<name>``: one handler per command, one reply per message.
+
+Only the device's own ``cmd/+`` is subscribed, so another device's commands never reach
+here. A payload must be a JSON object (an optional ``"id"`` is echoed); a malformed or
+unknown command gets an error reply and changes nothing; a retained command is ignored, as
+it would replay on every restart. No command can stop the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from linewatch.edge.comms.payloads import Reply
+from linewatch.edge.device.events import EventTracker
+from linewatch.edge.device.results import ResultSink
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class CommandRouter:
+    """Parses a command message, runs its handler, and hands the reply to ``reply(request, payload)``."""
+
+    def __init__(self, device_id: str, handlers: Mapping[str, Handler],
+                 reply: Callable[[mqtt.MQTTMessage, bytes], None]) -> None:
+        self.device_id = device_id
+        self.handlers = handlers
+        self.reply = reply
+
+    def __call__(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            return
+        name = msg.topic.rsplit("/", 1)[-1]
+        request_id = None
+        try:
+            body = json.loads(msg.payload) if msg.payload.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError("the payload must be a JSON object")
+            request_id = body.get("id")
+            if name not in self.handlers:
+                raise ValueError(f"unknown command '{name}': use one of {', '.join(self.handlers)}")
+            answer = Reply(device_id=self.device_id, command=name, id=request_id, ok=True,
+                           result=self.handlers[name](body))
+        except (ValueError, KeyError, TypeError) as exc:
+            error = f"unknown key {exc}" if isinstance(exc, KeyError) else str(exc)
+            answer = Reply(device_id=self.device_id, command=name, id=request_id, ok=False, error=error)
+        self.reply(msg, answer.encode())
+
+
+class DeviceCommands:
+    """The handlers: pause, resume, snapshot, threshold, reload."""
+
+    def __init__(self, paused: threading.Event, sink: ResultSink, tracker: EventTracker,
+                 reload: Callable[[], list[str]]) -> None:
+        self.paused = paused
+        self.sink = sink
+        self.tracker = tracker
+        self._reload = reload
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"pause": self.pause, "resume": self.resume, "snapshot": self.snapshot,
+                "threshold": self.threshold, "reload": self.reload}
+
+    def pause(self, body: dict[str, Any]) -> None:
+        """Stop publishing results and events; frames are still read."""
+        self.paused.set()
+
+    def resume(self, body: dict[str, Any]) -> None:
+        self.paused.clear()
+
+    def snapshot(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Publish the current frame now."""
+        latest = self.sink.latest
+        if latest is None:
+            raise ValueError("no frame yet")
+        name = f"manual-{int(time.time() * 1000)}.jpg"
+        self.sink.publish_snapshot(latest, name)
+        return {"snapshot": name, "frame_id": latest.frame.id, "label": latest.prediction.label}
+
+    def threshold(self, body: dict[str, Any]) -> dict[str, Any]:
+        label, value = body.get("class"), body.get("value")
+        if not isinstance(label, str) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError('threshold needs {"class": NAME, "value": 0..1}')
+        try:
+            self.tracker.set_threshold(label, float(value))
+        except KeyError:
+            raise ValueError(f"class '{label}' is not one of {', '.join(self.tracker.labels)}") from None
+        return {"class": label, "value": float(value)}
+
+    def reload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Re-read the config file: result mode, event thresholds and stats interval take effect."""
+        return {"reloaded": self._reload()}

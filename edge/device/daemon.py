@@ -1,0 +1,138 @@
+"""The device daemon: a frame source, the int8 engine and the MQTT contract, wired together.
+
+Each part has one job: the ``Pipeline`` classifies frames, the ``ResultSink`` turns them into
+results, events and snapshots, the ``CommandRouter`` answers ``cmd/<name>``, the
+``StatsReporter`` publishes ``stats``, and the ``DevicePublisher`` owns MQTT (the spool,
+status, replies). Topics and payloads: docs/mqtt.md and docs/schemas/.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from linewatch.edge.comms.homeassistant import discovery_messages
+from linewatch.edge.comms.mqtt import Credentials, parse_broker
+from linewatch.edge.comms.publisher import DevicePublisher
+from linewatch.edge.comms.spool import Spool
+from linewatch.edge.device import config as config_module
+from linewatch.edge.device.archive import JpegArchive
+from linewatch.edge.device.commands import CommandRouter, DeviceCommands
+from linewatch.edge.device.config import Config
+from linewatch.edge.device.events import EventTracker
+from linewatch.edge.device.pipeline import Pipeline
+from linewatch.edge.device.results import ResultSink
+from linewatch.edge.device.sources import open_source
+from linewatch.edge.device.stats import StatsReporter
+from linewatch.edge.device.system import max_rss_mb
+from linewatch.edge.errors import UsageError
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+MB = 2**20
+
+
+class Daemon:
+    """One running device. ``run()`` returns the exit summary."""
+
+    def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict[str, Any] | None = None,
+                 once: bool = False, max_frames: int | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.once = once
+        self.max_frames = max_frames
+        self.model = artifact.load(cfg.model.path, cfg.model.labels)
+        self.engine = Engine(self.model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
+        self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
+                                  camera_size=cfg.source.camera_size)
+        state = Path(cfg.state_dir)
+        try:
+            self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries)
+        except OSError as exc:
+            raise UsageError(f"state_dir {state}: {exc}") from None
+        mqtt_cfg = cfg.mqtt
+        self.publisher = DevicePublisher(
+            parse_broker(mqtt_cfg.broker), cfg.device_id, self.spool, mqtt_cfg.prefix, mqtt_cfg.protocol,
+            Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
+                        mqtt_cfg.cert_file, mqtt_cfg.key_file),
+            mqtt_cfg.keepalive, model=(self.model.name, self.model.version))
+        card = self.model.card
+        self.tracker = EventTracker(self.model.labels, card.good_labels, {**card.thresholds, **cfg.events.thresholds},
+                                    cfg.events.k, cfg.events.n)
+        self.review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
+        self.snapshots = JpegArchive(state / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
+            if cfg.events.snapshots else None
+        self.paused = threading.Event()
+        self.stop_event = threading.Event()
+        self.sink = ResultSink(cfg, self.model, self.publisher, self.tracker, self.paused, self.snapshots, self.review)
+        self.commands = CommandRouter(cfg.device_id, DeviceCommands(self.paused, self.sink, self.tracker,
+                                                                    self.reload).handlers(), self.publisher.reply)
+        self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s)
+
+    def reload(self) -> list[str]:
+        """Re-read the config file; what can change without a restart takes effect, the rest is ignored."""
+        if self.config_path is None:
+            raise ValueError("started without --config: nothing to reload")
+        try:
+            fresh = config_module.load(self.config_path, self.overrides)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        self.cfg.results, self.cfg.stats = fresh.results, fresh.stats
+        for label, value in fresh.events.thresholds.items():
+            self.tracker.set_threshold(label, value)
+        return ["results", "events.thresholds", "stats"]
+
+    def _announce(self) -> None:
+        """Home Assistant discovery: retained, again on every reconnect and whenever HA comes online."""
+        ha = self.cfg.homeassistant
+        for topic, payload in discovery_messages(ha.prefix, self.cfg.device_id, self.publisher.topic,
+                                                 self.model.name, self.model.version):
+            self.publisher.publish_now(topic, payload, qos=1, retain=True)
+
+    def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload.strip() == b"online":
+            self._announce()
+
+    def run(self) -> dict[str, Any]:
+        """Run until the source ends (with ``once``), ``max_frames`` are done, or SIGTERM/SIGINT."""
+        self.publisher.subscribe(self.publisher.topic("cmd/+"), self.commands)
+        if self.cfg.homeassistant.discovery:
+            self.publisher.subscribe(f"{self.cfg.homeassistant.prefix}/status", self._on_ha_status)
+            self.publisher.on_connect(self._announce)
+        self.publisher.start(self.cfg.mqtt.connect_timeout)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        logger.info("classifying %s with %s (%d threads)", self.source.name, self.model.path, self.engine.num_threads)
+        pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=self.max_frames,
+                            roi=self.cfg.source.roi, rotate=self.cfg.source.rotate)
+        self.stats.start(pipeline.stats)
+        first = time.monotonic()
+        try:
+            stats = pipeline.run(self.stop_event)
+            elapsed = time.monotonic() - first
+            if pipeline.exhausted and not self.once:
+                logger.info("source %s ended; waiting for SIGTERM (use --once to exit at the end)", self.source.name)
+                self.stop_event.wait()
+        finally:
+            self.stop_event.set()
+            self.stats.stop()
+            self.publisher.stop()
+            for archive in (self.review, self.snapshots):
+                if archive is not None:
+                    archive.close()
+            self.spool.close()
+        return {
+            "frames": stats.frames, "dropped": stats.dropped, "seconds": round(elapsed, 3),
+            "fps": round(stats.frames / elapsed, 2) if elapsed > 0 else 0.0,
+            "acknowledged": self.publisher.acked, "cold_start_s": round(self.sink.cold_start_s, 3),
+            "max_rss_mb": max_rss_mb(), "review_saved": self.review.saved if self.review else 0,
+        }

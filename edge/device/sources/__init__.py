@@ -1,0 +1,83 @@
+"""Frame sources behind one interface, each named by one string everywhere (CLI, config).
+
+===========================  ==============================================
+``path/to/folder``           every image in a folder (sorted), then the end
+``photos/*.jpg``             every image matching a glob pattern (sorted)
+``path/to/image.jpg``        one image
+``path/to/video.mp4``        a video file, through OpenCV
+``rtsp://…``, ``http://…``   a network stream, through OpenCV
+``usb:N``, ``/dev/videoN``   a USB camera, through OpenCV
+``picamera:N``               a Raspberry Pi camera, through picamera2
+``conveyor[:SEED]``          the simulated factory line of the demo
+===========================  ==============================================
+
+A source yields ``Captured`` BGR images. ``live`` sources (cameras, streams, the conveyor)
+run at their own pace and the pipeline infers on the newest frame; finite ones (folders,
+files) are read in full, frame by frame, and end the run cleanly with ``--once``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from linewatch.edge.errors import UsageError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".webm"}
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One image from a source, with the file it came from (folder and file sources)."""
+
+    image: np.ndarray
+    path: str | None = None
+
+
+class Source(Protocol):
+    """What the pipeline needs of a frame source."""
+
+    name: str
+    live: bool
+
+    def frames(self) -> Iterator[Captured]:
+        """Captured images until the source ends; raises ``DataError`` when it fails."""
+
+    def close(self) -> None:
+        """Release the device; safe to call twice."""
+
+
+def open_source(spec: str, fps: float | None = None, loop: bool = False,
+                camera_size: tuple[int, int] = (320, 240)) -> Source:
+    """The source that ``spec`` names; ``fps`` paces finite sources (and sets a Pi camera's
+    frame rate), ``loop`` repeats them, ``camera_size`` is the Pi camera's lores stream (w, h)."""
+    if spec.startswith("conveyor"):
+        from linewatch.edge.device.sources.conveyor import ConveyorSource
+
+        seed = spec.partition(":")[2]
+        if seed and not seed.isdigit():
+            raise UsageError(f"source '{spec}': the conveyor seed must be a whole number, e.g. conveyor:7")
+        return ConveyorSource(seed=int(seed or 0), fps=fps)
+    if spec.startswith("picamera"):
+        from linewatch.edge.device.sources.picamera import PicameraSource
+
+        index = spec.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise UsageError(f"source '{spec}': use picamera:N with the camera number, e.g. picamera:0")
+        return PicameraSource(camera=int(index), fps=fps, lores_size=camera_size)
+    if spec.startswith(("usb:", "/dev/video", "rtsp://", "rtsps://", "http://", "https://")):
+        from linewatch.edge.device.sources.video import VideoSource
+
+        return VideoSource(spec, live=True, loop=False, fps=fps)
+    path = Path(spec)
+    if any(c in spec for c in "*?[") or path.is_dir() or path.suffix.lower() not in VIDEO_SUFFIXES:
+        from linewatch.edge.device.sources.folder import FolderSource
+
+        return FolderSource(path, fps=fps, loop=loop)
+    from linewatch.edge.device.sources.video import VideoSource
+
+    return VideoSource(spec, live=False, loop=loop, fps=fps)

@@ -1,0 +1,83 @@
+"""Raspberry Pi cameras through picamera2 (Raspberry Pi OS's ``python3-picamera2``).
+
+Kept thin on purpose: no camera is attached where the tests run, so this is tested against
+a fake ``picamera2`` module. The model is fed from the small ``lores`` stream; a Pi 5 gives
+it as RGB, a Pi 4 and earlier only as YUV420, which is converted here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+from linewatch.edge.device.sources import Captured
+from linewatch.edge.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def _is_pisp() -> bool:
+    """True on a Pi 5 (PiSP), the only board whose lores stream can be RGB."""
+    try:
+        from picamera2.platform import Platform, get_platform
+    except ImportError:  # an old picamera2: those only ran on VC4 boards
+        return False
+    return get_platform() == Platform.PISP
+
+
+class PicameraSource:
+    """Frames from one camera's ``lores`` stream, as BGR like every other source."""
+
+    live = True
+
+    def __init__(self, camera: int = 0, fps: float | None = None, main_size: tuple[int, int] = (1280, 960),
+                 lores_size: tuple[int, int] = (320, 240)) -> None:
+        self.name = f"picamera:{camera}"
+        self.camera = camera
+        self.fps = fps
+        self.main_size = main_size
+        self.lores_size = lores_size
+        self._picam = None
+        self._lores_format = "YUV420"
+
+    def _start(self):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise DataError("picamera2 is not installed: sudo apt install python3-picamera2, "
+                            "and create the venv with --system-site-packages") from None
+        try:
+            picam = Picamera2(self.camera)
+        except (IndexError, RuntimeError) as exc:
+            raise DataError(f"camera {self.camera} is not available ({exc}): check the cable and 'rpicam-hello'") \
+                from None
+        self._lores_format = "RGB888" if _is_pisp() else "YUV420"
+        controls = {"FrameRate": float(self.fps)} if self.fps else {}
+        config = picam.create_preview_configuration(
+            main={"size": self.main_size, "format": "RGB888"},
+            lores={"size": self.lores_size, "format": self._lores_format},
+            controls=controls,
+        )
+        picam.configure(config)
+        picam.start()
+        return picam
+
+    def to_bgr(self, array: np.ndarray) -> np.ndarray:
+        """The lores array as BGR: "RGB888" is already B,G,R in memory; YUV420 is converted."""
+        if self._lores_format == "YUV420":
+            return cv2.cvtColor(array, cv2.COLOR_YUV2BGR_I420)  # planar Y, then U, then V
+        return array[:, :, :3]
+
+    def frames(self) -> Iterator[Captured]:
+        self._picam = picam = self._start()
+        while True:
+            yield Captured(self.to_bgr(picam.capture_array("lores")))
+
+    def close(self) -> None:
+        if self._picam is not None:
+            self._picam.stop()
+            self._picam.close()
+            self._picam = None

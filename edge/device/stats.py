@@ -1,0 +1,63 @@
+"""The ``stats`` message every ``stats.interval_s``: throughput, per-stage latency, spool, machine.
+
+Published at QoS 0 and never spooled: a stale figure is worth nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from linewatch.edge.comms.payloads import Percentiles, SpoolStats, Stats, rfc3339
+from linewatch.edge.comms.publisher import DevicePublisher
+from linewatch.edge.device.pipeline import PipelineStats
+from linewatch.edge.device.system import cpu_temperature, max_rss_mb
+
+logger = logging.getLogger(__name__)
+
+
+class StatsReporter:
+    """A thread that reads the pipeline's counters and publishes them; ``stop`` ends it."""
+
+    def __init__(self, device_id: str, publisher: DevicePublisher, paused: threading.Event,
+                 interval: Callable[[], float]) -> None:
+        """``interval`` is read before each wait, so a reloaded config takes effect."""
+        self.device_id = device_id
+        self.publisher = publisher
+        self.paused = paused
+        self.interval = interval
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def payload(self, stats: PipelineStats, fps: float) -> Stats:
+        spool = self.publisher.spool
+        return Stats(
+            device_id=self.device_id, ts=rfc3339(time.time()), uptime_s=round(time.time() - self.started, 1),
+            frames=stats.frames, fps=round(fps, 2), dropped=stats.dropped, paused=self.paused.is_set(),
+            source_state=stats.source_state,
+            latency_ms={s: Percentiles(p50=round(stats.percentile(s, 50), 3), p99=round(stats.percentile(s, 99), 3))
+                        for s in stats.timings_ms},
+            spool=SpoolStats(backlog=spool.backlog(), dropped=spool.dropped()),
+            acknowledged=self.publisher.acked, cpu_temp_c=cpu_temperature(), max_rss_mb=max_rss_mb())
+
+    def start(self, stats: PipelineStats) -> None:
+        self._thread = threading.Thread(target=self._run, args=(stats,), name="stats", daemon=True)
+        self._thread.start()
+
+    def _run(self, stats: PipelineStats) -> None:
+        last_frames, last_time = 0, time.monotonic()
+        while not self._stop.wait(self.interval()):
+            now = time.monotonic()
+            payload = self.payload(stats, (stats.frames - last_frames) / (now - last_time))
+            last_frames, last_time = stats.frames, now
+            if payload.spool.dropped:
+                logger.warning("spool full: %d message(s) dropped so far", payload.spool.dropped)
+            self.publisher.publish_now(self.publisher.topic("stats"), payload.encode())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)

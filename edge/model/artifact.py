@@ -1,0 +1,127 @@
+"""The self-describing model file: a TFLite flatbuffer with a zip of its card and labels after it.
+
+TFLite metadata stores associated files the same way (a zip after the flatbuffer), so the
+interpreter loads the file as it is. The card (``card.ModelCard``) says how to feed the model
+and what its outputs mean, and it pins the model bytes with their sha256 so a truncated or
+altered file is refused rather than run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from linewatch.edge.errors import ModelError
+from linewatch.edge.model.card import ModelCard
+
+CARD_NAME = "model_card.json"
+LABELS_NAME = "labels.txt"
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ModelArtifact:
+    """A loaded model: its flatbuffer bytes, its card and its labels.
+
+    A plain ``.tflite`` made elsewhere has no card of its own (``has_card`` is False): it
+    gets a default one named after the file.
+    """
+
+    path: Path
+    flatbuffer: bytes
+    card: ModelCard
+    labels: list[str]
+    has_card: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def sha256(self) -> str:
+        return self.card.model_sha256 or sha256(self.flatbuffer)
+
+
+def pack(flatbuffer: bytes, card: ModelCard, labels: list[str]) -> bytes:
+    """The bytes of a self-describing ``.tflite``: the model, then a zip holding card and labels."""
+    if flatbuffer[4:8] != TFLITE_IDENTIFIER:
+        raise ModelError("the converter did not produce a TFLite flatbuffer (no TFL3 identifier)")
+    card = card.model_copy(update={"labels": list(labels), "model_size": len(flatbuffer),
+                                   "model_sha256": sha256(flatbuffer)})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(CARD_NAME, card.to_json())
+        zf.writestr(LABELS_NAME, "\n".join(labels) + "\n")
+    return flatbuffer + buf.getvalue()
+
+
+def read_labels(path: Path) -> list[str]:
+    """Labels from a text file, one per line in output order, blank lines ignored."""
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise ModelError(f"cannot read labels file {path}: {exc.strerror}") from None
+    if not labels:
+        raise ModelError(f"labels file {path} is empty: write one class name per line")
+    return labels
+
+
+def read_card(path: Path) -> ModelCard:
+    """A run folder's ``model_card.json``."""
+    try:
+        return ModelCard.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise ModelError(f"cannot read model card {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ModelError(f"model card {path} is not valid ({exc.errors()[0]['msg']}): train the model again") \
+            from None
+
+
+def load(path: Path | str, labels_path: Path | str | None = None) -> ModelArtifact:
+    """Read a ``.tflite``, with its card when it has one; labels from ``labels_path`` win."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model file {path} does not exist: pass the .tflite made by 'linewatch convert'") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ModelError(f"{path} is not a TFLite model (no TFL3 identifier): is it the right file?")
+    card: ModelCard | None = None
+    flatbuffer = data
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            card = ModelCard.model_validate_json(zf.read(CARD_NAME))
+    except zipfile.BadZipFile:
+        pass  # a plain .tflite made elsewhere, or one whose card was cut off: checked below
+    except (KeyError, ValueError):
+        raise ModelError(f"{path} carries a broken model card: convert the model again") from None
+    if card is not None:
+        size = card.model_size or -1
+        flatbuffer = data[:size]
+        if size <= 0 or sha256(flatbuffer) != card.model_sha256:
+            raise ModelError(f"{path} does not match the sha256 in its card: the file is damaged, copy it again")
+    elif _looks_truncated(data):
+        raise ModelError(f"{path} is truncated: copy the model again")
+    labels = read_labels(Path(labels_path)) if labels_path else list(card.labels if card else [])
+    return ModelArtifact(path=path, flatbuffer=flatbuffer, card=card or ModelCard(name=path.stem, labels=labels),
+                         labels=labels, has_card=card is not None)
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """A file that began as a linewatch artifact but lost its end (and so its zip directory)."""
+    return b"PK\x03\x04" in data[-65536:] and b"PK\x05\x06" not in data[-65536:]

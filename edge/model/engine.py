@@ -1,0 +1,171 @@
+"""Int8 image classification with the LiteRT interpreter.
+
+The runtime is found in the order a Pi is likely to have it: ``ai_edge_litert`` (LiteRT),
+then ``tflite_runtime`` (its frozen old name), then ``tensorflow.lite`` (a workstation).
+Inputs are quantized and outputs dequantized with each tensor's own scale and zero point.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from linewatch.edge.errors import ModelError
+from linewatch.edge.model.artifact import ModelArtifact
+from linewatch.edge.model.card import InputSpec
+from linewatch.edge.model.images import prepare
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES: tuple[str, ...] = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+def find_runtime(candidates: tuple[str, ...] = RUNTIMES) -> ModuleType:
+    """The first importable interpreter module, or an error that says what to install."""
+    for name in candidates:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        logger.debug("using interpreter from %s", name)
+        return module
+    raise ModelError("no TFLite runtime found: pip install ai-edge-litert")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores for every label, best first in ``top``."""
+
+    scores: np.ndarray
+    labels: list[str]
+
+    @property
+    def index(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def label(self) -> str:
+        return self.labels[self.index]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.index])
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        order = np.argsort(-self.scores)[:k]
+        return [(self.labels[i], float(self.scores[i])) for i in order]
+
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def load_delegate(runtime: ModuleType, spec: str) -> Any:
+    """A delegate by name (``edgetpu``) or by library path; an error says what to install."""
+    library = EDGETPU_LIBRARY if spec == "edgetpu" else spec
+    loader = getattr(runtime, "load_delegate", None) or runtime.experimental.load_delegate
+    try:
+        # Open the library first: a Delegate that fails to load prints a traceback from its __del__.
+        ctypes.CDLL(library)
+        return loader(library)
+    except (ValueError, OSError, RuntimeError) as exc:
+        hint = "install the Edge TPU runtime (apt install libedgetpu1-std)" if library == EDGETPU_LIBRARY \
+            else "check the path"
+        raise ModelError(f"cannot load delegate {library} ({str(exc).splitlines()[0]}): {hint}") from None
+
+
+class Engine:
+    """One interpreter for one model; ``predict`` takes a BGR frame as cameras give it.
+
+    ``delegate`` is ``edgetpu`` or a delegate library path; a model compiled for the Edge TPU
+    (its card says so) asks for the Edge TPU by itself. With ``cpu_fallback`` a delegate that
+    cannot be loaded is logged and the model runs on the CPU instead.
+    """
+
+    def __init__(self, model: ModelArtifact, num_threads: int | None = None, delegate: str | None = None,
+                 cpu_fallback: bool = False) -> None:
+        runtime = find_runtime()
+        self.model = model
+        self.num_threads = num_threads or os.cpu_count() or 1  # the interpreter's own default is 1
+        delegate = delegate or model.card.delegate
+        delegates = []
+        if delegate:
+            try:
+                delegates.append(load_delegate(runtime, delegate))
+            except ModelError as exc:
+                if not cpu_fallback:
+                    raise
+                logger.warning("%s; running on the CPU instead", exc)
+        self.delegate = delegate if delegates else None
+        try:
+            self.interpreter: Any = runtime.Interpreter(model_content=model.flatbuffer, num_threads=self.num_threads,
+                                                        experimental_delegates=delegates or None)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{model.path} cannot be loaded by the interpreter ({str(exc).splitlines()[0]}): "
+                             "the file may be truncated, copy it again") from None
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(inp[0]["shape"]) != 4 or inp[0]["shape"][3] != 3:
+            raise ModelError(f"{model.path} does not take one HxWx3 image: it is not an image classifier")
+        if len(out) != 1 or len(out[0]["shape"]) != 2:
+            raise ModelError(f"{model.path} does not output one class vector: it is not a classifier")
+        self._in, self._out = inp[0], out[0]
+        self.height, self.width = int(inp[0]["shape"][1]), int(inp[0]["shape"][2])
+        classes = int(out[0]["shape"][1])
+        if not model.labels:
+            raise ModelError(f"{model.path} has no model card with labels: pass --labels FILE")
+        if len(model.labels) != classes:
+            raise ModelError(f"{model.path} outputs {classes} classes but {len(model.labels)} labels were given")
+        # A plain .tflite made elsewhere says nothing of its input: the interpreter's size, the defaults.
+        self.input = model.card.input or InputSpec(height=self.height, width=self.width)
+        self._lut = self._quantization_table()
+
+    def _quantization_table(self) -> np.ndarray:
+        """Every 0..255 pixel value in the input tensor's type, with its own scale and zero point."""
+        dtype = self._in["dtype"]
+        values = np.arange(256, dtype=np.float32)
+        if dtype == np.float32:
+            return values
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(values / scale + zero), info.min, info.max).astype(dtype)
+
+    def prepare(self, bgr: np.ndarray) -> np.ndarray:
+        """The frame as the model wants it: size, resize mode and colour order from its card."""
+        return prepare(bgr, self.height, self.width, self.input.resize_mode, self.input.color_order)
+
+    def quantize(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw 0..255 pixels into the input tensor's type: a table look-up, exact and cheap on a Pi."""
+        table = self._lut
+        if table.dtype == np.int8:  # cv2.LUT maps bytes to bytes: look up the int8 table as uint8
+            return cv2.LUT(pixels, table.view(np.uint8)).view(np.int8)[None]
+        return cv2.LUT(pixels, table)[None]
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """Output tensor to float scores with its own scale and zero point."""
+        if raw.dtype == np.float32:
+            return raw.astype(np.float32)
+        scale, zero = self._out["quantization"]
+        return (raw.astype(np.float32) - zero) * scale
+
+    def invoke(self, tensor: np.ndarray) -> np.ndarray:
+        """Run the interpreter on an already quantized input; the raw output row."""
+        self.interpreter.set_tensor(self._in["index"], tensor)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out["index"])[0]
+
+    def predict_pixels(self, pixels: np.ndarray) -> Prediction:
+        """Classify an image already prepared to the model's size and colour order."""
+        return Prediction(self.dequantize(self.invoke(self.quantize(pixels))), self.model.labels)
+
+    def predict(self, bgr: np.ndarray) -> Prediction:
+        """Classify a BGR frame of any size."""
+        return self.predict_pixels(self.prepare(bgr))

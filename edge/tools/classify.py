@@ -1,0 +1,81 @@
+"""One-shot tools on the device: classify some images, and collect training photos from a source."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from linewatch.edge.device.sources import open_source
+from linewatch.edge.errors import DataError
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import Engine
+from linewatch.edge.model.images import encode_jpeg, image_files, read_image
+
+logger = logging.getLogger(__name__)
+
+
+def _image_paths(targets: list[str]) -> Iterator[Path]:
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            yield from image_files(path)
+        else:
+            yield path
+
+
+def classify(model_path: str, targets: list[str], labels: str | None = None, as_json: bool = False,
+             top_k: int = 3, threads: int | None = None, out: TextIO = sys.stdout) -> int:
+    """Print a prediction per image; returns how many images could not be read."""
+    engine = Engine(artifact.load(model_path, labels), threads)
+    failed = 0
+    if not as_json:
+        print(f"{'label':<12} {'score':>6}  path", file=out)
+    for path in _image_paths(targets):
+        image = read_image(str(path))
+        if image is None:
+            failed += 1
+            print(f"linewatch classify: {path}: not a readable image, skipped", file=sys.stderr)
+            continue
+        prediction = engine.predict(image)
+        if as_json:
+            print(json.dumps({"path": str(path), "label": prediction.label, "score": round(prediction.score, 4),
+                              "top": [{"label": label, "score": round(s, 4)} for label, s in prediction.top(top_k)]}),
+                  file=out)
+        else:
+            print(f"{prediction.label:<12} {prediction.score:>6.3f}  {path}", file=out)
+    return failed
+
+
+def collect(source_spec: str, label: str, dataset: str, every: float = 1.0, count: int | None = None,
+            out: TextIO = sys.stdout) -> int:
+    """Save a frame every ``every`` seconds into ``DATASET/LABEL/``, the layout training reads."""
+    if not label or "/" in label or label.startswith("."):
+        raise DataError(f"label '{label}' cannot be a folder name: use letters, digits, - or _")
+    folder = Path(dataset) / label
+    folder.mkdir(parents=True, exist_ok=True)
+    source = open_source(source_spec)
+    saved = 0
+    last = -float("inf")
+    try:
+        for captured in source.frames():
+            now = time.monotonic()
+            if now - last < every:
+                continue
+            last = now
+            name = folder / f"{label}_{time.strftime('%Y%m%dT%H%M%S')}_{saved:05d}.jpg"
+            try:
+                name.write_bytes(encode_jpeg(captured.image))
+            except OSError as exc:
+                raise DataError(f"cannot write {name} ({exc.strerror}): check the folder and free space") from None
+            saved += 1
+            print(f"saved {name}", file=out, flush=True)
+            if count and saved >= count:
+                break
+    finally:
+        source.close()
+    return saved

@@ -1,0 +1,147 @@
+"""Helpers the tests share: the real ``linewatch`` command line, a daemon process, a plain subscriber.
+
+The subscriber is a bare paho client, independent of linewatch's own monitor, so it can judge it.
+Every daemon the tests start gets a state folder of its own: nothing is written to the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
+       # a daemon that is not given --state-dir must not write into the user's own state folder
+       "XDG_STATE_HOME": tempfile.mkdtemp(prefix="linewatch-xdg-state-")}
+CLI = [sys.executable, "-m", "linewatch.edge.cli"]
+
+
+def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run the real ``linewatch`` command line in its own process (a daemon gets a fresh state dir)."""
+    if "run" in args[:3] and "--state-dir" not in args:
+        args = (*args, "--state-dir", tempfile.mkdtemp(prefix="linewatch-state-"))
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV,
+                          **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"linewatch {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def start_daemon(model: Path, url: str, device: str, state: Path, *extra: str, source: str = "conveyor:4",
+                 fps: float = 25) -> subprocess.Popen:
+    """``linewatch run`` in the background on a paced source, as systemd would start it."""
+    return subprocess.Popen(
+        [*CLI, "run", "--model", str(model), "--source", source, "--fps", str(fps), "--device-id", device,
+         "--broker", url, "--state-dir", str(state), *extra],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_daemon(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGTERM, as systemd stops it; the daemon must exit 0. Returns (stdout, stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    return out, err
+
+
+def summary(stdout: str) -> dict[str, Any]:
+    """The exit summary ``linewatch run --json`` prints last."""
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+def spool_backlog(state: Path, device: str) -> int:
+    """Messages a (running) daemon holds for the broker, read from its spool without disturbing it."""
+    path = state / f"spool-{device}.sqlite"
+    if not path.is_file():
+        return 0
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: Any
+    retain: bool
+    properties: Properties | None = None
+
+
+class Collector:
+    """Subscribes to ``topic`` on ``url`` and keeps every message, decoded from JSON where it can."""
+
+    def __init__(self, url: str, topic: str = "linewatch/#", protocol: int = mqtt.MQTTv5,
+                 session: str | None = None) -> None:
+        """``session`` names a persistent session: the broker queues QoS 1 messages while we are away."""
+        import threading
+
+        parts = urlsplit(url)
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "", protocol=protocol)
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        kwargs: dict[str, Any] = {}
+        if session:  # MQTT 5 only: a session that outlives the connection
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883, **kwargs)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "test subscriber could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload: Any = json.loads(msg.payload)
+        except ValueError:
+            payload = msg.payload
+        with self._cond:
+            self.messages.append(Message(msg.topic, payload, bool(msg.retain), getattr(msg, "properties", None)))
+            self._cond.notify_all()
+
+    def on(self, suffix: str) -> list[Any]:
+        with self._cond:
+            return [m.payload for m in self.messages if m.topic.endswith(suffix)]
+
+    def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 30) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+            return True
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,154 @@
+"""The structure holds: one installed namespace, the import rules of docs/architecture.md, generated docs.
+
+The device never imports TensorFlow, and the command line answers without loading it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ENV, ROOT
+
+CHECK = """
+import importlib, pkgutil, sys
+import linewatch.edge as edge
+for mod in pkgutil.walk_packages(edge.__path__, "linewatch.edge."):
+    importlib.import_module(mod.name)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+print(",".join(heavy) or "none")
+"""
+
+HELP = """
+import sys
+from linewatch.edge.cli import main
+for argv in (["--help"], ["run", "--help"], ["train", "--help"], ["convert", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0, argv
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print(",".join(heavy) or "none")
+"""
+
+FOLDERS = {"edge": "linewatch.edge", "train": "linewatch.train", "convert": "linewatch.convert"}
+
+
+def _run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", env=ENV,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.workstation  # meaningful where TensorFlow could be imported
+def test_every_edge_module_imports_without_tensorflow() -> None:
+    assert _run(CHECK) == "none"
+
+
+@pytest.mark.workstation
+def test_help_does_not_load_tensorflow() -> None:
+    assert _run(HELP) == "none"
+
+
+def test_console_script_is_installed() -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "linewatch"), "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("linewatch ")
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the three folders by its installed name."""
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join((package, *parts)).removesuffix(".__init__")
+            out[name] = path
+    return out
+
+
+def _unit(module: str) -> str:
+    """``linewatch.edge.device.daemon`` → ``edge.device``; ``linewatch.train.data`` → ``train``."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:2]) if parts[0] == "edge" and len(parts) > 1 else parts[0]
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every linewatch module ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if candidate in modules else node.module)
+    return {name for name in found if name.split(".")[0] == "linewatch"}
+
+
+def _allowed() -> dict[str, set[str]]:
+    """The 'may import' column of docs/architecture.md."""
+    rules = {}
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0] != "`unit`":
+            rules[cells[0].strip("`")] = set(re.findall(r"`([\w.]+)`", cells[2]))
+    return rules
+
+
+def test_imports_follow_docs_architecture() -> None:
+    modules, rules = _modules(), _allowed()
+    units = {_unit(m) for m in modules if m != "linewatch.edge"}
+    assert units <= rules.keys(), f"units missing from docs/architecture.md: {sorted(units - rules.keys())}"
+    assert rules.keys() <= units, f"docs/architecture.md names units that do not exist: {sorted(rules.keys() - units)}"
+    broken = []
+    for name, path in modules.items():
+        unit = _unit(name) if name != "linewatch.edge" else "edge"
+        for imported in _imports(path, modules):
+            target = "edge" if imported == "linewatch.edge" else _unit(imported)
+            if target != unit and target not in rules.get(unit, set()):
+                broken.append(f"{path.relative_to(ROOT)} imports {imported} ({unit} may not import {target})")
+    assert not broken, "\n".join(broken)
+    assert "convert" not in rules["train"]
+    tensorflow = [str(p.relative_to(ROOT)) for n, p in modules.items() if n.startswith("linewatch.edge")
+                  and re.search(r"^\s*(import|from)\s+(tensorflow|keras|tf_keras)\b", p.read_text(), re.M)]
+    assert not tensorflow
+
+
+def test_generated_docs_match_their_sources() -> None:
+    """Schemas, configuration reference and exit-code tables are what the code says (`make docs`)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_layout_names_every_folder_of_edge() -> None:
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    packages = sorted(p.name for p in (ROOT / "edge").iterdir() if (p / "__init__.py").is_file())
+    assert packages and all(f"{name}/" in layout for name in packages), packages
+
+
+@pytest.mark.workstation
+def test_wheel_installs_only_the_linewatch_namespace(tmp_path: Path) -> None:
+    """A fresh venv gains ``linewatch`` and nothing named ``train``, ``convert`` or ``edge``."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("linewatch-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"linewatch"}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    site = next(venv.glob("lib/python*/site-packages"))
+    installed = {p.name for p in site.iterdir()}
+    assert "linewatch" in installed and not installed & {"train", "convert", "edge"}
+    assert (site / "linewatch" / "edge" / "device" / "daemon.py").is_file()
+    assert not (site / "linewatch" / "__init__.py").exists()  # a namespace: other linewatch.* may join it

@@ -1,0 +1,79 @@
+"""What a training run is asked to do: every setting once, with its default, flag and description.
+
+``linewatch train``'s options are generated from this model (``linewatch.edge.options``); the
+run folder records it in ``train_config.json`` and the model card, and ``--resume`` reads it back.
+Importing it does not import TensorFlow, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from linewatch.edge.model.images import ResizeMode
+from linewatch.train.augment import DEFAULT_AUGMENT, parse_augment
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``96`` or ``96x128`` (height x width) as (height, width)."""
+    h, _, w = text.lower().partition("x")
+    try:
+        height, width = int(h), int(w or h)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a size: use N or HxW, e.g. 96x128") from None
+    if not (16 <= height <= 1024 and 16 <= width <= 1024):
+        raise ValueError(f"size {text} is out of range: 16 to 1024 pixels a side")
+    return height, width
+
+
+def _flag(name: str) -> dict[str, Any]:
+    return {"flag": name}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: str = Field(description="DATA/<class>/*.jpg, DATA/{train,val,test}/<class>/, or a CSV of path,label")
+    out: str = Field(description="run folder to write (model, labels, card, metrics, report)")
+    epochs: int = Field(40, ge=1, description="most epochs; early stopping usually ends sooner",
+                        json_schema_extra=_flag("--epochs"))
+    size: tuple[int, int] | None = Field(None, description="model input, N or HxW (default: from the photos, long "
+                                                           "side <= 128)", json_schema_extra=_flag("--size"))
+    resize_mode: ResizeMode = Field("stretch", description="how photos are brought to the input size",
+                                    json_schema_extra=_flag("--resize-mode"))
+    batch_size: int = Field(32, ge=1, description="images per training step", json_schema_extra=_flag("--batch-size"))
+    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate of the cosine schedule",
+                                 json_schema_extra=_flag("--learning-rate"))
+    patience: int = Field(8, ge=1, description="epochs without a better validation loss before stopping",
+                          json_schema_extra=_flag("--patience"))
+    architecture: Literal["cnn", "mobilenetv2"] = Field("cnn", description="cnn: small, from scratch; mobilenetv2: "
+                                                                          "with --width and --weights",
+                                                        json_schema_extra=_flag("--architecture"))
+    width: float = Field(1.0, gt=0, description="width multiplier (alpha for mobilenetv2)",
+                         json_schema_extra=_flag("--width"))
+    weights: str | None = Field(None, description="local backbone weights file for mobilenetv2 (never downloaded)",
+                                json_schema_extra=_flag("--weights"))
+    fine_tune_epochs: int = Field(10, ge=0, description="second stage with --weights: the top of the backbone",
+                                  json_schema_extra=_flag("--fine-tune-epochs"))
+    fine_tune_fraction: float = Field(0.3, gt=0, le=1, description="share of the backbone's layers unfrozen")
+    augment: tuple[str, ...] = Field(DEFAULT_AUGMENT, description="comma list of flip,rotate,zoom,color,noise, or "
+                                                                  "none", json_schema_extra=_flag("--augment"))
+    augment_strength: float = Field(0.5, ge=0, le=1, description="0 (none) to 1 (strong)",
+                                    json_schema_extra=_flag("--augment-strength"))
+    class_weights: Literal["auto", "on", "off"] = Field(
+        "auto", description="weight rare classes up (auto: when the largest class is >1.5x the smallest)",
+        json_schema_extra=_flag("--class-weights"))
+    seed: int = Field(0, description="the split, the initial weights and the augmentation",
+                      json_schema_extra=_flag("--seed"))
+    report: bool = Field(True, description="write report.html and its plots")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, value: Any) -> Any:
+        return parse_augment(value) if isinstance(value, str) else value
