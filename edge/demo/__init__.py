@@ -1,0 +1,1 @@
+"""``linewatch demo`` and the local MQTT brokers that it and the tests start (never used on a device)."""
