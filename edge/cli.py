@@ -48,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else
           f"{summary['frames']} frames in {summary['seconds']} s ({summary['fps']} frames/s), "
           f"{summary['dropped']} dropped, {summary['acknowledged']} messages acknowledged by the broker", flush=True)
-    return 0
+    return INTERRUPTED if summary["interrupted"] else 0
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:

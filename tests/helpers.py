@@ -44,12 +44,12 @@ def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs: An
 
 
 def start_daemon(model: Path, url: str, device: str, state: Path, *extra: str, source: str = "conveyor:4",
-                 fps: float = 25) -> subprocess.Popen:
-    """``linewatch run`` in the background on a paced source, as systemd would start it."""
+                 fps: float = 25, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``linewatch run`` in the background on a paced source, as systemd would start it (``env`` added)."""
     return subprocess.Popen(
         [*CLI, "run", "--model", str(model), "--source", source, "--fps", str(fps), "--device-id", device,
          "--broker", url, "--state-dir", str(state), *extra],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def stop_daemon(proc: subprocess.Popen) -> tuple[str, str]:
@@ -71,8 +71,24 @@ def spool_backlog(state: Path, device: str) -> int:
     path = state / f"spool-{device}.sqlite"
     if not path.is_file():
         return 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    except sqlite3.OperationalError:  # created a moment ago, its tables not yet
+        return 0
+
+
+def spooled_results(state: Path, device: str) -> int:
+    """The last result ``seq`` a (running) daemon has handed out: how many results it has made."""
+    path = state / f"spool-{device}.sqlite"
+    if not path.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT value FROM counters WHERE name = 'seq:result'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0]) if row else 0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:

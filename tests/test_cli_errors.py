@@ -8,7 +8,7 @@ import pytest
 
 from linewatch.edge.demo.brokers import free_port
 from linewatch.edge.simulator import write_dataset
-from tests.helpers import linewatch
+from tests.helpers import linewatch, spooled_results, start_daemon, stop_daemon, summary, wait_until
 
 
 def _one_line_error(proc, code: int, *needles: str) -> None:
@@ -33,11 +33,18 @@ def test_bad_broker_url(tiny: Path, tmp_path: Path) -> None:
     _one_line_error(proc, 2, "http://example:1883", "mqtt://")
 
 
-def test_unreachable_broker(tiny: Path, holdout: Path) -> None:
+def test_unreachable_broker_is_not_an_error(tiny: Path, holdout: Path, tmp_path: Path) -> None:
+    """The Pi often boots before the broker: it inspects and spools, says so once, and never gives up."""
     port = free_port()  # nothing listens there
-    proc = linewatch("run", "--model", str(tiny), "--source", str(holdout), "--device-id", "x",
-                     "--broker", f"mqtt://127.0.0.1:{port}", "--once", check=False)
-    _one_line_error(proc, 6, f"127.0.0.1:{port}")
+    proc = start_daemon(tiny, f"mqtt://127.0.0.1:{port}", "x", tmp_path, "--once", "--json", source=str(holdout))
+    try:
+        assert wait_until(lambda: spooled_results(tmp_path, "x") == 60, timeout=60)  # every image classified
+        assert proc.poll() is None  # --once waits for the broker to acknowledge them
+        out, err = stop_daemon(proc)
+    finally:
+        proc.kill()
+    assert summary(out)["frames"] == 60 and summary(out)["acknowledged"] == 0
+    assert f"cannot reach the MQTT broker at 127.0.0.1:{port}" in err and "Traceback" not in err
 
 
 @pytest.mark.workstation

@@ -16,7 +16,7 @@ from linewatch.edge.device import config
 from linewatch.edge.device.events import EventTracker
 from linewatch.edge.errors import UsageError
 from linewatch.edge.tools.monitor import Monitor
-from tests.helpers import ROOT, Collector, linewatch, start_daemon, stop_daemon, summary
+from tests.helpers import ROOT, Collector, linewatch, spooled_results, start_daemon, stop_daemon, summary, wait_until
 
 
 def test_commands_survive_a_flood_of_garbage_and_reply_to_each(tiny: Path, broker, tmp_path: Path) -> None:
@@ -168,10 +168,15 @@ def test_tls_and_password_auth(tiny: Path, holdout: Path, make_broker, tmp_path:
                    str(ca), "--username", "line3", "--password-file", str(secret), "--once", "--json")
     assert summary(ok.stdout)["acknowledged"] >= 12
     assert "s3cret-pw" not in ok.stderr + ok.stdout  # never logged, even at DEBUG
-    plain = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"),
-                      "--device-id", "tls-dev", "--broker", broker.url.replace("mqtts", "mqtt"),
-                      "--once", check=False)
-    assert plain.returncode == 6  # no TLS, no entry
+    plain = start_daemon(tiny, broker.url.replace("mqtts", "mqtt"), "tls-plain", tmp_path / "plain", "--json",
+                         source=str(holdout / "ok"))
+    try:
+        assert wait_until(lambda: spooled_results(tmp_path / "plain", "tls-plain") == 12, timeout=60)
+        out, err = stop_daemon(plain)
+    finally:
+        plain.kill()
+    assert summary(out)["acknowledged"] == 0  # no TLS, no entry: results stay spooled, the daemon keeps trying
+    assert "closed the connection before accepting us" in err or "cannot reach" in err
 
 
 def test_config_file_env_and_flags(tmp_path: Path) -> None:

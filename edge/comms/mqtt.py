@@ -69,8 +69,8 @@ def make_client(client_id: str, protocol: str) -> mqtt.Client:
 
 
 def connect(client: mqtt.Client, broker: BrokerAddress, keepalive: int = 30,
-            credentials: Credentials = Credentials()) -> None:
-    """Start connecting in the background; paho reconnects with backoff (1 to 30 s) from then on."""
+            credentials: Credentials = Credentials(), max_delay: float = 10.0) -> None:
+    """Start connecting in the background; paho retries with backoff (1 s doubling to ``max_delay``), forever."""
     if credentials.username:
         client.username_pw_set(credentials.username, credentials.password)
     if broker.tls:
@@ -79,6 +79,6 @@ def connect(client: mqtt.Client, broker: BrokerAddress, keepalive: int = 30,
                            keyfile=credentials.key_file, cert_reqs=ssl.CERT_REQUIRED)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot load the TLS files ({exc}): check ca_file, cert_file and key_file") from None
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(max_delay)))
     client.connect_async(broker.host, broker.port, keepalive=keepalive)
     client.loop_start()

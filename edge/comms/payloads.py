@@ -50,6 +50,9 @@ class Status(Payload):
     since: str = Field(description="When the daemon started, UTC, RFC 3339.")
     model: str | None = Field(None, exclude_if=_absent_if_none)
     version: str | None = Field(None, exclude_if=_absent_if_none)
+    notices: list[str] | None = Field(None, exclude_if=_absent_if_none,
+                                      description="What the device healed by itself since it started, e.g. a spool "
+                                                  "file moved aside, or a spool kept in memory on a full disk.")
 
 
 class Score(_Part):
@@ -111,7 +114,9 @@ class Percentiles(_Part):
 
 class SpoolStats(_Part):
     backlog: int = Field(ge=0, description="Messages waiting for the broker.")
-    dropped: int = Field(ge=0, description="Oldest messages dropped because the spool was full.")
+    dropped: int = Field(ge=0, description="Messages dropped because the spool or its disk was full: the oldest "
+                                           "first, then any that could not be stored.")
+    recovered: int = Field(ge=0, description="Unreadable spool files moved aside since start.")
 
 
 class Stats(Payload):

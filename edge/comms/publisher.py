@@ -5,6 +5,10 @@ window of the oldest entries, and an entry leaves the spool only when the broker
 acknowledged it (``on_publish``), never when ``publish()`` returns. While the broker is
 away nothing is handed over; paho resends what was in flight when it reconnects.
 
+The broker is never waited for: the device inspects and spools from the start, and paho
+connects in the background, with backoff, forever. Only a definite refusal (bad credentials,
+not authorised, banned) is final; it is reported through ``on_state``.
+
 Status is retained: ``online`` on every (re)connect, ``offline`` as the last will,
 ``stopped`` on a clean exit. Subscriptions are routed by paho itself
 (``message_callback_add``) and restored on every reconnect; command replies follow MQTT 5
@@ -27,11 +31,15 @@ from paho.mqtt.properties import Properties
 from linewatch.edge.comms.mqtt import BrokerAddress, Credentials, connect, make_client
 from linewatch.edge.comms.payloads import Status, rfc3339
 from linewatch.edge.comms.spool import Spool
-from linewatch.edge.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+StateHandler = Callable[[str, str], None]
+
+# CONNACK reasons that retrying will not cure (MQTT 5 codes; paho maps 3.1.1's onto them):
+# unsupported protocol, client id not valid, bad user name or password, not authorized, banned, bad auth method.
+REFUSALS = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
 class DevicePublisher:
@@ -39,8 +47,8 @@ class DevicePublisher:
 
     def __init__(self, broker: BrokerAddress, device_id: str, spool: Spool, prefix: str = "linewatch",
                  protocol: str = "5", credentials: Credentials = Credentials(), keepalive: int = 30,
-                 model: tuple[str, str] | None = None, window: int = 64) -> None:
-        """``model`` (name, version) goes into every status message."""
+                 model: tuple[str, str] | None = None, window: int = 64, reconnect_max_s: float = 10.0) -> None:
+        """``model`` (name, version) goes into every status message; reconnects back off up to ``reconnect_max_s``."""
         self.broker = broker
         self.device_id = device_id
         self.spool = spool
@@ -49,13 +57,14 @@ class DevicePublisher:
         self.credentials = credentials
         self.keepalive = keepalive
         self.model = model
+        self.reconnect_max_s = reconnect_max_s
+        self.state = "connecting"
+        self._state_handlers: list[StateHandler] = []
         self.window = window
         self.client = make_client(f"linewatch-{device_id}", protocol)
         self.client.max_inflight_messages_set(window)
         self.since = time.time()
         self.connected = threading.Event()
-        self._refused = threading.Event()
-        self.refused = ""
         self.acked = 0
         self._last_sent = 0  # spool id of the last entry handed to paho
         self._cond = threading.Condition()
@@ -66,6 +75,7 @@ class DevicePublisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_connect_fail = self._on_connect_fail
         self._drainer = threading.Thread(target=self._drain, name="mqtt-drain", daemon=True)
 
     def topic(self, name: str) -> str:
@@ -73,31 +83,68 @@ class DevicePublisher:
 
     def _status(self, state: str) -> bytes:
         name, version = self.model or (None, None)
+        notices = [f"spool file was unreadable: moved aside to {aside}, a fresh one started"
+                   for aside in self.spool.recovered]
+        if self.spool.in_memory:
+            notices.append("disk full at start: the spool is kept in memory until a restart")
         return Status(device_id=self.device_id, state=state, since=rfc3339(self.since), model=name,
-                      version=version).encode()
+                      version=version, notices=notices or None).encode()
 
     # --- connection -------------------------------------------------------------------------
 
+    def on_state(self, handler: StateHandler) -> None:
+        """``handler(state, detail)`` on every change: connecting, connected, disconnected, refused."""
+        self._state_handlers.append(handler)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.state:
+            return
+        self.state = state
+        for handler in self._state_handlers:
+            handler(state, detail)
+
+    @property
+    def address(self) -> str:
+        return f"{self.broker.host}:{self.broker.port}"
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            logger.error("broker %s:%d refused the connection: %s", self.broker.host, self.broker.port, reason)
-            self.refused = str(reason)
-            self._refused.set()
+            if reason.value in REFUSALS:
+                logger.error("the MQTT broker at %s refused us: %s; check the user name, password and ACLs",
+                             self.address, reason)
+                self._set_state("refused", str(reason))
+            else:  # server unavailable, busy...: it may accept us later
+                logger.warning("the MQTT broker at %s turned us away (%s); retrying", self.address, reason)
+                self._set_state("disconnected", str(reason))
             return
-        logger.info("connected to %s:%d", self.broker.host, self.broker.port)
+        logger.info("connected to %s", self.address)
         client.publish(self.topic("status"), self._status("online"), qos=1, retain=True)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         with self._cond:
             self.connected.set()
             self._cond.notify_all()
+        self._set_state("connected")
         for hook in self._on_connect_hooks:
             hook()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if not self._stopping:
+        if self._stopping or self.state == "refused":
+            return
+        if was_connected:
             logger.warning("lost the broker (%s); spooling until it is back", reason)
+        elif self.state != "disconnected":
+            logger.warning("the MQTT broker at %s closed the connection before accepting us (%s): check mqtts:// "
+                           "against the broker's port; spooling and retrying", self.address, reason)
+        self._set_state("disconnected", str(reason))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if self.state != "disconnected":  # once per outage, not once per retry
+            logger.warning("cannot reach the MQTT broker at %s; inspecting and spooling, retrying in the background",
+                           self.address)
+        self._set_state("disconnected", "unreachable")
 
     def on_connect(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` on every (re)connect, e.g. to republish discovery."""
@@ -110,21 +157,9 @@ class DevicePublisher:
         if self.connected.is_set():
             self.client.subscribe(topic, qos=1)
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Connect, wait until the broker has accepted us, and start draining the spool."""
-        connect(self.client, self.broker, self.keepalive, self.credentials)
-        deadline = time.monotonic() + timeout
-        while not self.connected.is_set() and not self._refused.is_set() and time.monotonic() < deadline:
-            self.connected.wait(0.05)
-        if self._refused.is_set() and not self.connected.is_set():
-            self.client.disconnect()
-            self.client.loop_stop()
-            raise BrokerError(f"the MQTT broker at {self.broker.host}:{self.broker.port} refused us: {self.refused}; "
-                              "check the user name and password")
-        if not self.connected.is_set():
-            self.client.loop_stop()
-            raise BrokerError(f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} within "
-                              f"{timeout:.0f} s: check the broker address, credentials and that it is running")
+    def start(self) -> None:
+        """Start connecting in the background and draining the spool whenever connected; never waits."""
+        connect(self.client, self.broker, self.keepalive, self.credentials, self.reconnect_max_s)
         self._drainer.start()
 
     # --- spooled messages (results, events) ----------------------------------------------------
@@ -198,9 +233,9 @@ class DevicePublisher:
             time.sleep(0.02)
         return self.spool.backlog() == 0
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """Flush, say ``stopped`` (retained), and disconnect cleanly so the will is not sent."""
-        if self.connected.is_set() and not self.flush(timeout):
+        if not (self.connected.is_set() and self.flush(timeout)) and self.spool.backlog():
             logger.warning("%d message(s) still spooled at exit: they go out on the next start",
                            self.spool.backlog())
         with self._cond:
@@ -211,6 +246,6 @@ class DevicePublisher:
         if self.connected.is_set():
             info = self.client.publish(self.topic("status"), self._status("stopped"), qos=1, retain=True)
             with contextlib.suppress(RuntimeError):  # the broker went away at the last moment: the will says offline
-                info.wait_for_publish(timeout)
+                info.wait_for_publish(1.0)
         self.client.disconnect()
         self.client.loop_stop()

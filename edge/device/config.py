@@ -90,7 +90,9 @@ class MqttSection(Section):
     cert_file: str | None = Field(None, description="client certificate for mqtts://",
                                   json_schema_extra=_flag("--cert-file"))
     key_file: str | None = Field(None, description="client key for mqtts://", json_schema_extra=_flag("--key-file"))
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for the broker at start")
+    reconnect_max_s: float = Field(10.0, ge=1, le=300, description="the longest wait between connection attempts "
+                                                                   "(they back off from 1 s); the daemon never "
+                                                                   "stops trying")
 
     @field_validator("broker")
     @classmethod
@@ -130,6 +132,8 @@ class StatsSection(Section):
 class SpoolSection(Section):
     max_entries: int = Field(100_000, ge=10, description="messages kept while the broker is away; then the oldest "
                                                          "go first, counted in stats")
+    max_mb: float = Field(512.0, gt=0, description="disk the spool may take; then the oldest go first, as when the "
+                                                   "disk itself is full")
 
 
 class ReviewSection(Section):

@@ -8,6 +8,7 @@ status, replies). Topics and payloads: docs/mqtt.md and docs/schemas/.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 
 from linewatch.edge.comms.homeassistant import discovery_messages
 from linewatch.edge.comms.mqtt import Credentials, parse_broker
+from linewatch.edge.comms.payloads import rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
@@ -31,7 +33,9 @@ from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.sources import open_source
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
-from linewatch.edge.errors import UsageError
+from linewatch.edge.device.systemd import ServiceNotifier
+from linewatch.edge.errors import BrokerError, UsageError
+from linewatch.edge.files import write_atomic
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
 
@@ -56,7 +60,7 @@ class Daemon:
                                   camera_size=cfg.source.camera_size)
         state = Path(cfg.state_dir)
         try:
-            self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries)
+            self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries, cfg.spool.max_mb)
         except OSError as exc:
             raise UsageError(f"state_dir {state}: {exc}") from None
         mqtt_cfg = cfg.mqtt
@@ -64,7 +68,7 @@ class Daemon:
             parse_broker(mqtt_cfg.broker), cfg.device_id, self.spool, mqtt_cfg.prefix, mqtt_cfg.protocol,
             Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
                         mqtt_cfg.cert_file, mqtt_cfg.key_file),
-            mqtt_cfg.keepalive, model=(self.model.name, self.model.version))
+            mqtt_cfg.keepalive, model=(self.model.name, self.model.version), reconnect_max_s=mqtt_cfg.reconnect_max_s)
         card = self.model.card
         self.tracker = EventTracker(self.model.labels, card.good_labels, {**card.thresholds, **cfg.events.thresholds},
                                     cfg.events.k, cfg.events.n)
@@ -77,6 +81,36 @@ class Daemon:
         self.commands = CommandRouter(cfg.device_id, DeviceCommands(self.paused, self.sink, self.tracker,
                                                                     self.reload).handlers(), self.publisher.reply)
         self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s)
+        self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
+                                 rotate=cfg.source.rotate)
+        self.notifier = ServiceNotifier(self._last_progress, self._status_line)
+        self.sink.on_first_result = self.notifier.ready
+        self.status_file = state / f"status-{cfg.device_id}.json"
+        self.publisher.on_state(self._on_broker_state)
+        self.refusal: str | None = None
+        self.interrupted = False
+        self._finished = False  # the pipeline ended; the daemon only waits now
+
+    def _last_progress(self) -> float:
+        return time.monotonic() if self._finished else self.pipeline.stats.last_progress
+
+    def _status_line(self) -> str:
+        """What ``systemctl status`` shows."""
+        stats = self.pipeline.stats
+        return (f"{stats.frames} frames, source {stats.source_state}, broker {self.publisher.state}, "
+                f"{self.spool.backlog()} waiting in the spool")
+
+    def _on_broker_state(self, state: str, detail: str) -> None:
+        """Keep a status file for people and tools on the device; a refusal ends the run (exit 6)."""
+        record = {"device_id": self.cfg.device_id, "broker": state, "detail": detail, "address": self.publisher.address,
+                  "ts": rfc3339(time.time()), "model": self.model.name, "version": self.model.version}
+        try:
+            write_atomic(self.status_file, json.dumps(record) + "\n")
+        except OSError as exc:
+            logger.warning("cannot write %s: %s", self.status_file, exc.strerror)
+        if state == "refused":
+            self.refusal = detail
+            self.stop_event.set()
 
     def reload(self) -> list[str]:
         """Re-read the config file; what can change without a restart takes effect, the rest is ignored."""
@@ -87,6 +121,7 @@ class Daemon:
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         self.cfg.results, self.cfg.stats = fresh.results, fresh.stats
+        self.stats.reschedule()
         for label, value in fresh.events.thresholds.items():
             self.tracker.set_threshold(label, value)
         return ["results", "events.thresholds", "stats"]
@@ -102,37 +137,61 @@ class Daemon:
         if msg.payload.strip() == b"online":
             self._announce()
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:  # reload in a thread of its own: a signal handler must not block
+            threading.Thread(target=self._reload_logged, name="reload", daemon=True).start()
+            return
+        self.interrupted = self.interrupted or signum == signal.SIGINT
+        self.stop_event.set()
+
+    def _reload_logged(self) -> None:
+        try:
+            logger.info("SIGHUP: reloaded %s", ", ".join(self.reload()))
+        except ValueError as exc:
+            logger.error("SIGHUP: the configuration was not reloaded: %s", exc)
+
     def run(self) -> dict[str, Any]:
-        """Run until the source ends (with ``once``), ``max_frames`` are done, or SIGTERM/SIGINT."""
+        """Run until the source ends (with ``once``: and all is delivered), ``max_frames`` are done, or a signal.
+
+        The broker is not waited for: inspection and spooling start at once. SIGTERM stops cleanly,
+        SIGINT too (the CLI then exits 130), SIGHUP reloads the configuration.
+        """
         self.publisher.subscribe(self.publisher.topic("cmd/+"), self.commands)
         if self.cfg.homeassistant.discovery:
             self.publisher.subscribe(f"{self.cfg.homeassistant.prefix}/status", self._on_ha_status)
             self.publisher.on_connect(self._announce)
-        self.publisher.start(self.cfg.mqtt.connect_timeout)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.publisher.start()
         logger.info("classifying %s with %s (%d threads)", self.source.name, self.model.path, self.engine.num_threads)
-        pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=self.max_frames,
-                            roi=self.cfg.source.roi, rotate=self.cfg.source.rotate)
-        self.stats.start(pipeline.stats)
+        self.stats.start(self.pipeline.stats)
         first = time.monotonic()
         try:
-            stats = pipeline.run(self.stop_event)
+            stats = self.pipeline.run(self.stop_event)
             elapsed = time.monotonic() - first
-            if pipeline.exhausted and not self.once:
+            self._finished = True
+            if self.pipeline.exhausted and self.once:
+                while self.spool.backlog() and not self.stop_event.wait(0.1):
+                    pass  # --once: exit when the broker has acknowledged everything
+            elif self.pipeline.exhausted:
                 logger.info("source %s ended; waiting for SIGTERM (use --once to exit at the end)", self.source.name)
                 self.stop_event.wait()
         finally:
             self.stop_event.set()
+            self.notifier.stopping()
             self.stats.stop()
             self.publisher.stop()
             for archive in (self.review, self.snapshots):
                 if archive is not None:
                     archive.close()
             self.spool.close()
+        if self.refusal is not None:
+            raise BrokerError(f"the MQTT broker at {self.publisher.address} refused us ({self.refusal}): check the "
+                              "user name, password and the broker's ACLs")
         return {
             "frames": stats.frames, "dropped": stats.dropped, "seconds": round(elapsed, 3),
             "fps": round(stats.frames / elapsed, 2) if elapsed > 0 else 0.0,
             "acknowledged": self.publisher.acked, "cold_start_s": round(self.sink.cold_start_s, 3),
             "max_rss_mb": max_rss_mb(), "review_saved": self.review.saved if self.review else 0,
+            "interrupted": self.interrupted,
         }

@@ -59,6 +59,7 @@ class PipelineStats:
     dropped: int = 0
     source_state: str = "starting"
     timings_ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=1000) for s in STAGES})
+    last_progress: float = field(default_factory=time.monotonic)  # a frame done, a reopen tried, the source ended
 
     def percentile(self, stage: str, q: float) -> float:
         values = list(self.timings_ms[stage])
@@ -159,6 +160,7 @@ class Pipeline:
                     self.error = exc
                     break
                 self.stats.source_state = "reconnecting"
+                self.stats.last_progress = time.monotonic()
                 logger.warning("%s; reopening in %.1f s", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -204,6 +206,7 @@ class Pipeline:
                 self._results.put(Result(frame, prediction))
                 self.stats.frames += 1
                 self.stats.dropped = self._handoff.dropped
+                self.stats.last_progress = time.monotonic()
                 if self.max_frames and self.stats.frames >= self.max_frames:
                     break
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from linewatch.edge.comms.payloads import Event, ModelRef, Result, Score, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
@@ -53,6 +54,7 @@ class ResultSink:
         self.snapshots = snapshots
         self.review = review
         self.latest: Classified | None = None
+        self.on_first_result: Callable[[], None] | None = None
         self.cold_start_s = 0.0
         self._model_ref = model_ref(model)
         self._good = set(model.card.good_labels)
@@ -78,6 +80,8 @@ class ResultSink:
         if self._frames_seen == 1:
             self.cold_start_s = process_age()
             logger.info("first result %.2f s after the process started", self.cold_start_s)
+            if self.on_first_result is not None:
+                self.on_first_result()
         if self._wanted(result):
             self.publisher.spool_message("result", lambda seq: result_payload(
                 result, self.cfg.device_id, seq, self._model_ref, self._good, self.cfg.results.top_k).encode())

@@ -29,7 +29,8 @@ class StatsReporter:
         self.paused = paused
         self.interval = interval
         self.started = time.time()
-        self._stop = threading.Event()
+        self._stopping = False
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def payload(self, stats: PipelineStats, fps: float) -> Stats:
@@ -40,7 +41,7 @@ class StatsReporter:
             source_state=stats.source_state,
             latency_ms={s: Percentiles(p50=round(stats.percentile(s, 50), 3), p99=round(stats.percentile(s, 99), 3))
                         for s in stats.timings_ms},
-            spool=SpoolStats(backlog=spool.backlog(), dropped=spool.dropped()),
+            spool=SpoolStats(backlog=spool.backlog(), dropped=spool.dropped(), recovered=len(spool.recovered)),
             acknowledged=self.publisher.acked, cpu_temp_c=cpu_temperature(), max_rss_mb=max_rss_mb())
 
     def start(self, stats: PipelineStats) -> None:
@@ -49,7 +50,10 @@ class StatsReporter:
 
     def _run(self, stats: PipelineStats) -> None:
         last_frames, last_time = 0, time.monotonic()
-        while not self._stop.wait(self.interval()):
+        while not self._stopping:
+            if self._wake.wait(max(0.0, last_time + self.interval() - time.monotonic())):
+                self._wake.clear()  # stopping, or a new interval: count it from the last message
+                continue
             now = time.monotonic()
             payload = self.payload(stats, (stats.frames - last_frames) / (now - last_time))
             last_frames, last_time = stats.frames, now
@@ -57,7 +61,12 @@ class StatsReporter:
                 logger.warning("spool full: %d message(s) dropped so far", payload.spool.dropped)
             self.publisher.publish_now(self.publisher.topic("stats"), payload.encode())
 
+    def reschedule(self) -> None:
+        """The interval changed (a reload): take it into account now, not after the old one ends."""
+        self._wake.set()
+
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
