@@ -100,6 +100,57 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from linewatch.edge.model import signing
+
+    private, public = Path(args.out), Path(args.out + ".pub")
+    if private.exists() and not args.force:
+        raise UsageError(f"{private} exists: keep it, or pass --force to replace it (models signed with it will "
+                         "no longer verify on devices that get the new public key)")
+    signing.generate(private, public)
+    print(f"wrote {private} (private: keep it off the devices) and {public} (for ota.public_key on each device)")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from linewatch.edge.files import write_atomic
+    from linewatch.edge.model import artifact, signing
+
+    model = Path(args.model)
+    artifact.load(model)  # sign only what a device would load
+    signature = model.with_name(model.name + ".sig")
+    write_atomic(signature, signing.sign(model.read_bytes(), signing.load_private(Path(args.key))))
+    print(f"wrote {signature}: 'linewatch deploy {model}' sends it along")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from linewatch.edge.comms.mqtt import Credentials
+    from linewatch.edge.device.config import read_password
+    from linewatch.edge.errors import ModelError
+    from linewatch.edge.tools.deploy import deploy
+
+    if bool(args.device) == args.all:
+        raise UsageError("name the devices with --device ID (repeatable), or pass --all for every device online")
+    results = deploy(args.model, args.broker, None if args.all else args.device, prefix=args.prefix,
+                     protocol=args.protocol, timeout=args.timeout,
+                     credentials=Credentials(args.username, read_password(args.password_file), args.ca_file))
+    refused = {device: reply.get("error") for device, reply in results.items() if not reply.get("ok")}
+    if refused:
+        raise ModelError("; ".join(f"{device} refused it: {error}" for device, error in refused.items()))
+    return 0
+
+
+def _broker_options(p: argparse.ArgumentParser) -> None:
+    """How a tool reaches the plant's broker, as ``monitor`` and ``deploy`` share it."""
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
+    p.add_argument("--prefix", default="linewatch", help="topic prefix (default: linewatch)")
+    p.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="MQTT protocol version")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", help="file holding the MQTT password (or LINEWATCH_MQTT_PASSWORD)")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from linewatch.edge.simulator import write_dataset
 
@@ -155,12 +206,7 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_bench)
 
     p = sub.add_parser("monitor", help="watch every device on the broker: a line per message")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
-    p.add_argument("--prefix", default="linewatch", help="topic prefix (default: linewatch)")
-    p.add_argument("--protocol", default="5", choices=["5", "3.1.1"], help="MQTT protocol version")
-    p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password-file", help="file holding the MQTT password (or LINEWATCH_MQTT_PASSWORD)")
-    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    _broker_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, help="exit after this many result messages")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
@@ -173,6 +219,24 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair to sign models with (KEY and KEY.pub)")
+    p.add_argument("--out", required=True, help="the private key file; the public key goes to OUT.pub")
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+    p.set_defaults(handler=_cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign a .tflite for devices that accept signed models only (writes MODEL.sig)")
+    p.add_argument("model", help="a .tflite made by 'linewatch convert'")
+    p.add_argument("--key", required=True, help="the private key from 'linewatch keygen'")
+    p.set_defaults(handler=_cmd_sign)
+
+    p = sub.add_parser("deploy", help="send a .tflite to devices over MQTT; each checks it, swaps it in and replies")
+    p.add_argument("model", help="a .tflite made by 'linewatch convert' (MODEL.sig is sent along when present)")
+    p.add_argument("--device", action="append", help="a device id (repeat for several)")
+    p.add_argument("--all", action="store_true", help="every device whose status is online")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each device's verdict")
+    _broker_options(p)
+    p.set_defaults(handler=_cmd_deploy)
 
     p = sub.add_parser("demo-data", help="render the synthetic factory line as a folder-per-class dataset")
     p.add_argument("out", help="output folder")

@@ -50,6 +50,8 @@ class Status(Payload):
     since: str = Field(description="When the daemon started, UTC, RFC 3339.")
     model: str | None = Field(None, exclude_if=_absent_if_none)
     version: str | None = Field(None, exclude_if=_absent_if_none)
+    sha256: str | None = Field(None, exclude_if=_absent_if_none, pattern=r"^[0-9a-f]{64}$",
+                               description="Of the model running now; changes with an over-the-air update.")
     notices: list[str] | None = Field(None, exclude_if=_absent_if_none,
                                       description="What the device healed by itself since it started, e.g. a spool "
                                                   "file moved aside, or a spool kept in memory on a full disk.")

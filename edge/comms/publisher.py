@@ -47,8 +47,9 @@ class DevicePublisher:
 
     def __init__(self, broker: BrokerAddress, device_id: str, spool: Spool, prefix: str = "linewatch",
                  protocol: str = "5", credentials: Credentials = Credentials(), keepalive: int = 30,
-                 model: tuple[str, str] | None = None, window: int = 64, reconnect_max_s: float = 10.0) -> None:
-        """``model`` (name, version) goes into every status message; reconnects back off up to ``reconnect_max_s``."""
+                 model: tuple[str, str, str] | None = None, window: int = 64, reconnect_max_s: float = 10.0) -> None:
+        """``model`` (name, version, sha256) goes into every status message; reconnects back off up to
+        ``reconnect_max_s``."""
         self.broker = broker
         self.device_id = device_id
         self.spool = spool
@@ -82,13 +83,19 @@ class DevicePublisher:
         return f"{self.prefix}/{self.device_id}/{name}"
 
     def _status(self, state: str) -> bytes:
-        name, version = self.model or (None, None)
+        name, version, digest = self.model or (None, None, None)
         notices = [f"spool file was unreadable: moved aside to {aside}, a fresh one started"
                    for aside in self.spool.recovered]
         if self.spool.in_memory:
             notices.append("disk full at start: the spool is kept in memory until a restart")
         return Status(device_id=self.device_id, state=state, since=rfc3339(self.since), model=name,
-                      version=version, notices=notices or None).encode()
+                      version=version, sha256=digest, notices=notices or None).encode()
+
+    def set_model(self, name: str, version: str, digest: str) -> None:
+        """A new model runs: say so in the retained status (and in the will, for when we vanish)."""
+        self.model = (name, version, digest)
+        self.client.will_set(self.topic("status"), self._status("offline"), qos=1, retain=True)
+        self.publish_now(self.topic("status"), self._status("online"), qos=1, retain=True)
 
     # --- connection -------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from linewatch.edge.comms.payloads import Reply
-from linewatch.edge.device.events import EventTracker
 from linewatch.edge.device.results import ResultSink
 
 logger = logging.getLogger(__name__)
@@ -56,13 +55,11 @@ class CommandRouter:
 
 
 class DeviceCommands:
-    """The handlers: pause, resume, snapshot, threshold, reload."""
+    """The handlers: pause, resume, snapshot, threshold, reload (``ota`` and ``rollback`` are the updater's)."""
 
-    def __init__(self, paused: threading.Event, sink: ResultSink, tracker: EventTracker,
-                 reload: Callable[[], list[str]]) -> None:
+    def __init__(self, paused: threading.Event, sink: ResultSink, reload: Callable[[], list[str]]) -> None:
         self.paused = paused
         self.sink = sink
-        self.tracker = tracker
         self._reload = reload
 
     def handlers(self) -> dict[str, Handler]:
@@ -89,12 +86,13 @@ class DeviceCommands:
         label, value = body.get("class"), body.get("value")
         if not isinstance(label, str) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError('threshold needs {"class": NAME, "value": 0..1}')
+        tracker = self.sink.tracker
         try:
-            self.tracker.set_threshold(label, float(value))
+            tracker.set_threshold(label, float(value))
         except KeyError:
-            raise ValueError(f"class '{label}' is not one of {', '.join(self.tracker.labels)}") from None
+            raise ValueError(f"class '{label}' is not one of {', '.join(tracker.labels)}") from None
         return {"class": label, "value": float(value)}
 
     def reload(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Re-read the config file: result mode, event thresholds and stats interval take effect."""
+        """Re-read the config file (result mode, event thresholds, stats interval) and the model file."""
         return {"reloaded": self._reload()}

@@ -145,6 +145,13 @@ class ReviewSection(Section):
                             json_schema_extra=_flag("--review-quota-mb"))
 
 
+class OtaSection(Section):
+    enabled: bool = Field(True, description="accept new models over MQTT (cmd/ota) and cmd/rollback")
+    public_key: str | None = Field(None, description="Ed25519 public key (PEM, from 'linewatch keygen'): when set, "
+                                                     "only models signed with its private key are accepted")
+    max_mb: float = Field(64.0, gt=0, description="the largest model accepted over the air")
+
+
 class HomeAssistantSection(Section):
     discovery: bool = Field(False, description="announce the device to Home Assistant (MQTT discovery)",
                             json_schema_extra=_flag("--ha-discovery"))
@@ -168,6 +175,7 @@ class Config(Section):
     stats: StatsSection = StatsSection()
     spool: SpoolSection = SpoolSection()
     review: ReviewSection = ReviewSection()
+    ota: OtaSection = OtaSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
 
 

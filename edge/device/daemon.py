@@ -27,16 +27,17 @@ from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands
 from linewatch.edge.device.config import Config
-from linewatch.edge.device.events import EventTracker
+from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.sources import open_source
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
-from linewatch.edge.errors import BrokerError, UsageError
+from linewatch.edge.errors import BrokerError, LinewatchError, UsageError
 from linewatch.edge.files import write_atomic
-from linewatch.edge.model import artifact
+from linewatch.edge.model import artifact, signing
+from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Daemon:
         self.once = once
         self.max_frames = max_frames
         self.model = artifact.load(cfg.model.path, cfg.model.labels)
-        self.engine = Engine(self.model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
+        self.engine = self._engine(self.model)
         self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
                                   camera_size=cfg.source.camera_size)
         state = Path(cfg.state_dir)
@@ -68,18 +69,21 @@ class Daemon:
             parse_broker(mqtt_cfg.broker), cfg.device_id, self.spool, mqtt_cfg.prefix, mqtt_cfg.protocol,
             Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
                         mqtt_cfg.cert_file, mqtt_cfg.key_file),
-            mqtt_cfg.keepalive, model=(self.model.name, self.model.version), reconnect_max_s=mqtt_cfg.reconnect_max_s)
-        card = self.model.card
-        self.tracker = EventTracker(self.model.labels, card.good_labels, {**card.thresholds, **cfg.events.thresholds},
-                                    cfg.events.k, cfg.events.n)
+            mqtt_cfg.keepalive, model=(self.model.name, self.model.version, self.model.sha256),
+            reconnect_max_s=mqtt_cfg.reconnect_max_s)
         self.review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
         self.snapshots = JpegArchive(state / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
             if cfg.events.snapshots else None
         self.paused = threading.Event()
         self.stop_event = threading.Event()
-        self.sink = ResultSink(cfg, self.model, self.publisher, self.tracker, self.paused, self.snapshots, self.review)
-        self.commands = CommandRouter(cfg.device_id, DeviceCommands(self.paused, self.sink, self.tracker,
-                                                                    self.reload).handlers(), self.publisher.reply)
+        self.sink = ResultSink(cfg, self.model, self.publisher, self.paused, self.snapshots, self.review)
+        self.updater = ModelUpdater(
+            Path(cfg.model.path), state / "ota", self.install, self._engine, lambda: list(self.sink.reference),
+            signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key else None, int(cfg.ota.max_mb * MB))
+        handlers = DeviceCommands(self.paused, self.sink, self.reload).handlers()
+        if cfg.ota.enabled:
+            handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
+        self.commands = CommandRouter(cfg.device_id, handlers, self.publisher.reply)
         self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s)
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
@@ -90,6 +94,19 @@ class Daemon:
         self.refusal: str | None = None
         self.interrupted = False
         self._finished = False  # the pipeline ended; the daemon only waits now
+
+    def _engine(self, model: ModelArtifact) -> Engine:
+        model_cfg = self.cfg.model
+        return Engine(model, model_cfg.threads or None, model_cfg.delegate, model_cfg.cpu_fallback)
+
+    def install(self, model: ModelArtifact, engine: Engine) -> None:
+        """Put a checked model to work: the pipeline takes the new engine between two frames."""
+        self.model, self.engine = model, engine
+        self.pipeline.engine = engine
+        self.publisher.set_model(model.name, model.version, model.sha256)
+        if self.cfg.homeassistant.discovery:
+            self._announce()
+        logger.info("now classifying with %s %s (sha256 %s…)", model.name, model.version, model.sha256[:12])
 
     def _last_progress(self) -> float:
         return time.monotonic() if self._finished else self.pipeline.stats.last_progress
@@ -113,7 +130,11 @@ class Daemon:
             self.stop_event.set()
 
     def reload(self) -> list[str]:
-        """Re-read the config file; what can change without a restart takes effect, the rest is ignored."""
+        """Re-read the config file and the model file; what can change without a restart takes effect.
+
+        Results, event thresholds and the stats interval follow the file; a model file that changed
+        on disk is checked like an over-the-air update and put to work. The rest needs a restart.
+        """
         if self.config_path is None:
             raise ValueError("started without --config: nothing to reload")
         try:
@@ -121,10 +142,20 @@ class Daemon:
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         self.cfg.results, self.cfg.stats = fresh.results, fresh.stats
+        self.cfg.events.thresholds = fresh.events.thresholds
         self.stats.reschedule()
         for label, value in fresh.events.thresholds.items():
-            self.tracker.set_threshold(label, value)
-        return ["results", "events.thresholds", "stats"]
+            self.sink.tracker.set_threshold(label, value)
+        reloaded = ["results", "events.thresholds", "stats"]
+        path = Path(self.cfg.model.path)
+        try:
+            changed = artifact.load(path).sha256 != self.model.sha256
+        except LinewatchError as exc:
+            raise ValueError(f"the configuration was reloaded, the model was not: {exc}") from None
+        if changed:
+            self.install(*self.updater.checked(path))
+            reloaded.append("model")
+        return reloaded
 
     def _announce(self) -> None:
         """Home Assistant discovery: retained, again on every reconnect and whenever HA comes online."""
@@ -157,6 +188,9 @@ class Daemon:
         SIGINT too (the CLI then exits 130), SIGHUP reloads the configuration.
         """
         self.publisher.subscribe(self.publisher.topic("cmd/+"), self.commands)
+        if self.cfg.ota.enabled:
+            self.publisher.subscribe(self.publisher.topic("cmd/ota/chunk/+/+"),
+                                     lambda msg: self.updater.chunk(msg.topic, msg.payload))
         if self.cfg.homeassistant.discovery:
             self.publisher.subscribe(f"{self.cfg.homeassistant.prefix}/status", self._on_ha_status)
             self.publisher.on_connect(self._announce)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from linewatch.edge.device.sources import Source
+from linewatch.edge.device.sources import Captured, Source
 from linewatch.edge.errors import DataError
+from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import Engine, Prediction
 from linewatch.edge.model.images import crop_rotate
 
@@ -41,14 +42,16 @@ class Frame:
     image: np.ndarray
     path: str | None = None
     tensor: np.ndarray | None = None  # the prepared, quantized model input
+    engine: Engine | None = None  # the engine ``tensor`` was prepared for
 
 
 @dataclass(frozen=True)
 class Result:
-    """A frame's prediction (stage timings are kept in ``PipelineStats``)."""
+    """A frame's prediction by ``model`` (stage timings are kept in ``PipelineStats``)."""
 
     frame: Frame
     prediction: Prediction
+    model: ModelArtifact
 
 
 @dataclass
@@ -124,14 +127,17 @@ class Pipeline:
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._done.is_set()
 
-    def _prepare(self, frame_id: int, captured, started: float) -> Frame:
+    def _tensor(self, engine: Engine, image: np.ndarray) -> np.ndarray:
+        return engine.quantize(engine.prepare(crop_rotate(image, self.roi, self.rotate)))
+
+    def _prepare(self, frame_id: int, captured: Captured, started: float) -> Frame:
         ts = time.time()
         t0 = time.perf_counter()
-        image = crop_rotate(captured.image, self.roi, self.rotate)
-        tensor = self.engine.quantize(self.engine.prepare(image))
+        engine = self.engine
+        tensor = self._tensor(engine, captured.image)
         self.stats.timings_ms["capture"].append(1000 * (t0 - started))
         self.stats.timings_ms["preprocess"].append(1000 * (time.perf_counter() - t0))
-        return Frame(frame_id, ts, captured.image, captured.path, tensor)
+        return Frame(frame_id, ts, captured.image, captured.path, tensor, engine)
 
     def _capture(self) -> None:
         """Read and prepare frames until the source ends or ``stop``; a live source that fails is reopened."""
@@ -190,20 +196,21 @@ class Pipeline:
         for thread in threads:
             thread.start()
         timings = self.stats.timings_ms
-        labels = self.engine.model.labels
         try:
             while True:
                 frame = self._handoff.get(stop.is_set)
                 if frame is Handoff.END:
                     break
+                engine = self.engine  # replaced between two frames by an OTA update or a reload
+                tensor = frame.tensor if frame.engine is engine else self._tensor(engine, frame.image)
                 t1 = time.perf_counter()
-                raw = self.engine.invoke(frame.tensor)
+                raw = engine.invoke(tensor)
                 t2 = time.perf_counter()
-                prediction = Prediction(self.engine.dequantize(raw), labels)
+                prediction = Prediction(engine.dequantize(raw), engine.model.labels)
                 t3 = time.perf_counter()
                 timings["invoke"].append(1000 * (t2 - t1))
                 timings["postprocess"].append(1000 * (t3 - t2))
-                self._results.put(Result(frame, prediction))
+                self._results.put(Result(frame, prediction, engine.model))
                 self.stats.frames += 1
                 self.stats.dropped = self._handoff.dropped
                 self.stats.last_progress = time.monotonic()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+
+import numpy as np
 
 from linewatch.edge.comms.payloads import Event, ModelRef, Result, Score, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
@@ -41,25 +44,39 @@ def model_ref(model: ModelArtifact) -> ModelRef:
     return ModelRef(name=model.name, version=model.version, sha256=model.sha256)
 
 
-class ResultSink:
-    """Publishes by ``results.mode``, raises debounced events with snapshots, keeps doubtful frames."""
+REFERENCE_FRAMES, REFERENCE_EVERY = 4, 25
 
-    def __init__(self, cfg: Config, model: ModelArtifact, publisher: DevicePublisher, tracker: EventTracker,
-                 paused: threading.Event, snapshots: JpegArchive | None, review: JpegArchive | None) -> None:
+
+class ResultSink:
+    """Publishes by ``results.mode``, raises debounced events with snapshots, keeps doubtful frames.
+
+    It follows the model each result was classified by: after an over-the-air update the
+    model reference, the good labels and the event tracker (thresholds from the new card, then
+    the configuration's) change with the first result of the new model.
+    """
+
+    def __init__(self, cfg: Config, model: ModelArtifact, publisher: DevicePublisher, paused: threading.Event,
+                 snapshots: JpegArchive | None, review: JpegArchive | None) -> None:
         self.cfg = cfg
-        self.model = model
         self.publisher = publisher
-        self.tracker = tracker
         self.paused = paused
         self.snapshots = snapshots
         self.review = review
         self.latest: Classified | None = None
         self.on_first_result: Callable[[], None] | None = None
         self.cold_start_s = 0.0
-        self._model_ref = model_ref(model)
-        self._good = set(model.card.good_labels)
+        self.reference: deque[np.ndarray] = deque(maxlen=REFERENCE_FRAMES)  # recent frames, for OTA self-checks
         self._last_label: str | None = None
         self._frames_seen = 0
+        self._follow(model)
+
+    def _follow(self, model: ModelArtifact) -> None:
+        card = model.card
+        self.model = model
+        self.tracker = EventTracker(model.labels, card.good_labels, {**card.thresholds, **self.cfg.events.thresholds},
+                                    self.cfg.events.k, self.cfg.events.n)
+        self._model_ref = model_ref(model)
+        self._good = set(card.good_labels)
 
     def _wanted(self, result: Classified) -> bool:
         """Whether this frame's result is published, by the configured mode."""
@@ -74,6 +91,10 @@ class ResultSink:
 
     def __call__(self, result: Classified) -> None:
         self.latest = result
+        if result.frame.id % REFERENCE_EVERY == 1:
+            self.reference.append(result.frame.image)
+        if result.model is not self.model:
+            self._follow(result.model)
         if self.paused.is_set():
             return
         self._frames_seen += 1
