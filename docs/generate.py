@@ -40,7 +40,7 @@ def configuration() -> str:
         "Precedence, lowest first: the file, the environment, flags and `--set`. Unknown keys and bad values",
         "stop the start with one line naming the key (exit 2). The MQTT password itself is read from",
         "`LINEWATCH_MQTT_PASSWORD` or the `mqtt.password_file`, never from the file or a flag. An example",
-        "file: [linewatch.example.toml](linewatch.example.toml).",
+        "file, the one `linewatch install` puts in place: [systemd/linewatch.toml](../systemd/linewatch.toml).",
         "",
         "| key | type | default | flag | environment | what |",
         "| --- | --- | --- | --- | --- | --- |",

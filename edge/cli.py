@@ -141,6 +141,27 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_install(args: argparse.Namespace) -> int:
+    from linewatch.edge.tools.install import install
+
+    settings = {key: value for key, value in (("device_id", args.device_id), ("mqtt.broker", args.broker),
+                                              ("source.spec", args.source)) if value}
+    for line in install(Path(args.root), Path(args.venv) if args.venv else None, args.user,
+                        Path(args.model) if args.model else None, settings, start=not args.no_start):
+        print(line)
+    print(f"configuration: {Path(args.root) / 'etc/linewatch/linewatch.toml'} (never overwritten); the MQTT "
+          "password goes in mqtt-password beside it")
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from linewatch.edge.tools.install import uninstall
+
+    for line in uninstall(Path(args.root), purge=args.purge):
+        print(line)
+    return 0
+
+
 def _broker_options(p: argparse.ArgumentParser) -> None:
     """How a tool reaches the plant's broker, as ``monitor`` and ``deploy`` share it."""
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT, or mqtts:// for TLS")
@@ -237,6 +258,22 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each device's verdict")
     _broker_options(p)
     p.set_defaults(handler=_cmd_deploy)
+
+    p = sub.add_parser("install", help="install the service on this Pi (root): user, folders, unit, config")
+    p.add_argument("--root", default="/", help="install below this folder instead of / (images, tests)")
+    p.add_argument("--venv", help="the venv the service runs (default: the one this linewatch runs from)")
+    p.add_argument("--user", default="linewatch", help="the system user the service runs as (created if missing)")
+    p.add_argument("--model", help="a .tflite to put in place as /var/lib/linewatch/model.tflite")
+    p.add_argument("--device-id", help="first install: the device id in the new configuration")
+    p.add_argument("--broker", help="first install: the broker URL in the new configuration")
+    p.add_argument("--source", help="first install: the frame source in the new configuration")
+    p.add_argument("--no-start", action="store_true", help="enable the service, but do not start it now")
+    p.set_defaults(handler=_cmd_install)
+
+    p = sub.add_parser("uninstall", help="stop and remove the service; configuration and data stay")
+    p.add_argument("--root", default="/", help="as for install")
+    p.add_argument("--purge", action="store_true", help="also remove /etc/linewatch and /var/lib/linewatch")
+    p.set_defaults(handler=_cmd_uninstall)
 
     p = sub.add_parser("demo-data", help="render the synthetic factory line as a folder-per-class dataset")
     p.add_argument("out", help="output folder")

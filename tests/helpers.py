@@ -66,29 +66,27 @@ def summary(stdout: str) -> dict[str, Any]:
     return result
 
 
-def spool_backlog(state: Path, device: str) -> int:
-    """Messages a (running) daemon holds for the broker, read from its spool without disturbing it."""
+def _spool_value(state: Path, device: str, sql: str) -> int:
+    """One number from a (running) daemon's spool, read without disturbing it; 0 before it exists."""
     path = state / f"spool-{device}.sqlite"
     if not path.is_file():
         return 0
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            row = db.execute(sql).fetchone()
     except sqlite3.OperationalError:  # created a moment ago, its tables not yet
         return 0
+    return int(row[0]) if row else 0
+
+
+def spool_backlog(state: Path, device: str) -> int:
+    """Messages a (running) daemon holds for the broker."""
+    return _spool_value(state, device, "SELECT COUNT(*) FROM messages")
 
 
 def spooled_results(state: Path, device: str) -> int:
     """The last result ``seq`` a (running) daemon has handed out: how many results it has made."""
-    path = state / f"spool-{device}.sqlite"
-    if not path.is_file():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            row = db.execute("SELECT value FROM counters WHERE name = 'seq:result'").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0]) if row else 0
+    return _spool_value(state, device, "SELECT value FROM counters WHERE name = 'seq:result'")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:

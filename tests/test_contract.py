@@ -180,7 +180,7 @@ def test_tls_and_password_auth(tiny: Path, holdout: Path, make_broker, tmp_path:
 
 
 def test_config_file_env_and_flags(tmp_path: Path) -> None:
-    example = config.load(ROOT / "docs" / "linewatch.example.toml", environ={})
+    example = config.load(ROOT / "systemd" / "linewatch.toml", environ={})
     assert example.mqtt.broker.startswith("mqtts://") and example.events.thresholds
     cfg_file = tmp_path / "lw.toml"
     cfg_file.write_text('device_id = "a"\n[model]\npath = "m.tflite"\n[source]\nspec = "usb:0"\n[mqtt]\nprefix = "p"\n')
