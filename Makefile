@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check broker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ test-workstation: $(STAMP) broker
 	$(BIN)/python -m pytest -m workstation
 
 test: lint test-device test-workstation
+
+# The Pi install of docs/raspberry-pi.md in emulated arm64 bookworm and trixie roots (root; roots cached
+# in build/pi). qemu comes from trixie's qemu-user: bookworm's 7.2 crashes inside LiteRT's interpreter.
+pi-check: $(STAMP) broker
+	$(BIN)/python tests/pi/check.py
 
 clean:
 	rm -rf build .pytest_cache
