@@ -54,7 +54,6 @@ class Daemon:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.once = once
-        self.max_frames = max_frames
         self.model = artifact.load(cfg.model.path, cfg.model.labels)
         self.engine = self._engine(self.model)
         self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,

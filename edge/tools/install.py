@@ -145,6 +145,8 @@ def install(root: Path = Path("/"), venv: Path | None = None, user: str = "linew
         subprocess.run(["systemctl", "daemon-reload"], check=True)
         subprocess.run(["systemctl", "enable", *(["--now"] if start else []), UNIT_NAME], check=True)
         done.append(f"enabled{' and started' if start else ''} {UNIT_NAME}: journalctl -u linewatch -f")
+    elif root == Path("/"):
+        done.append(f"systemctl is not here (a container?): enable {layout.unit} with the init system there")
     return done
 
 

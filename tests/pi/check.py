@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "pi"
 SUITES = ("bookworm", "trixie")
 PACKAGES = ["python3", "python3-venv", "python3-pip", "python3-numpy", "python3-scipy", "ca-certificates",
-            "mosquitto", "openssl", "mount"]
+            "mosquitto", "openssl", "mount", "passwd"]
 MIRROR = "http://deb.debian.org/debian"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_NAME = "qemu-aarch64"  # the name mmdebstrap looks for
@@ -151,8 +151,13 @@ def check(suite: str, wheel: Path, tiny: Path, broker_url: str) -> dict[str, obj
         started = time.monotonic()
         chroot.sh("rm -rf /opt/linewatch && python3 -m venv --system-site-packages /opt/linewatch\n"
                   "python3 -c 'import numpy; print(\"numpy==\" + numpy.__version__)' > /tmp/system-numpy.txt\n"
-                  f"/opt/linewatch/bin/pip install -q -c /tmp/system-numpy.txt '/opt/src/{wheel.name}[edge,test]'")
+                  f"/opt/linewatch/bin/pip install -q -c /tmp/system-numpy.txt '/opt/src/{wheel.name}[edge,test]'\n"
+                  f"/opt/linewatch/bin/linewatch install --model /opt/src/tests/fixtures/{tiny.name} "
+                  f"--device-id pi-{suite} --broker {broker_url} --source /tmp/photos")
         install_s = time.monotonic() - started
+        unit = (root / "etc/systemd/system/linewatch.service").read_text()
+        assert "ExecStart=/opt/linewatch/bin/linewatch run" in unit and "Type=notify" in unit
+        assert (root / "var/lib/linewatch/model.tflite").read_bytes() == tiny.read_bytes()
         step(f"{suite}: the system's numpy, and an extension built against it")
         numpy = chroot.sh("/opt/linewatch/bin/python -c 'import numpy, scipy.ndimage, cv2; "
                           "assert numpy.__file__.startswith(\"/usr/lib/python3/dist-packages\"), numpy.__file__; "
