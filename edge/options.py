@@ -103,14 +103,6 @@ def build(model: type[BaseModel], values: dict[str, Any], noun: str = "config ke
         raise UsageError(describe(exc, model, noun)) from None
 
 
-def nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """``{"mqtt.broker": x}`` → ``{"mqtt": {"broker": x}}``."""
-    tree: dict[str, Any] = {}
-    for key, value in dotted.items():
-        set_key(tree, key, value)
-    return tree
-
-
 def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict, making sections on the way."""
     *parents, key = dotted.split(".")
