@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak broker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ test: lint test-device test-workstation
 # in build/pi). qemu comes from trixie's qemu-user: bookworm's 7.2 crashes inside LiteRT's interpreter.
 pi-check: $(STAMP) broker
 	$(BIN)/python tests/pi/check.py
+
+# The bounded fault and bad-input run of docs/reliability.md (about 6 minutes; root for the network partition
+# and the full disk, skipped with a message without it). It writes its table into docs/reliability.md.
+soak: $(EDGE_STAMP) broker
+	$(EDGE_BIN)/python tests/soak.py --record
+	$(EDGE_BIN)/python docs/generate.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -4,7 +4,8 @@
     python docs/generate.py --check   # the tests: exit 1 and name each stale file
 
 Sources: the MQTT payload models (docs/schemas/*.json), the daemon's settings model
-(docs/configuration.md) and the exit-code table (docs/exit-codes.md and the README's table).
+(docs/configuration.md), the exit-code table (docs/exit-codes.md and the README's table) and
+the last ``make soak`` run recorded in docs/reliability.md (the README's reliability table).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from linewatch.edge.errors import exit_code_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README_BLOCK = re.compile(r"(<!-- exit-codes:begin -->\n).*?(<!-- exit-codes:end -->)", re.S)
+SOAK_BLOCK = re.compile(r"(<!-- soak:begin -->\n)(.*?)(<!-- soak:end -->)", re.S)  # written by `make soak`
 
 
 def schemas() -> dict[Path, str]:
@@ -64,6 +66,10 @@ def exit_codes() -> str:
 
 
 def readme(current: str) -> str:
+    """The exit-code table, and the last soak run's table as docs/reliability.md has it."""
+    found = SOAK_BLOCK.search((ROOT / "docs" / "reliability.md").read_text())
+    soak = found.group(2) if found else ""
+    current = SOAK_BLOCK.sub(lambda m: m.group(1) + soak + m.group(3), current)
     return README_BLOCK.sub(lambda m: m.group(1) + exit_code_table() + "\n" + m.group(2), current)
 
 

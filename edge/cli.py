@@ -200,9 +200,10 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the exit summary as JSON")
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("classify", help="classify images or folders of images once, as a table or JSON lines")
+    p = sub.add_parser("classify", help="classify images, folders of images or video files once, as a table or "
+                                        "JSON lines")
     p.add_argument("model", help="a .tflite")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("images", nargs="+", help="image files, folders or video files (each frame, as FILE#N)")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, score, top")
     p.add_argument("--top-k", type=int, default=3)

@@ -20,10 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from linewatch.edge.demo.brokers import MosquittoBroker
 from linewatch.edge.simulator import write_dataset
 from tests.helpers import FIXTURES, linewatch
+
+# Property tests draw the same examples on every run, so a red CI can be reproduced; `--hypothesis-seed` explores.
+settings.register_profile("linewatch", derandomize=True, deadline=None)
+settings.load_profile("linewatch")
 
 TIERS = {"trained": "workstation", "uint8_model": "workstation", "tiny": "device", "tiny_uint8": "device",
          "broker": "broker", "own_broker": "broker", "make_broker": "broker"}

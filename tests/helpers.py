@@ -44,10 +44,12 @@ def linewatch(*args: str, check: bool = True, timeout: float = 600, **kwargs: An
 
 
 def start_daemon(model: Path, url: str, device: str, state: Path, *extra: str, source: str = "conveyor:4",
-                 fps: float = 25, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``linewatch run`` in the background on a paced source, as systemd would start it (``env`` added)."""
+                 fps: float | None = 25, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``linewatch run`` in the background on a source paced at ``fps`` (None: its full rate), as systemd would
+    start it (``env`` added)."""
+    pace = ("--fps", str(fps)) if fps else ()
     return subprocess.Popen(
-        [*CLI, "run", "--model", str(model), "--source", source, "--fps", str(fps), "--device-id", device,
+        [*CLI, "run", "--model", str(model), "--source", source, *pace, "--device-id", device,
          "--broker", url, "--state-dir", str(state), *extra],
         cwd=ROOT, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -77,3 +77,16 @@ def test_convert_needs_a_run_folder(args: list[str]) -> None:
 def test_bad_size_option_is_a_usage_error(tmp_path: Path) -> None:
     proc = linewatch("train", str(tmp_path), "-o", str(tmp_path / "r"), "--size", "big", check=False)
     assert proc.returncode == 2 and "is not a size" in proc.stderr
+
+
+def test_every_documented_exit_code_is_produced_by_a_cli_test() -> None:
+    """docs/exit-codes.md promises these codes: each (but 0, and 1 which only a bug gives) has a test that makes
+    the real command line exit with it."""
+    import re
+
+    from linewatch.edge.errors import EXIT_CODES
+
+    tests = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
+    for code in (c.code for c in EXIT_CODES if c.code > 1):
+        assert re.search(rf"(returncode == {code}\b|\.wait\(\d+\) == {code}\b|_one_line_error\(proc, {code}\b)",
+                         tests), f"no CLI test exits {code}"

@@ -16,7 +16,18 @@ from linewatch.edge.device import config
 from linewatch.edge.device.events import EventTracker
 from linewatch.edge.errors import UsageError
 from linewatch.edge.tools.monitor import Monitor
-from tests.helpers import ROOT, Collector, linewatch, spooled_results, start_daemon, stop_daemon, summary, wait_until
+from tests.helpers import (
+    CLI,
+    ENV,
+    ROOT,
+    Collector,
+    linewatch,
+    spooled_results,
+    start_daemon,
+    stop_daemon,
+    summary,
+    wait_until,
+)
 
 
 def test_commands_survive_a_flood_of_garbage_and_reply_to_each(tiny: Path, broker, tmp_path: Path) -> None:
@@ -128,12 +139,12 @@ def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: 
     assert len({json.dumps(c["device"], sort_keys=True) for c in configs.values()}) == 1  # one device
 
 
-def _certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+def _certificates(folder: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate it signed for ``names`` (subjectAltName), made with openssl."""
     folder.mkdir()
     ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
     ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ext.write_text(f"subjectAltName={names}\n")
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
@@ -225,3 +236,83 @@ def test_monitor_reports_gaps_and_duplicates() -> None:
     assert device.results == 4 and device.duplicates == 1 and device.gaps == 2
     assert out.getvalue().count("m1 result") == 5
     assert seen == [1, 2, 5, 6]
+
+
+@pytest.mark.parametrize("case", ["wrong CA", "host name mismatch", "client certificate required"])
+def test_tls_failures_are_named_and_inspection_goes_on(case: str, tiny: Path, holdout: Path, make_broker,
+                                                       tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path / "tls", "DNS:broker.plant.local" if case == "host name mismatch"
+                                  else "IP:127.0.0.1")
+    other_ca, client_cert, client_key = _certificates(tmp_path / "client", "DNS:line-3")
+    extra = ("require_certificate true",) if case == "client certificate required" else ()
+    broker = make_broker(tls_files=(other_ca if case == "client certificate required" else ca, cert, key),
+                         extra=extra)
+    trusted = other_ca if case == "wrong CA" else ca
+    state = tmp_path / "state"
+    proc = start_daemon(tiny, broker.url, "tls-x", state, "--ca-file", str(trusted), "--json",
+                        source=str(holdout / "ok"))
+    try:
+        status = state / "status-tls-x.json"
+        assert wait_until(lambda: status.is_file() and json.loads(status.read_text())["detail"].startswith("TLS"),
+                          timeout=30), proc.stderr
+        assert wait_until(lambda: spooled_results(state, "tls-x") == 12, timeout=60)  # inspection goes on
+        out, err = stop_daemon(proc)
+    finally:
+        proc.kill()
+    line = next(line for line in err.splitlines() if "TLS handshake" in line)
+    expected = {"wrong CA": "certificate verify failed", "host name mismatch": "IP address mismatch",
+                "client certificate required": "CERTIFICATE_REQUIRED"}[case]
+    assert expected.lower() in line.lower(), line
+    assert summary(out)["acknowledged"] == 0
+    if case == "client certificate required":  # the broker's CA signed it: now it is let in
+        ok = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"), "--device-id", "tls-x",
+                       "--broker", broker.url, "--ca-file", str(ca), "--cert-file", str(client_cert), "--key-file",
+                       str(client_key), "--state-dir", str(state), "--once", "--json")
+        assert summary(ok.stdout)["acknowledged"] == 12 + 12  # the 12 spooled before, then these
+
+
+def test_insecure_tls_and_loose_secrets_are_warned_about_at_every_start(tiny: Path, holdout: Path, make_broker,
+                                                                       tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path / "tls", "DNS:elsewhere")
+    broker = make_broker(tls_files=(ca, cert, key))
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2-secret\n")
+    secret.chmod(0o644)
+    ca_only = ("--ca-file", str(ca))
+    proc = linewatch("--log-level", "DEBUG", "run", "--model", str(tiny), "--source", str(holdout / "ok"),
+                     "--device-id", "loose", "--broker", broker.url, "--set", "mqtt.insecure=true", "--password-file",
+                     str(secret), "--stats-interval", "0.2", "--once", "--json", *ca_only)
+    assert summary(proc.stdout)["acknowledged"] == 12  # no checks, so the wrong host name passes
+    assert "mqtt.insecure = true" in proc.stderr and "chmod 600" in proc.stderr
+    assert "hunter2-secret" not in proc.stdout + proc.stderr
+    missing = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"), "--device-id", "x",
+                        "--broker", broker.url, "--ca-file", str(tmp_path / "nope.pem"), "--once", check=False)
+    assert missing.returncode == 2 and "mqtt.ca_file" in missing.stderr.strip().splitlines()[-1]
+    plain = config.check_files(config.MqttSection(broker="mqtt://broker.plant.local:1883"))
+    assert any("not TLS" in w for w in plain) and not config.check_files(config.MqttSection())
+
+
+def test_the_password_never_reaches_logs_stats_replies_or_errors(tiny: Path, broker, tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2-secret\n")
+    secret.chmod(0o600)
+    sub = Collector(broker.url, "#")
+    proc = subprocess.Popen(
+        [*CLI, "--log-level", "DEBUG", "run", "--model", str(tiny), "--source", "conveyor:1", "--fps", "30",
+         "--device-id", "secretive", "--broker", broker.url, "--username", "line3", "--password-file", str(secret),
+         "--state-dir", str(tmp_path / "state"), "--stats-interval", "0.3"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sub.wait_for(lambda s: len(s.on("/stats")) >= 2, timeout=60), proc.stderr
+        for name, body in (("reload", b"{}"), ("threshold", b'{"class": "hunter"}'), ("ota", b"{}"),
+                           ("nope", b"\xff")):
+            sub.client.publish(f"linewatch/secretive/cmd/{name}", body, qos=1)
+        assert sub.wait_for(lambda s: len(s.on("/reply")) >= 4, timeout=30)
+        out, err = stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
+    published = b"".join(m.payload if isinstance(m.payload, bytes) else json.dumps(m.payload).encode()
+                         for m in sub.messages)
+    assert b"hunter2" not in published and "hunter2" not in out + err
+    assert "DEBUG" in err  # it was looked for where the most is said

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -108,3 +109,20 @@ def test_inspect_shows_card_ops_and_quantization(trained: TrainedModel, tmp_path
     plain.write_bytes(artifact.load(trained.model).flatbuffer)
     bare = json.loads(linewatch("inspect", str(plain), "--json").stdout)
     assert bare["card"] is None and bare["io"]["input"]["dtype"] == "int8"
+
+
+def test_a_model_that_fails_the_parity_gate_exits_5(trained: TrainedModel, tmp_path: Path) -> None:
+    """Calibrated on one grey picture (a wrong folder, say), the int8 ranges are useless: the gate says so."""
+    run = tmp_path / "run"
+    shutil.copytree(trained.run, run)
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((96, 128, 3), 128, np.uint8))
+    splits = json.loads((run / "splits.json").read_text())
+    splits["train"] = [{"path": str(grey), "label": entry["label"]} for entry in splits["train"]]
+    (run / "splits.json").write_text(json.dumps(splits))
+    out = tmp_path / "m.tflite"
+    proc = linewatch("convert", str(run), "-o", str(out), "--no-compare", check=False)
+    assert proc.returncode == 5, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("linewatch convert: error:") and "dropped" in line and "Traceback" not in proc.stderr
+    assert not out.exists() and out.with_suffix(".rejected.tflite").is_file()

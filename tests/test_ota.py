@@ -63,7 +63,7 @@ def test_updates_refusals_and_rollback(tiny: Path, broker, tmp_path: Path) -> No
                              input=InputSpec(height=10, width=10))
         linewatch("sign", str(bad_shape), "--key", str(tmp_path / "plant.key"))
         code, err = _deploy(bad_shape, broker.url, "ota-dev")
-        assert code == 4 and "input is 72x96 but its card says 10x10" in err
+        assert code == 4 and "card says 10x10 pixels but the model takes 72x96" in err
         assert _results_keep_coming(sub, v1)
 
         linewatch("sign", str(v2), "--key", str(tmp_path / "plant.key"))

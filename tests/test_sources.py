@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -65,7 +67,7 @@ def test_picamera_errors_name_the_fix(fake_picamera2, monkeypatch) -> None:
 def _video(path: Path, frames: int = 10) -> Path:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     for i in range(frames):
-        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+        writer.write(np.full((48, 64, 3), i * 20 % 256, np.uint8))
     writer.release()
     return path
 
@@ -157,3 +159,75 @@ def test_region_of_interest_and_rotation() -> None:
     assert turned.shape == (100, 40, 3) and turned[-1, 0, 0] == 255  # the white half is now at the bottom
     with pytest.raises(ValueError, match="leaves the frame"):
         parse_roi("0.6,0,0.6,1")
+
+
+def _wipe_frames(video: Path, numbers: list[int]) -> None:
+    """Overwrite whole JPEG frames of an MJPEG file with zeros: what a bad sector or a cut copy leaves."""
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    for n in numbers:
+        end = starts[n + 1] if n + 1 < len(starts) else len(data)
+        data[starts[n]:end] = bytes(end - starts[n])
+    video.write_bytes(bytes(data))
+
+
+def test_video_file_with_corrupt_frames_is_read_past_them(tmp_path: Path) -> None:
+    video = _video(tmp_path / "line.avi", frames=30)
+    _wipe_frames(video, [5, 6, 20])
+    source = open_source(str(video))
+    frames = [c.image for c in source.frames()]
+    assert source.corrupt == 2 and len(frames) >= 24  # up to, and past, both corrupt places
+    assert abs(int(frames[-1].mean()) - 29 * 20 % 256) <= 4  # the last frame is the file's last
+
+
+@pytest.mark.parametrize("kind", ["video", "folder"])
+def test_looped_file_or_folder_that_vanishes_is_reopened_when_it_returns(kind: str, tmp_path: Path, tiny: Path,
+                                                                        caplog) -> None:
+    if kind == "video":
+        target = _video(tmp_path / "line.avi", frames=5)
+    else:
+        target = tmp_path / "drop"
+        target.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(target / f"part_{i}.png"), np.full((48, 64, 3), i * 40, np.uint8))
+    source = open_source(str(target), loop=True, fps=200)
+    assert source.reopens
+    results: list = []
+    stop = threading.Event()
+    pipeline = Pipeline(source, Engine(artifact.load(tiny)), results.append)
+    runner = threading.Thread(target=pipeline.run, args=(stop,))
+    with caplog.at_level(logging.WARNING):
+        runner.start()
+        assert _wait(lambda: len(results) >= 10)
+        away = target.rename(target.with_name(target.name + ".away"))
+        assert _wait(lambda: pipeline.stats.source_state == "reconnecting")
+        stalled = len(results)
+        time.sleep(1.0)
+        assert len(results) <= stalled + 2  # nothing to read while it is away
+        away.rename(target)
+        assert _wait(lambda: len(results) >= stalled + 10, timeout=20)  # and back, by itself
+        stop.set()
+        runner.join(10)
+    assert pipeline.error is None and not runner.is_alive()
+    assert ("cannot open source" if kind == "video" else "does not exist") in caplog.text
+
+
+def _wait(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_classify_takes_a_video_file_frame_by_frame(tiny: Path, tmp_path: Path) -> None:
+    from tests.helpers import linewatch
+
+    video = _video(tmp_path / "line.avi", frames=12)
+    _wipe_frames(video, [4])
+    proc = linewatch("classify", str(tiny), str(video), "--json")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) >= 9 and lines[0]["path"] == f"{video}#1"
+    assert int(lines[-1]["path"].rpartition("#")[2]) == len(lines)  # frames past the corrupt one are classified
+    assert "passed over at 1 place(s)" in proc.stderr and "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -160,3 +161,28 @@ def test_evaluate_scores_keras_and_tflite_alike(trained: TrainedModel, tmp_path:
     assert keras_test["count"] == tflite_test["count"] == trained.parity["test_images"]
     assert keras_test["accuracy"] == pytest.approx(trained.parity["float_accuracy"])
     assert tflite_test["accuracy"] == pytest.approx(trained.parity["quantized_accuracy"])
+
+
+def test_bad_training_files_never_reach_splits_json(tmp_path: Path) -> None:
+    """Corrupt images, wrong extensions, a non-UTF-8 file name: training goes on, and splits.json lists only
+    what was read, so the test count is the test split's length."""
+    data_dir = tmp_path / "d"
+    write_dataset(data_dir, per_class=8, seed=5)
+    (data_dir / "ok" / "broken.png").write_text("not a picture")  # an image by its name only
+    (data_dir / "ok" / "half.jpg").write_bytes(next((data_dir / "ok").glob("*.jpg")).read_bytes()[:300])
+    (data_dir / "crack" / "notes.txt").write_text("shift B")
+    odd = next((data_dir / "stain").glob("*.jpg"))
+    os.rename(odd, os.path.join(os.fsencode(data_dir / "stain"), b"stain_\xff\xfe.jpg"))  # Latin-1 camera name
+    (data_dir / "empty_class").mkdir()  # a class folder still waiting for photos
+    run = tmp_path / "run"
+    proc = linewatch("train", str(data_dir), "-o", str(run), "--epochs", "1", "--size", "32")
+    assert "Traceback" not in proc.stderr
+    splits = json.loads((run / "splits.json").read_text())
+    listed = [entry["path"] for split in ("train", "val", "test") for entry in splits[split]]
+    assert not any(p.endswith(("broken.png", "half.jpg", "notes.txt")) for p in listed)
+    assert any("stain_" in p for p in listed)  # the odd name was read like any other
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["count"] == len(splits["test"])
+    assert sum(m["support"] for m in metrics["test"]["per_class"].values()) == len(splits["test"])
+    assert {Path(s["path"]).name for s in metrics["skipped"]} == {"broken.png", "half.jpg", "notes.txt", "empty_class"}
+    assert json.loads((run / "model_card.json").read_text())["labels"] == ["crack", "empty", "ok", "scratch", "stain"]

@@ -52,7 +52,7 @@ class Dataset:
         h = hashlib.sha256()
         for path, label in sorted(self.items):
             size = os.path.getsize(path) if os.path.exists(path) else -1
-            h.update(f"{os.path.relpath(path, self.root)}\t{label}\t{size}\n".encode())
+            h.update(f"{os.path.relpath(path, self.root)}\t{label}\t{size}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()[:16]
 
     def summary(self) -> str:
@@ -69,6 +69,7 @@ class Dataset:
 def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> list[Item]:
     items: list[Item] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = len(items)
         for path in sorted(class_dir.rglob("*")):
             if not path.is_file() or path.name.startswith("."):
                 continue
@@ -76,6 +77,8 @@ def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> list[Item]:
                 items.append((str(path), class_dir.name))
             else:
                 skipped.append((str(path), "not an image file type"))
+        if len(items) == found:
+            skipped.append((str(class_dir), "a class folder without images: not a class until it has some"))
     return items
 
 

@@ -156,11 +156,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     dataset = data.scan(cfg.data)
     print(dataset.summary(), flush=True)
-    if resuming:
-        splits = data.load_splits(out / "splits.json")
-    else:
-        splits = data.split(dataset, cfg.seed)
-        data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
+    splits = data.load_splits(out / "splits.json") if resuming else data.split(dataset, cfg.seed)
     height, width = cfg.size or data.auto_size(splits["train"])
     cfg.size = (height, width)
     (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
@@ -168,11 +164,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped = list(dataset.skipped)
     for name, items in splits.items():
-        x, y, _, bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
+        x, y, splits[name], bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
         arrays[name] = (x, y)
         skipped += bad
-    if len(arrays["train"][0]) == 0 or len(arrays["val"][0]) == 0:
-        raise DataError(f"no readable training or validation images under {dataset.root}")
+    for index, label in enumerate(dataset.classes):
+        if not (arrays["train"][1] == index).any():
+            raise DataError(f"class '{label}' has no readable training image: check its photos under {dataset.root}")
+    if len(arrays["val"][0]) == 0:
+        raise DataError(f"no readable validation images under {dataset.root}")
+    # Only what was read goes into splits.json: evaluation and conversion count exactly these test images.
+    data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
     print(f"input {height}x{width} ({cfg.resize_mode}), {cfg.architecture} width {cfg.width}, "
           f"{len(arrays['train'][0])} train / {len(arrays['val'][0])} val / {len(arrays['test'][0])} test images",
           flush=True)

@@ -6,6 +6,7 @@ Shared by the device (``comms.publisher``) and the operator tools (``tools.monit
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -53,6 +54,25 @@ def parse_broker(url: str) -> BrokerAddress:
     return BrokerAddress(parts.hostname, port, tls)
 
 
+class _RetryNoise(logging.Filter):
+    """paho logs every failed reconnect attempt at ERROR; the publisher already says so once per outage.
+
+    Those lines are kept at DEBUG, where they help; every other paho message passes as it is.
+    """
+
+    REPEATS = ("Client is not connected", "failed to receive on socket")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage().startswith(self.REPEATS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+PAHO_LOGGER = logging.getLogger("linewatch.edge.comms.paho")
+PAHO_LOGGER.addFilter(_RetryNoise())
+
+
 def make_client(client_id: str, protocol: str) -> mqtt.Client:
     """A paho client with the version-2 callback API, the asked-for protocol, and our logger.
 
@@ -64,21 +84,51 @@ def make_client(client_id: str, protocol: str) -> mqtt.Client:
         raise UsageError(f"MQTT protocol '{protocol}' is not supported: use 5 or 3.1.1")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS[protocol])
     client.suppress_exceptions = True
-    client.enable_logger(logging.getLogger("linewatch.edge.comms.paho"))
+    client.enable_logger(PAHO_LOGGER)
     return client
 
 
+def tls_context(credentials: Credentials, insecure: bool = False) -> ssl.SSLContext:
+    """The broker's certificate is checked against ``ca_file`` (else the system's CAs) and the host name.
+
+    ``insecure`` turns both checks off: for a first test only; the daemon warns at every start.
+    """
+    try:
+        context = ssl.create_default_context(cafile=credentials.ca_file)
+        if credentials.cert_file:
+            context.load_cert_chain(credentials.cert_file, credentials.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load the TLS files ({exc}): check ca_file, cert_file and key_file") from None
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_problem(context: ssl.SSLContext, broker: BrokerAddress, timeout: float = 5.0) -> str | None:
+    """Why a TLS handshake with the broker fails (a certificate the CA did not sign, a host name that does not
+    match, a client certificate the broker wants), or None when it succeeds or the broker cannot be reached."""
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=broker.host) as tls:
+            tls.recv(1)  # TLS 1.3: a refused client certificate only shows on the first read
+    except ssl.SSLCertVerificationError as exc:
+        return f"certificate verify failed: {exc.verify_message}"
+    except ssl.SSLError as exc:
+        return exc.reason or str(exc)
+    except OSError:
+        return None
+    return None
+
+
 def connect(client: mqtt.Client, broker: BrokerAddress, keepalive: int = 30,
-            credentials: Credentials = Credentials(), max_delay: float = 10.0) -> None:
+            credentials: Credentials = Credentials(), max_delay: float = 10.0, insecure: bool = False) -> None:
     """Start connecting in the background; paho retries with backoff (1 s doubling to ``max_delay``), forever."""
     if credentials.username:
         client.username_pw_set(credentials.username, credentials.password)
     if broker.tls:
-        try:
-            client.tls_set(ca_certs=credentials.ca_file, certfile=credentials.cert_file,
-                           keyfile=credentials.key_file, cert_reqs=ssl.CERT_REQUIRED)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"cannot load the TLS files ({exc}): check ca_file, cert_file and key_file") from None
+        client.tls_set_context(tls_context(credentials, insecure))
+        client.tls_insecure_set(insecure)
     client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(max_delay)))
     client.connect_async(broker.host, broker.port, keepalive=keepalive)
     client.loop_start()

@@ -147,7 +147,8 @@ class Reply(Payload):
                                     "<prefix>/<device_id>/cmd/<name>/reply)")
 
     command: str
-    id: Any = Field(description='The request\'s own "id", echoed; null when it had none.')
+    id: str | int | float | None = Field(description='The request\'s own "id" (a string or a number), echoed; null '
+                                                    'when it had none or it was neither.')
     ok: bool
     result: Any = Field(None, exclude_if=_absent_if_none, description="What the command did, when ok.")
     error: str | None = Field(None, exclude_if=_absent_if_none, description="Why it was refused, when not ok.")

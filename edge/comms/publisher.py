@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from linewatch.edge.comms.mqtt import BrokerAddress, Credentials, connect, make_client
+from linewatch.edge.comms.mqtt import BrokerAddress, Credentials, connect, make_client, tls_context, tls_problem
 from linewatch.edge.comms.payloads import Status, rfc3339
 from linewatch.edge.comms.spool import Spool
 
@@ -47,9 +47,10 @@ class DevicePublisher:
 
     def __init__(self, broker: BrokerAddress, device_id: str, spool: Spool, prefix: str = "linewatch",
                  protocol: str = "5", credentials: Credentials = Credentials(), keepalive: int = 30,
-                 model: tuple[str, str, str] | None = None, window: int = 64, reconnect_max_s: float = 10.0) -> None:
+                 model: tuple[str, str, str] | None = None, window: int = 64, reconnect_max_s: float = 10.0,
+                 insecure: bool = False) -> None:
         """``model`` (name, version, sha256) goes into every status message; reconnects back off up to
-        ``reconnect_max_s``."""
+        ``reconnect_max_s``; ``insecure`` accepts any broker certificate."""
         self.broker = broker
         self.device_id = device_id
         self.spool = spool
@@ -59,6 +60,7 @@ class DevicePublisher:
         self.keepalive = keepalive
         self.model = model
         self.reconnect_max_s = reconnect_max_s
+        self.insecure = insecure
         self.state = "connecting"
         self._state_handlers: list[StateHandler] = []
         self.window = window
@@ -143,15 +145,34 @@ class DevicePublisher:
         if was_connected:
             logger.warning("lost the broker (%s); spooling until it is back", reason)
         elif self.state != "disconnected":
+            problem = self._tls_problem()
+            if problem:  # TLS 1.3: a client certificate the broker wants is refused after the handshake
+                self._say_tls(problem)
+                self._set_state("disconnected", f"TLS: {problem}")
+                return
             logger.warning("the MQTT broker at %s closed the connection before accepting us (%s): check mqtts:// "
                            "against the broker's port; spooling and retrying", self.address, reason)
         self._set_state("disconnected", str(reason))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if self.state != "disconnected":  # once per outage, not once per retry
+        if self.state == "disconnected":  # once per outage, not once per retry
+            return
+        problem = self._tls_problem()
+        if problem:
+            self._say_tls(problem)
+        else:
             logger.warning("cannot reach the MQTT broker at %s; inspecting and spooling, retrying in the background",
                            self.address)
-        self._set_state("disconnected", "unreachable")
+        self._set_state("disconnected", f"TLS: {problem}" if problem else "unreachable")
+
+    def _tls_problem(self) -> str | None:
+        """Why the TLS handshake fails, found by one handshake of our own (paho does not say)."""
+        return tls_problem(tls_context(self.credentials, self.insecure), self.broker) if self.broker.tls else None
+
+    def _say_tls(self, problem: str) -> None:
+        logger.error("the TLS handshake with the MQTT broker at %s fails (%s): check mqtt.ca_file, the host name in "
+                     "mqtt.broker and, if the broker asks for one, mqtt.cert_file; inspecting and spooling, retrying "
+                     "in the background", self.address, problem)
 
     def on_connect(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` on every (re)connect, e.g. to republish discovery."""
@@ -166,7 +187,7 @@ class DevicePublisher:
 
     def start(self) -> None:
         """Start connecting in the background and draining the spool whenever connected; never waits."""
-        connect(self.client, self.broker, self.keepalive, self.credentials, self.reconnect_max_s)
+        connect(self.client, self.broker, self.keepalive, self.credentials, self.reconnect_max_s, self.insecure)
         self._drainer.start()
 
     # --- spooled messages (results, events) ----------------------------------------------------
@@ -182,27 +203,40 @@ class DevicePublisher:
         """Hand the oldest spooled entries to paho, at most ``window`` unacknowledged at a time.
 
         Only this thread touches the in-flight list, and it never holds ``_cond`` while calling
-        paho (paho calls ``on_publish`` holding its own locks).
+        paho (paho calls ``on_publish`` holding its own locks). It outlives any error of its own:
+        without it nothing would be delivered (``make soak`` found that out).
         """
-        inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []
+        inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # spool id -> paho's handle, oldest first
         while not self._stopping:
-            still = []
-            for info, entry_id in inflight:
-                if info.is_published():  # set by paho on PUBACK, as on_publish is called
-                    self.spool.remove(entry_id)
-                    self.acked += 1
-                else:
-                    still.append((info, entry_id))
-            inflight = still
-            room = self.window - len(inflight)
-            entries = self.spool.after(self._last_sent, room) if self.connected.is_set() and room > 0 else []
-            for entry in entries:
-                inflight.append((self.client.publish(entry.topic, entry.payload, qos=1, retain=entry.retain),
-                                 entry.id))
-                self._last_sent = entry.id
-            if not entries:
-                with self._cond:
-                    self._cond.wait(0.05)
+            try:
+                self._drain_step(inflight)
+            except Exception:
+                logger.exception("handing spooled messages to paho failed; starting over from the oldest")
+                inflight.clear()
+                self._last_sent = 0
+                time.sleep(1.0)
+
+    def _drain_step(self, inflight: dict[int, mqtt.MQTTMessageInfo]) -> None:
+        for entry_id, info in list(inflight.items()):
+            try:
+                published = info.is_published()  # set by paho on PUBACK, as on_publish is called
+            except RuntimeError:  # the connection dropped just before publish(): paho did not take it
+                del inflight[entry_id]
+                self._last_sent = min(self._last_sent, entry_id - 1)  # handed over again once connected
+                continue
+            if published:
+                del inflight[entry_id]
+                self.spool.remove(entry_id)
+                self.acked += 1
+        room = self.window - len(inflight)
+        entries = self.spool.after(self._last_sent, room) if self.connected.is_set() and room > 0 else []
+        for entry in entries:
+            if entry.id not in inflight:
+                inflight[entry.id] = self.client.publish(entry.topic, entry.payload, qos=1, retain=entry.retain)
+            self._last_sent = entry.id
+        if not entries:
+            with self._cond:
+                self._cond.wait(0.05)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         with self._cond:

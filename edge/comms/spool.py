@@ -66,6 +66,7 @@ class Spool:
         self.recovered: list[str] = []  # spool files moved aside since start
         self.in_memory = False  # the disk was full at start
         self.lost = 0  # messages that could not be stored at all (disk full), since start
+        self._dropped_logged, self._dropped_said = 0, 0.0  # oldest entries dropped since start, last said when
         self._lock = threading.Lock()
         self._reservation_path = path.with_name(path.name + ".seq.json")
         self._reserved = self._read_reservation()
@@ -187,12 +188,16 @@ class Spool:
                         raise
             else:
                 self.lost += 1
-                if self.lost == 1 or self.lost % 100 == 0:
+                if self.lost == 1 or self.lost % 1000 == 0:
                     logger.error("spool %s is full and the disk too: %d message(s) lost so far; inspection goes "
                                  "on, and storing resumes by itself when space returns", self.path, self.lost)
                 return seq
         if dropped:
-            logger.warning("spool full (%d entries or its disk): dropped the %d oldest", self.max_entries, dropped)
+            self._dropped_logged += dropped
+            if self._dropped_logged == dropped or time.monotonic() - self._dropped_said >= 10:  # not once per message
+                logger.warning("spool full (%d entries, %s MB or its disk): dropped the oldest, %d since start",
+                               self.max_entries, self.max_mb, self._dropped_logged)
+                self._dropped_said = time.monotonic()
         return seq
 
     def after(self, last_id: int, limit: int) -> list[Entry]:

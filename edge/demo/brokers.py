@@ -30,11 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> bool:
+def wait_listening(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            s.settimeout(1.0)
+            if s.connect_ex((host, port)) == 0:
                 return True
         time.sleep(0.05)
     return False
@@ -47,18 +48,25 @@ def find_mosquitto() -> str | None:
 
 
 class MosquittoBroker:
-    """A real mosquitto on ``127.0.0.1:port``, optionally with TLS, passwords and persistence."""
+    """A real mosquitto on ``host:port`` (loopback by default), optionally with TLS, passwords and persistence.
+
+    ``launcher`` prefixes its command line (``ip netns exec NS`` runs it in a network namespace
+    the tests made, on that namespace's address); ``extra`` lines are appended to its config.
+    """
 
     protocol = "5"
 
     def __init__(self, port: int | None = None, workdir: Path | None = None,
                  persistence: bool = False, tls_files: tuple[Path, Path, Path] | None = None,
-                 password_file: Path | None = None) -> None:
+                 password_file: Path | None = None, host: str = "127.0.0.1",
+                 launcher: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
         self.binary = binary
         self.port = port or free_port()
+        self.host = host
+        self.launcher = launcher
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="linewatch-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "mosquitto.log"
@@ -66,25 +74,25 @@ class MosquittoBroker:
         # Messages for persistent sessions survive a restart only with persistence on.
         storage = f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n" if persistence \
             else "persistence false\n"
-        listener = f"listener {self.port} 127.0.0.1\n"
+        listener = f"listener {self.port} {host}\n"
         if tls_files:
             listener += "cafile {}\ncertfile {}\nkeyfile {}\n".format(*tls_files)
         listener += f"password_file {password_file}\nallow_anonymous false\n" if password_file \
             else "allow_anonymous true\n"
         logging_conf = "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nuser root\n"
-        self.config_path.write_text(listener + storage + logging_conf)
+        self.config_path.write_text(listener + storage + logging_conf + "".join(f"{line}\n" for line in extra))
         self.tls = tls_files is not None
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log,
+        self.process = subprocess.Popen([*self.launcher, self.binary, "-c", str(self.config_path)], stdout=log,
                                         stderr=subprocess.STDOUT)
-        if not wait_listening(self.port):
+        if not wait_listening(self.port, host=self.host):
             self.stop()
             raise BrokerError(f"mosquitto did not start on port {self.port}: see {self.log_path}")
 
@@ -95,6 +103,12 @@ class MosquittoBroker:
             self.process.wait(10)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut: no goodbye to clients, no last save of its persistence."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
 
 
 class EmbeddedBroker:

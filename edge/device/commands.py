@@ -2,8 +2,9 @@
 
 Only the device's own ``cmd/+`` is subscribed, so another device's commands never reach
 here. A payload must be a JSON object (an optional ``"id"`` is echoed); a malformed or
-unknown command gets an error reply and changes nothing; a retained command is ignored, as
-it would replay on every restart. No command can stop the daemon.
+unknown command gets an error reply and changes nothing (so does one nested too deeply to
+parse, and one whose handler fails); a retained command is ignored, as it would replay on
+every restart. No command can stop the daemon.
 """
 
 from __future__ import annotations
@@ -44,14 +45,29 @@ class CommandRouter:
             if not isinstance(body, dict):
                 raise ValueError("the payload must be a JSON object")
             request_id = body.get("id")
+            if isinstance(request_id, bool) or not isinstance(request_id, (str, int, float, type(None))):
+                request_id = None
+                raise ValueError('"id" must be a string or a number')
             if name not in self.handlers:
                 raise ValueError(f"unknown command '{name}': use one of {', '.join(self.handlers)}")
             answer = Reply(device_id=self.device_id, command=name, id=request_id, ok=True,
                            result=self.handlers[name](body))
+        except RecursionError:  # JSON nested deeper than Python parses
+            answer = self._refuse(name, None, "the payload is nested too deeply")
         except (ValueError, KeyError, TypeError) as exc:
-            error = f"unknown key {exc}" if isinstance(exc, KeyError) else str(exc)
-            answer = Reply(device_id=self.device_id, command=name, id=request_id, ok=False, error=error)
-        self.reply(msg, answer.encode())
+            answer = self._refuse(name, request_id, f"unknown key {exc}" if isinstance(exc, KeyError) else str(exc))
+        except Exception:  # a bug in a handler: logged with its traceback, answered, and the device goes on
+            logger.exception("command %s failed", name)
+            answer = self._refuse(name, request_id, "internal error: see the device's log")
+        try:
+            payload = answer.encode()
+        except ValueError:  # a handler's result that cannot be put into JSON: a bug, answered all the same
+            logger.exception("command %s: the reply cannot be encoded", name)
+            payload = self._refuse(name, request_id, "internal error: see the device's log").encode()
+        self.reply(msg, payload)
+
+    def _refuse(self, name: str, request_id: str | int | float | None, error: str) -> Reply:
+        return Reply(device_id=self.device_id, command=name, id=request_id, ok=False, error=error)
 
 
 class DeviceCommands:

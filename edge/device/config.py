@@ -28,6 +28,7 @@ from linewatch.edge.errors import UsageError
 DEFAULT_PATH = Path("/etc/linewatch/linewatch.toml")
 ENV_PREFIX = "LINEWATCH_"
 PASSWORD_ENV = "LINEWATCH_MQTT_PASSWORD"  # the secret itself, not a config key: never in the file
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _flag(name: str, **extra: Any) -> dict[str, Any]:
@@ -54,7 +55,8 @@ class SourceSection(Section):
                                   "picamera:N, conveyor[:SEED]", json_schema_extra=_flag("--source"))
     fps: float | None = Field(None, gt=0, description="frame rate of a Pi camera; pacing of a folder, file or the "
                                                       "conveyor", json_schema_extra=_flag("--fps"))
-    loop: bool = Field(False, description="repeat a folder or video file", json_schema_extra=_flag("--loop"))
+    loop: bool = Field(False, description="repeat a folder or video file; one that vanishes is reopened with backoff "
+                                          "until it is back", json_schema_extra=_flag("--loop"))
     roi: tuple[float, float, float, float] | None = Field(
         None, description="region of interest x,y,w,h as fractions of the frame, e.g. 0.2,0,0.6,1",
         json_schema_extra=_flag("--roi"))
@@ -90,6 +92,8 @@ class MqttSection(Section):
     cert_file: str | None = Field(None, description="client certificate for mqtts://",
                                   json_schema_extra=_flag("--cert-file"))
     key_file: str | None = Field(None, description="client key for mqtts://", json_schema_extra=_flag("--key-file"))
+    insecure: bool = Field(False, description="mqtts:// without checking the broker's certificate or host name: for a "
+                                              "first test only, warned about at every start")
     reconnect_max_s: float = Field(10.0, ge=1, le=300, description="the longest wait between connection attempts "
                                                                    "(they back off from 1 s); the daemon never "
                                                                    "stops trying")
@@ -232,6 +236,35 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
         options.set_key(tree, dotted, value)
     config: Config = options.build(Config, tree)
     return config
+
+
+def check_files(mqtt: MqttSection) -> list[str]:
+    """Refuse unreadable TLS and password files by their key (exit 2); return warnings about how they are kept."""
+    from linewatch.edge.comms.mqtt import parse_broker
+
+    warnings = []
+    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+        name = getattr(mqtt, key)
+        if name is None:
+            continue
+        try:
+            with open(name, "rb"):
+                pass
+            mode = os.stat(name).st_mode
+        except OSError as exc:
+            raise UsageError(f"mqtt.{key} {name} cannot be read ({exc.strerror}): check the path and its "
+                             "permissions") from None
+        if key in ("password_file", "key_file") and mode & 0o077:
+            warnings.append(f"mqtt.{key} {name} can be read by other users (mode {mode & 0o777:o}): chmod 600 {name}")
+    if mqtt.insecure:
+        warnings.append("mqtt.insecure = true: the broker's certificate and host name are not checked; anyone on "
+                        "the path can read and forge this device's messages")
+    address = parse_broker(mqtt.broker)
+    if not address.tls and address.host not in LOOPBACK:
+        secrets = "results and the password" if mqtt.username else "results"
+        warnings.append(f"mqtt.broker {mqtt.broker} is not TLS: {secrets} cross the network in clear text; use "
+                        "mqtts://")
+    return warnings
 
 
 def read_password(password_file: str | None, environ: dict[str, str] | None = None) -> str | None:

@@ -34,7 +34,7 @@ from linewatch.edge.device.sources import open_source
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
-from linewatch.edge.errors import BrokerError, LinewatchError, UsageError
+from linewatch.edge.errors import BrokerError, LinewatchError, ModelError, UsageError
 from linewatch.edge.files import write_atomic
 from linewatch.edge.model import artifact, signing
 from linewatch.edge.model.artifact import ModelArtifact
@@ -64,12 +64,14 @@ class Daemon:
         except OSError as exc:
             raise UsageError(f"state_dir {state}: {exc}") from None
         mqtt_cfg = cfg.mqtt
+        for warning in config_module.check_files(mqtt_cfg):
+            logger.warning(warning)
         self.publisher = DevicePublisher(
             parse_broker(mqtt_cfg.broker), cfg.device_id, self.spool, mqtt_cfg.prefix, mqtt_cfg.protocol,
             Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
                         mqtt_cfg.cert_file, mqtt_cfg.key_file),
             mqtt_cfg.keepalive, model=(self.model.name, self.model.version, self.model.sha256),
-            reconnect_max_s=mqtt_cfg.reconnect_max_s)
+            reconnect_max_s=mqtt_cfg.reconnect_max_s, insecure=mqtt_cfg.insecure)
         self.review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
         self.snapshots = JpegArchive(state / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
             if cfg.events.snapshots else None
@@ -95,8 +97,13 @@ class Daemon:
         self._finished = False  # the pipeline ended; the daemon only waits now
 
     def _engine(self, model: ModelArtifact) -> Engine:
+        """An engine for ``model``, at start and for every update; the device runs full-integer models only."""
         model_cfg = self.cfg.model
-        return Engine(model, model_cfg.threads or None, model_cfg.delegate, model_cfg.cpu_fallback)
+        engine = Engine(model, model_cfg.threads or None, model_cfg.delegate, model_cfg.cpu_fallback)
+        if not engine.integer:
+            raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
+                             "with 'linewatch convert'")
+        return engine
 
     def install(self, model: ModelArtifact, engine: Engine) -> None:
         """Put a checked model to work: the pipeline takes the new engine between two frames."""
@@ -217,6 +224,7 @@ class Daemon:
             for archive in (self.review, self.snapshots):
                 if archive is not None:
                     archive.close()
+            spool_dropped = self.spool.dropped()
             self.spool.close()
         if self.refusal is not None:
             raise BrokerError(f"the MQTT broker at {self.publisher.address} refused us ({self.refusal}): check the "
@@ -224,7 +232,8 @@ class Daemon:
         return {
             "frames": stats.frames, "dropped": stats.dropped, "seconds": round(elapsed, 3),
             "fps": round(stats.frames / elapsed, 2) if elapsed > 0 else 0.0,
-            "acknowledged": self.publisher.acked, "cold_start_s": round(self.sink.cold_start_s, 3),
+            "acknowledged": self.publisher.acked, "spool_dropped": spool_dropped,
+            "cold_start_s": round(self.sink.cold_start_s, 3),
             "max_rss_mb": max_rss_mb(), "review_saved": self.review.saved if self.review else 0,
             "interrupted": self.interrupted,
         }

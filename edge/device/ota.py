@@ -56,15 +56,12 @@ def previous_path(model_path: Path) -> Path:
 def self_check(engine: Engine, frames: list[np.ndarray]) -> None:
     """``ValueError`` unless the model is one the device can trust with the line.
 
-    Its card was not rejected by the parity gate, its input is what the card says, and on the
-    device's own recent frames every output is a finite probability vector.
+    Its card was not rejected by the parity gate (that the card fits the model, the engine has
+    checked), and on the device's own recent frames every output is a finite probability vector.
     """
     card = engine.model.card
     if card.rejected or card.parity.get("accepted") is False:
         raise ValueError("the model failed its parity gate at conversion: it is not deployable")
-    if card.input is not None and (card.input.height, card.input.width) != (engine.height, engine.width):
-        raise ValueError(f"the model's input is {engine.height}x{engine.width} but its card says "
-                         f"{card.input.height}x{card.input.width}: convert it again")
     for image in frames or [np.full((engine.height, engine.width, 3), 128, np.uint8)]:
         scores = engine.predict(image).scores
         if not np.all(np.isfinite(scores)) or abs(float(scores.sum()) - 1.0) > 0.05:
@@ -117,7 +114,7 @@ class ModelUpdater:
         """``…/cmd/ota/chunk/<transfer>/<index>``: written at its place; anything odd is ignored."""
         transfer = self.transfer
         _, transfer_id, index_text = topic.rsplit("/", 2)
-        if transfer is None or transfer_id != transfer.id or not index_text.isdigit():
+        if transfer is None or transfer_id != transfer.id or not re.fullmatch(r"[0-9]{1,9}", index_text):
             logger.debug("ignoring OTA chunk %s: no such transfer", topic)
             return
         index = int(index_text)

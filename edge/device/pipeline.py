@@ -162,7 +162,7 @@ class Pipeline:
                     break
                 raise DataError(f"source {self.source.name} ended")
             except DataError as exc:
-                if not self.source.live:
+                if not self.source.reopens:
                     self.error = exc
                     break
                 self.stats.source_state = "reconnecting"

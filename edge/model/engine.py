@@ -126,7 +126,15 @@ class Engine:
             raise ModelError(f"{model.path} outputs {classes} classes but {len(model.labels)} labels were given")
         # A plain .tflite made elsewhere says nothing of its input: the interpreter's size, the defaults.
         self.input = model.card.input or InputSpec(height=self.height, width=self.width)
+        if (self.input.height, self.input.width) != (self.height, self.width):
+            raise ModelError(f"{model.path}: its card says {self.input.height}x{self.input.width} pixels but the model "
+                             f"takes {self.height}x{self.width}: the card belongs to another model, convert it again")
         self._lut = self._quantization_table()
+
+    @property
+    def integer(self) -> bool:
+        """A full-integer model (int8 or uint8 input), as ``linewatch convert`` makes for the device."""
+        return bool(self._in["dtype"] != np.float32)
 
     def _quantization_table(self) -> np.ndarray:
         """Every 0..255 pixel value in the input tensor's type, with its own scale and zero point."""

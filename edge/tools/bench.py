@@ -26,6 +26,7 @@ class ReplaySource:
 
     name = "replay"
     live = False
+    reopens = False
 
     def __init__(self, frames: list[Captured]) -> None:
         self._frames = frames

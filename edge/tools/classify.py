@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from linewatch.edge.device.sources import open_source
+import numpy as np
+
+from linewatch.edge.device.sources import VIDEO_SUFFIXES, open_source
+from linewatch.edge.device.sources.video import VideoSource
 from linewatch.edge.errors import DataError
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
@@ -19,31 +22,41 @@ from linewatch.edge.model.images import encode_jpeg, image_files, read_image
 logger = logging.getLogger(__name__)
 
 
-def _image_paths(targets: list[str]) -> Iterator[Path]:
+def _images(targets: list[str]) -> Iterator[tuple[str, np.ndarray | None]]:
+    """(name, image or None when unreadable) for each image, folder of images, or frame of a video file."""
     for target in targets:
         path = Path(target)
-        if path.is_dir():
-            yield from image_files(path)
-        else:
-            yield path
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+            video = VideoSource(target, live=False)
+            try:
+                for captured in video.frames():
+                    yield captured.path or target, captured.image
+            finally:
+                video.close()
+            if video.corrupt:
+                print(f"linewatch classify: {target}: unreadable frames passed over at {video.corrupt} place(s)",
+                      file=sys.stderr)
+            continue
+        for image_path in image_files(path) if path.is_dir() else [path]:
+            yield str(image_path), read_image(str(image_path))
 
 
 def classify(model_path: str, targets: list[str], labels: str | None = None, as_json: bool = False,
              top_k: int = 3, threads: int | None = None, out: TextIO = sys.stdout) -> int:
-    """Print a prediction per image; returns how many images could not be read."""
+    """Print a prediction per image (a video file: per frame, named ``file#N``); returns how many images could
+    not be read."""
     engine = Engine(artifact.load(model_path, labels), threads)
     failed = 0
     if not as_json:
         print(f"{'label':<12} {'score':>6}  path", file=out)
-    for path in _image_paths(targets):
-        image = read_image(str(path))
+    for path, image in _images(targets):
         if image is None:
             failed += 1
             print(f"linewatch classify: {path}: not a readable image, skipped", file=sys.stderr)
             continue
         prediction = engine.predict(image)
         if as_json:
-            print(json.dumps({"path": str(path), "label": prediction.label, "score": round(prediction.score, 4),
+            print(json.dumps({"path": path, "label": prediction.label, "score": round(prediction.score, 4),
                               "top": [{"label": label, "score": round(s, 4)} for label, s in prediction.top(top_k)]}),
                   file=out)
         else:

@@ -13,7 +13,10 @@
 
 A source yields ``Captured`` BGR images. ``live`` sources (cameras, streams, the conveyor)
 run at their own pace and the pipeline infers on the newest frame; finite ones (folders,
-files) are read in full, frame by frame, and end the run cleanly with ``--once``.
+files) are read in full, frame by frame, and end the run cleanly with ``--once``. A source
+that ``reopens`` (every live one, and a looped folder or file) is opened again with backoff
+when it fails, e.g. a camera unplugged or a file that vanishes and comes back; any other
+source that fails ends the run.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Source(Protocol):
 
     name: str
     live: bool
+    reopens: bool
 
     def frames(self) -> Iterator[Captured]:
         """Captured images until the source ends; raises ``DataError`` when it fails."""

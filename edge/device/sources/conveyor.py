@@ -17,6 +17,7 @@ class ConveyorSource:
     """
 
     live = True
+    reopens = True
 
     def __init__(self, seed: int = 0, fps: float | None = None) -> None:
         self.name = f"conveyor:{seed}"

@@ -15,7 +15,12 @@ logger = logging.getLogger(__name__)
 
 
 class FolderSource:
-    """Every image below a folder; unreadable files are logged and passed over."""
+    """Every image below a folder; unreadable files are logged and passed over.
+
+    A looped folder is listed afresh on every pass: images added or removed in the meantime
+    count, and a folder that vanishes (or whose images all became unreadable) fails the pass,
+    so the pipeline reopens it with backoff until it is back.
+    """
 
     live = False
 
@@ -24,6 +29,7 @@ class FolderSource:
         self.path = path
         self.fps = fps
         self.loop = loop
+        self.reopens = loop
         self.skipped = 0
 
     def _paths(self) -> list[Path]:
@@ -38,25 +44,31 @@ class FolderSource:
             return [self.path]
         if not self.path.is_dir():
             raise DataError(f"source {self.path} does not exist: give a folder of images, a file or a camera")
-        paths = image_files(self.path)
+        try:
+            paths = image_files(self.path)
+        except OSError as exc:  # it vanished while being listed
+            raise DataError(f"source {self.path} cannot be listed ({exc.strerror}): check the folder") from None
         if not paths:
             raise DataError(f"source {self.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return paths
 
     def frames(self) -> Iterator[Captured]:
-        paths = self._paths()
         pacer = Pacer(self.fps)
         while True:
-            for path in paths:
+            readable = 0
+            for path in self._paths():
                 image = read_image(str(path))
                 if image is None:
                     self.skipped += 1
                     logger.warning("skipping %s: not a readable image", path)
                     continue
+                readable += 1
                 pacer.wait()
                 yield Captured(image, path=str(path))
             if not self.loop:
                 return
+            if not readable:
+                raise DataError(f"source {self.path}: none of its images could be read")
 
     def close(self) -> None:
         pass

@@ -32,6 +32,7 @@ class PicameraSource:
     """Frames from one camera's ``lores`` stream, as BGR like every other source."""
 
     live = True
+    reopens = True
 
     def __init__(self, camera: int = 0, fps: float | None = None, main_size: tuple[int, int] = (1280, 960),
                  lores_size: tuple[int, int] = (320, 240)) -> None:

@@ -1,0 +1,115 @@
+"""Property tests (hypothesis): whatever arrives, the command parser, the config loader and the artifact reader
+answer with a reply or the documented error, never an exception of another kind."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from linewatch.edge.comms.payloads import Reply
+from linewatch.edge.device import config
+from linewatch.edge.device.commands import CommandRouter, DeviceCommands
+from linewatch.edge.device.events import EventTracker
+from linewatch.edge.errors import ModelError, UsageError
+from linewatch.edge.model import artifact
+from tests.helpers import FIXTURES
+
+LABELS = ["crack", "empty", "ok", "scratch", "stain"]
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                                       max_size=4),
+                    max_leaves=20)
+NAMES = st.sampled_from(["pause", "resume", "snapshot", "threshold", "reload", "reboot", ""]) | \
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/+#\x00"), max_size=12)
+
+
+def _router() -> tuple[CommandRouter, list[bytes]]:
+    replies: list[bytes] = []
+    sink = SimpleNamespace(latest=None, tracker=EventTracker(LABELS, ["ok", "empty"], {}, 3, 5))
+    handlers = DeviceCommands(threading.Event(), sink, lambda: ["results"]).handlers()  # type: ignore[arg-type]
+    return CommandRouter("dev", handlers, lambda request, payload: replies.append(payload)), replies
+
+
+def _message(name: str, payload: bytes) -> mqtt.MQTTMessage:
+    msg = mqtt.MQTTMessage(topic=f"linewatch/dev/cmd/{name}".encode())
+    msg.payload = payload
+    return msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=NAMES, payload=st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode())
+       | st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth))
+def test_every_command_gets_one_reply_that_follows_the_schema(name: str, payload: bytes) -> None:
+    router, replies = _router()
+    router(_message(name, payload))
+    assert len(replies) == 1
+    reply = Reply.model_validate_json(replies[0], strict=True)
+    assert reply.command == name and reply.device_id == "dev"
+    assert reply.ok == (reply.error is None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(["id", "class", "value", "x"]), JSON, max_size=4))
+def test_threshold_is_changed_only_by_a_valid_command(body: dict[str, Any]) -> None:
+    router, replies = _router()
+    router(_message("threshold", json.dumps(body).encode()))
+    reply = json.loads(replies[0])
+    valid = body.get("class") in LABELS and type(body.get("value")) in (int, float) and 0 < body["value"] <= 1
+    assert reply["ok"] == (valid and type(body.get("id")) in (str, int, float, type(None)))
+
+
+SETTING = st.sampled_from([key for key, _ in config.options.settings(config.Config)] + ["mqtt.nope", "bogus"])
+VALUE = st.text(max_size=30) | st.integers().map(str) | st.floats().map(str) | st.sampled_from(["true", "5", "1,2"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(overrides=st.dictionaries(SETTING, VALUE, max_size=5))
+def test_any_overrides_give_a_config_or_a_usage_error(overrides: dict[str, str]) -> None:
+    base = {"device_id": "dev", "model.path": "m.tflite", "source.spec": "conveyor"}
+    try:
+        loaded = config.load(None, {**base, **overrides}, environ={})
+    except UsageError as exc:
+        assert "\n" not in str(exc).strip()  # one line, naming the key
+    else:
+        assert isinstance(loaded, config.Config)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200) | st.sampled_from(["[mqtt]\nkeepalive = 'x'", "device_id = 5", "[model\n",
+                                                        "[spool]\nmax_entries = -1", "x = 1"]))
+def test_any_config_file_gives_a_config_or_a_usage_error(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "lw.toml"
+    path.write_text(text, errors="surrogateescape")
+    try:
+        config.load(path, environ={})
+    except UsageError as exc:
+        assert str(exc)
+
+
+MODEL = (FIXTURES / "tiny.tflite").read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(MODEL)), flips=st.lists(st.integers(0, len(MODEL) - 1), max_size=3),
+       tail=st.binary(max_size=64))
+def test_a_damaged_model_file_is_refused_or_is_still_the_pinned_model(cut: int, flips: list[int], tail: bytes,
+                                                               tmp_path: Path) -> None:
+    data = bytearray(MODEL[:cut])
+    for at in flips:
+        if at < len(data):
+            data[at] ^= 0x5A
+    path = tmp_path / "m.tflite"
+    path.write_bytes(bytes(data) + tail)
+    try:
+        loaded = artifact.load(path)
+    except ModelError as exc:
+        assert str(path) in str(exc)
+    else:  # whatever loads is the very model the card pins, or a plain .tflite without a card
+        assert loaded.flatbuffer == MODEL[:len(loaded.flatbuffer)] or not loaded.has_card
