@@ -113,3 +113,10 @@ def test_a_damaged_model_file_is_refused_or_is_still_the_pinned_model(cut: int, 
         assert str(path) in str(exc)
     else:  # whatever loads is the very model the card pins, or a plain .tflite without a card
         assert loaded.flatbuffer == MODEL[:len(loaded.flatbuffer)] or not loaded.has_card
+
+
+def test_an_oversized_command_is_refused_unparsed() -> None:
+    router, replies = _router()
+    router(_message("threshold", json.dumps({"class": "scratch", "value": 0.5, "pad": "x" * 20_000}).encode()))
+    reply = json.loads(replies[0])
+    assert not reply["ok"] and "more than a command takes" in reply["error"]

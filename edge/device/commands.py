@@ -2,8 +2,8 @@
 
 Only the device's own ``cmd/+`` is subscribed, so another device's commands never reach
 here. A payload must be a JSON object (an optional ``"id"`` is echoed); a malformed or
-unknown command gets an error reply and changes nothing (so does one nested too deeply to
-parse, and one whose handler fails); a retained command is ignored, as it would replay on
+unknown command gets an error reply and changes nothing (so does one too large or nested too
+deeply to parse, and one whose handler fails); a retained command is ignored, as it would replay on
 every restart. No command can stop the daemon.
 """
 
@@ -24,6 +24,7 @@ from linewatch.edge.device.results import ResultSink
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
+MAX_COMMAND_BYTES = 16 * 1024  # OTA chunks travel on cmd/ota/chunk/..., not through here
 
 
 class CommandRouter:
@@ -41,6 +42,9 @@ class CommandRouter:
         name = msg.topic.rsplit("/", 1)[-1]
         request_id = None
         try:
+            if len(msg.payload) > MAX_COMMAND_BYTES:  # not parsed at all: a command is a small JSON object
+                raise ValueError(f"the payload is {len(msg.payload)} bytes, more than a command takes "
+                                 f"({MAX_COMMAND_BYTES})")
             body = json.loads(msg.payload) if msg.payload.strip() else {}
             if not isinstance(body, dict):
                 raise ValueError("the payload must be a JSON object")
