@@ -288,7 +288,8 @@ def test_insecure_tls_and_loose_secrets_are_warned_about_at_every_start(tiny: Pa
     missing = linewatch("run", "--model", str(tiny), "--source", str(holdout / "ok"), "--device-id", "x",
                         "--broker", broker.url, "--ca-file", str(tmp_path / "nope.pem"), "--once", check=False)
     assert missing.returncode == 2 and "mqtt.ca_file" in missing.stderr.strip().splitlines()[-1]
-    plain = config.check_files(config.MqttSection(broker="mqtt://broker.plant.local:1883"))
+    plain = config.check_files(config.MqttSection(broker="mqtt://broker.plant.local:1883",
+                                                  ca_file=str(tmp_path / "nope.pem")))  # unused without TLS
     assert any("not TLS" in w for w in plain) and not config.check_files(config.MqttSection())
 
 

@@ -239,11 +239,13 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
 
 
 def check_files(mqtt: MqttSection) -> list[str]:
-    """Refuse unreadable TLS and password files by their key (exit 2); return warnings about how they are kept."""
+    """Refuse unreadable TLS (for mqtts://) and password files by their key (exit 2); return warnings about how
+    they are kept."""
     from linewatch.edge.comms.mqtt import parse_broker
 
+    address = parse_broker(mqtt.broker)
     warnings = []
-    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+    for key in (("ca_file", "cert_file", "key_file") if address.tls else ()) + ("password_file",):
         name = getattr(mqtt, key)
         if name is None:
             continue
@@ -259,7 +261,6 @@ def check_files(mqtt: MqttSection) -> list[str]:
     if mqtt.insecure:
         warnings.append("mqtt.insecure = true: the broker's certificate and host name are not checked; anyone on "
                         "the path can read and forge this device's messages")
-    address = parse_broker(mqtt.broker)
     if not address.tls and address.host not in LOOPBACK:
         secrets = "results and the password" if mqtt.username else "results"
         warnings.append(f"mqtt.broker {mqtt.broker} is not TLS: {secrets} cross the network in clear text; use "
