@@ -21,6 +21,9 @@ def test_ten_devices_one_broker(tiny: Path, broker, tmp_path: Path) -> None:
         procs.append(start_daemon(model, broker.url, device, model.parent, source=f"conveyor:{i}", fps=5))
     sub = Collector(broker.url, "linewatch/+/status")
     try:
+        # Ten interpreters start one after another on two cores (slowly under emulation): watch once all are up.
+        assert sub.wait_for(lambda s: {m.topic.split("/")[1] for m in s.messages
+                                       if m.payload.get("state") == "online"} >= set(devices), timeout=300)
         out = io.StringIO()
         box: dict = {}
         crossed: list[tuple[str, str]] = []
@@ -36,7 +39,8 @@ def test_ten_devices_one_broker(tiny: Path, broker, tmp_path: Path) -> None:
         view = box["view"]
         fleet = {d: v for d, v in view.devices.items() if d in devices}
         assert set(fleet) == set(devices)  # every device is seen by the monitor
-        assert all(v.results >= 5 and v.gaps == 0 and v.duplicates == 0 for v in fleet.values())
+        assert all(v.results >= 5 and v.gaps == 0 and v.duplicates == 0 for v in fleet.values()), \
+            {d: (v.results, v.gaps, v.duplicates) for d, v in fleet.items()}
         assert not crossed  # nothing crosses between devices
 
         v1 = artifact.load(tiny).card.version
