@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from linewatch.edge.comms.spool import SEQ_BLOCK, Spool
 from linewatch.edge.demo.brokers import MosquittoBroker, free_port
 from linewatch.edge.device.systemd import ServiceNotifier
+from tests.faults import SmallDisk
 from tests.helpers import (
     CLI,
     ENV,
@@ -124,13 +124,11 @@ def test_spool_over_its_disk_budget_drops_the_oldest_and_keeps_counting(tmp_path
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MiB tmpfs: a disk that really fills up (root only; CI and the build machines run as root)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    why = SmallDisk.unavailable(tmp_path)
+    if why:
+        pytest.skip(why)
+    with SmallDisk(tmp_path / "disk", 1) as disk:
+        yield disk.mount
 
 
 def test_a_full_disk_never_stops_the_spool_and_it_recovers_when_space_returns(small_disk: Path) -> None:
