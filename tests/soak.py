@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import re
@@ -436,8 +437,6 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="write the table into docs/reliability.md")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    import os
-
     work = Path(tempfile.mkdtemp(prefix="linewatch-soak-"))
     soak = Soak(args.seed, work)
     say(f"soak, seed {args.seed}, in {work}")
