@@ -93,8 +93,14 @@ def tls_context(credentials: Credentials, insecure: bool = False) -> ssl.SSLCont
 
     ``insecure`` turns both checks off: for a first test only; the daemon warns at every start.
     """
+    # As paho's own tls_set builds it: no VERIFY_X509_STRICT (Python 3.13's default context), which refuses the
+    # plant CAs made without a key-usage extension that trixie's test run met.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context = ssl.create_default_context(cafile=credentials.ca_file)
+        if credentials.ca_file:
+            context.load_verify_locations(credentials.ca_file)
+        else:
+            context.load_default_certs()
         if credentials.cert_file:
             context.load_cert_chain(credentials.cert_file, credentials.key_file)
     except (OSError, ssl.SSLError) as exc:
