@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench-train broker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,13 @@ pi-check: $(STAMP) broker
 soak: $(EDGE_STAMP) broker
 	$(EDGE_BIN)/python tests/soak.py --record
 	$(EDGE_BIN)/python docs/generate.py
+
+# Plain `linewatch train` against a classic CNN on four data sets and three seeds (about 40 minutes on 2 cores);
+# the table goes into docs/training.md and, by `make docs`, the README.
+bench-train: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/train_defaults.py --json --record
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -22,11 +22,14 @@ class ConvertConfig(BaseModel):
     max_drop: float = Field(1.0, ge=0, description="accuracy points the converted model may lose",
                             json_schema_extra={"flag": "--max-drop"})
     max_class_drop: float = Field(3.0, ge=0, description="recall points one class may lose (or one image, in a "
-                                                         "class of fewer than 34 test images)")
+                                                         "class of fewer than 34 test images)",
+                                  json_schema_extra={"flag": "--max-class-drop"})
     allow_float_ops: bool = Field(False, description="warn instead of failing on float ops in an int8 model",
                                   json_schema_extra={"flag": "--allow-float-ops"})
-    per_tensor: bool = Field(False, description="one int8 scale per weight tensor: a smaller file, at an accuracy "
-                                                "cost the gate checks", json_schema_extra={"flag": "--per-tensor"})
+    weight_scales: Literal["auto", "per-channel", "per-tensor"] = Field(
+        "auto", description="int8 weight scales: per-tensor is a smaller file at an accuracy cost; auto tries "
+                            "per-tensor first for MobileNet-class models and keeps it only if the gate passes",
+        json_schema_extra={"flag": "--weight-scales"})
     compare: bool = Field(True, description="also convert to the other quantizations for a table of size, accuracy "
                                             "and latency", json_schema_extra={
                               "flag": "--no-compare", "negate": True,

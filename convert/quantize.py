@@ -160,6 +160,22 @@ def _edgetpu_compile(out: Path, flatbuffer: bytes, card: ModelCard, labels: list
         return target
 
 
+MOBILENET_CLASS = ("mobilenetv2",)  # depthwise convolutions: per-tensor scales often collapse their accuracy
+
+
+def weight_scale_candidates(choice: str, architecture: str | None) -> list[bool]:
+    """The ``per_tensor`` values to try, in order: the smaller file first, when there is a choice."""
+    if choice == "per-tensor":
+        return [True]
+    if choice == "auto" and architecture in MOBILENET_CLASS:
+        return [True, False]
+    return [False]
+
+
+def _scales(per_tensor: bool) -> str:
+    return "per-tensor" if per_tensor else "per-channel"
+
+
 def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = None,
             calibration_images: np.ndarray | None = None) -> dict[str, Any]:
     """Convert a run folder's model, audit and check it, write the artifact and its report.
@@ -191,25 +207,43 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     x_test, y_test, _, _ = data.load_images(splits["test"], labels, h, w, mode)
     float_scores = predict_scores(model, x_test)
 
-    wanted = [quantization] + ([q for q in QUANTIZATIONS if q != quantization] if cfg.compare else [])
+    def convert_one(q: str, per_tensor: bool) -> dict[str, Any]:
+        started = time.monotonic()
+        flatbuffer = tflite_bytes(saved_model, q, cfg.io, calibration_images, per_tensor)
+        engine = engine_for(flatbuffer, labels, card)
+        scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
+        return {"quantization": q, "per_tensor": per_tensor, "bytes": len(flatbuffer),
+                "accuracy": classification_metrics(y_test, scores, labels)["accuracy"],
+                "latency_ms": {"1_thread": latency_ms(engine_for(flatbuffer, labels, card, 1), x_test[0]),
+                               f"{engine.num_threads}_threads": latency_ms(engine, x_test[0])},
+                "convert_seconds": round(time.monotonic() - started, 1), "flatbuffer": flatbuffer, "scores": scores}
+
+    scale_choices = weight_scale_candidates(cfg.weight_scales, card.architecture) if quantization == "int8" \
+        else [False]
+    others = [q for q in QUANTIZATIONS if q != quantization] if cfg.compare else []
     comparison: list[dict[str, Any]] = []
-    target: dict[str, Any] = {}
+    scales_rejected: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, verbose=False)
-        for step, q in enumerate(wanted, start=1):
-            started = time.monotonic()
-            print(f"[{step}/{len(wanted)}] converting to {q}", flush=True)
-            flatbuffer = tflite_bytes(saved_model, q, cfg.io, calibration_images, cfg.per_tensor)
-            engine = engine_for(flatbuffer, labels, card)
-            scores = np.stack([engine.predict_pixels(image).scores for image in x_test])
-            row = {"quantization": q, "bytes": len(flatbuffer),
-                   "accuracy": classification_metrics(y_test, scores, labels)["accuracy"],
-                   "latency_ms": {"1_thread": latency_ms(engine_for(flatbuffer, labels, card, 1), x_test[0]),
-                                  f"{engine.num_threads}_threads": latency_ms(engine, x_test[0])},
-                   "convert_seconds": round(time.monotonic() - started, 1)}
-            comparison.append(row)
-            if q == quantization:
-                target = {"flatbuffer": flatbuffer, "scores": scores}
+        steps = len(scale_choices) + len(others)
+        for step, per_tensor in enumerate(scale_choices, start=1):
+            print(f"[{step}/{steps}] converting to {quantization}"
+                  + (f" ({_scales(per_tensor)} weight scales)" if quantization == "int8" else ""), flush=True)
+            target = convert_one(quantization, per_tensor)
+            rejected_by = gate(parity_report(y_test, float_scores, target["scores"], labels), cfg.max_drop,
+                               cfg.max_class_drop)
+            if not rejected_by or step == len(scale_choices):
+                break
+            scales_rejected[_scales(per_tensor)] = rejected_by
+            print(f"  {_scales(per_tensor)} scales rejected by the gate ({'; '.join(rejected_by)}): trying "
+                  f"{_scales(not per_tensor)}", flush=True)
+        if len(scale_choices) > 1:
+            print(f"  kept {_scales(target['per_tensor'])} weight scales", flush=True)
+        comparison.append(target)
+        for step, q in enumerate(others, start=len(scale_choices) + 1):
+            print(f"[{step}/{steps}] converting to {q} for the comparison", flush=True)
+            comparison.append(convert_one(q, False))
+    comparison = [{k: v for k, v in row.items() if k not in ("flatbuffer", "scores")} for row in comparison]
 
     flatbuffer = target["flatbuffer"]
     bare = artifact.ModelArtifact(out, flatbuffer, card, labels)
@@ -227,11 +261,13 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     io = audit.io_details(bare)
     parity["accepted"] = not failures
     full_card = card.model_copy(update={
-        "quantization": quantization, "per_tensor": cfg.per_tensor, "io": io,
+        "quantization": quantization, "per_tensor": target["per_tensor"], "io": io,
         "calibration_images": int(len(calibration_images)) if quantization == "int8" and calibration_images is not None
         else 0,
         "parity": {k: v for k, v in parity.items() if k != "per_class_recall"}})
-    report = {"parity": parity, "quantizations": comparison, "ops": audit.summary(op_list),
+    report = {"parity": parity, "quantizations": comparison,
+              "weight_scales": {"kept": _scales(target["per_tensor"]), "rejected_by_gate": scales_rejected},
+              "ops": audit.summary(op_list),
               "edgetpu_unsupported_ops": not_on_tpu, "io": io, "failures": failures}
     out.parent.mkdir(parents=True, exist_ok=True)
     print_report(report)

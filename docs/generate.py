@@ -5,7 +5,8 @@
 
 Sources: the MQTT payload models (docs/schemas/*.json), the daemon's settings model
 (docs/configuration.md), the exit-code table (docs/exit-codes.md and the README's table) and
-the last ``make soak`` run recorded in docs/reliability.md (the README's reliability table).
+the last ``make soak`` and ``make bench-train`` runs recorded in docs/reliability.md and
+docs/training.md (the README's reliability and training tables).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from linewatch.edge.errors import exit_code_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README_BLOCK = re.compile(r"(<!-- exit-codes:begin -->\n).*?(<!-- exit-codes:end -->)", re.S)
-SOAK_BLOCK = re.compile(r"(<!-- soak:begin -->\n)(.*?)(<!-- soak:end -->)", re.S)  # written by `make soak`
+# Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`.
+RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md"}
+
+
+def recorded_block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {name}:begin -->\n)(.*?)(<!-- {name}:end -->)", re.S)
 
 
 def schemas() -> dict[Path, str]:
@@ -66,10 +72,11 @@ def exit_codes() -> str:
 
 
 def readme(current: str) -> str:
-    """The exit-code table, and the last soak run's table as docs/reliability.md has it."""
-    found = SOAK_BLOCK.search((ROOT / "docs" / "reliability.md").read_text())
-    soak = found.group(2) if found else ""
-    current = SOAK_BLOCK.sub(lambda m: m.group(1) + soak + m.group(3), current)
+    """The exit-code table, and the recorded tables as their documents have them."""
+    for name, source in RECORDED.items():
+        found = recorded_block(name).search(source.read_text())
+        table = found.group(2) if found else ""
+        current = recorded_block(name).sub(lambda m: m.group(1) + table + m.group(3), current)  # noqa: B023
     return README_BLOCK.sub(lambda m: m.group(1) + exit_code_table() + "\n" + m.group(2), current)
 
 

@@ -87,6 +87,14 @@ def tiny_uint8() -> Path:
 
 
 @pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten photos a class of the synthetic line, for quick training runs that only check behaviour."""
+    folder = tmp_path_factory.mktemp("photos")
+    write_dataset(folder, per_class=10, seed=4)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def holdout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Images no model here was trained on (another seed): 12 per class, folder per class."""
     folder = tmp_path_factory.mktemp("holdout")

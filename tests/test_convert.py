@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -126,3 +127,39 @@ def test_a_model_that_fails_the_parity_gate_exits_5(trained: TrainedModel, tmp_p
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("linewatch convert: error:") and "dropped" in line and "Traceback" not in proc.stderr
     assert not out.exists() and out.with_suffix(".rejected.tflite").is_file()
+
+
+def test_a_cnn_keeps_per_channel_scales_and_per_tensor_is_smaller(trained: TrainedModel, tmp_path: Path) -> None:
+    assert trained.report["weight_scales"] == {"kept": "per-channel", "rejected_by_gate": {}}
+    out = tmp_path / "pt.tflite"
+    report = convert(trained.run, out, ConvertConfig(weight_scales="per-tensor", compare=False, max_drop=100,
+                                                     max_class_drop=100))
+    assert report["weight_scales"]["kept"] == "per-tensor" and artifact.load(out).card.per_tensor
+    per_channel = next(r for r in trained.report["quantizations"] if r["quantization"] == "int8")
+    assert report["quantizations"][0]["bytes"] < per_channel["bytes"]
+
+
+def test_a_mobilenet_tries_per_tensor_first_and_keeps_what_the_gate_passes(tmp_path: Path) -> None:
+    from linewatch.edge.simulator import write_dataset
+
+    write_dataset(tmp_path / "d", per_class=10, seed=3)
+    run = tmp_path / "run"
+    linewatch("train", str(tmp_path / "d"), "-o", str(run), "--architecture", "mobilenetv2", "--width", "0.35",
+              "--size", "32", "--epochs", "2")
+    proc = linewatch("convert", str(run), "-o", str(tmp_path / "m.tflite"), "--no-compare", "--max-drop", "100",
+                     "--max-class-drop", "100", check=False)
+    # Per-tensor is tried first; with a gate this loose it passes and is kept, and the card says so.
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.index("per-tensor weight scales")
+    scales = json.loads((tmp_path / "m.report.json").read_text())["weight_scales"]
+    assert scales == {"kept": "per-tensor", "rejected_by_gate": {}}
+    assert "kept per-tensor weight scales" in proc.stdout[first:]
+    assert artifact.load(tmp_path / "m.tflite").card.per_tensor
+    # With no accuracy drop allowed the choice is the gate's to make: whichever is kept is named, and a
+    # rejected per-tensor conversion says why.
+    strict = linewatch("convert", str(run), "-o", str(tmp_path / "s.tflite"), "--no-compare", "--max-drop", "0",
+                       "--max-class-drop", "0", check=False)
+    kept = re.search(r"kept (per-\w+) weight scales", strict.stdout)
+    assert kept, strict.stdout
+    if kept.group(1) == "per-channel":
+        assert "per-tensor scales rejected by the gate" in strict.stdout

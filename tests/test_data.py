@@ -100,6 +100,6 @@ def test_auto_size_suits_the_photos(tmp_path: Path) -> None:
         (tmp_path / label).mkdir()
         for i in range(3):
             cv2.imwrite(str(tmp_path / label / f"{i}.png"), np.zeros(shape, np.uint8))
-    assert data.auto_size(data.scan(tmp_path).items) == (32, 32)
+    assert data.auto_size(data.scan(tmp_path).items) == (48, 48)  # small photos are brought up, never kept tiny
     write_dataset(tmp_path / "line", per_class=2)
     assert data.auto_size(data.scan(tmp_path / "line").items) == (96, 128)

@@ -1,4 +1,4 @@
-"""Training for real, on tiny data: determinism, resume after Ctrl-C, class weights, backbones, tuning, reports."""
+"""Training for real, on tiny data: determinism, resume, class weights, backbones, schedule, console, reports."""
 
 from __future__ import annotations
 
@@ -23,32 +23,25 @@ pytestmark = pytest.mark.workstation
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    write_dataset(folder, per_class=10, seed=4)
-    return folder
-
-
 def _weights(run: Path) -> list[np.ndarray]:
     import keras
 
     return keras.models.load_model(run / "model.keras").get_weights()
 
 
-def test_same_seed_same_model(tiny: Path, tmp_path: Path) -> None:
+def test_same_seed_same_model(photos: Path, tmp_path: Path) -> None:
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        train(TrainConfig(data=str(tiny), out=str(tmp_path / name), epochs=2, size=(32, 32), seed=seed, report=False))
+        train(TrainConfig(data=str(photos), out=str(tmp_path / name), epochs=2, size=(32, 32), seed=seed, report=False))
         runs.append(_weights(tmp_path / name))
     assert all(np.array_equal(x, y) for x, y in zip(runs[0], runs[1]))
     assert not all(np.array_equal(x, y) for x, y in zip(runs[0], runs[2]))
     assert (tmp_path / "a" / "splits.json").read_text() == (tmp_path / "b" / "splits.json").read_text()
 
 
-def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(tiny: Path, tmp_path: Path) -> None:
+def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "train", str(tiny), "-o", str(run), "--epochs", "60",
+    proc = subprocess.Popen([*CLI, "train", str(photos), "-o", str(run), "--epochs", "60",
                              "--patience", "60", "--size", "32"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = run / "checkpoint.json"
@@ -64,15 +57,15 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(tiny: Path, tmp
     assert (run / "model.keras").is_file() and json.loads((run / "metrics.json").read_text())["interrupted"]
     history = json.loads((run / "metrics.json").read_text())["history"]["loss"]
 
-    resumed = linewatch("train", str(tiny), "-o", str(run), "--resume")
+    resumed = linewatch("train", str(photos), "-o", str(run), "--resume")
     assert f"resuming after epoch {stopped_at}" in resumed.stdout
     final = json.loads((run / "metrics.json").read_text())
     assert len(final["history"]["loss"]) == 60 and not final["interrupted"]
     assert final["history"]["loss"][:stopped_at] == history[:stopped_at]
 
 
-def test_resume_without_a_checkpoint_is_an_error(tiny: Path, tmp_path: Path) -> None:
-    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "new"), "--resume", check=False)
+def test_resume_without_a_checkpoint_is_an_error(photos: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(photos), "-o", str(tmp_path / "new"), "--resume", check=False)
     assert proc.returncode == 3 and "nothing to resume" in proc.stderr
 
 
@@ -94,43 +87,62 @@ def test_unbalanced_data_trains_with_class_weights(tmp_path: Path) -> None:
     assert "class weights: crack 3.40, empty 0.85" in proc.stdout, proc.stdout
 
 
-def test_mobilenetv2_loads_local_weights_and_fine_tunes(tiny: Path, tmp_path: Path) -> None:
-    from linewatch.train.model import build_mobilenetv2
+def _published_style_weights(path: Path, alpha: float) -> list[np.ndarray]:
+    """A "no top" MobileNetV2 weight file laid out as Keras publishes them (the Keras 2 HDF5 layout that
+    ``mobilenet_v2_weights_tf_dim_ordering_tf_kernels_<alpha>_<size>_no_top.h5`` has), with random weights."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
 
-    donor = build_mobilenetv2(5, 32, 32, 0.35)
-    weights = tmp_path / "backbone.weights.h5"
-    donor.get_layer("backbone").save_weights(weights)
-    metrics = train(TrainConfig(data=str(tiny), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1,
-                                size=(32, 32), architecture="mobilenetv2", width=0.35, weights=str(weights),
-                                report=False))
+    keras.utils.set_random_seed(11)
+    donor = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=alpha, include_top=False, weights=None)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, donor)
+    return donor.get_weights()
+
+
+def test_mobilenetv2_loads_a_published_style_weight_file_and_fine_tunes(photos: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    donor = _published_style_weights(weights, 0.35)
+    run = tmp_path / "run"
+    proc = linewatch("train", str(photos), "-o", str(run), "--epochs", "1", "--fine-tune-epochs", "1", "--size", "32",
+                     "--architecture", "mobilenetv2", "--width", "0.35", "--weights", str(weights))
+    metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]["loss"]) == 2  # one epoch of head training, one of fine-tuning
+    assert "fine-tuning the top 30% of the backbone" in proc.stdout
+    import hashlib
+
     import keras
 
-    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    model = keras.models.load_model(run / "model.keras")
     assert model.name == "linewatch_mobilenetv2"
-    assert json.loads((tmp_path / "run" / "model_card.json").read_text())["architecture"] == "mobilenetv2"
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["architecture"] == "mobilenetv2"
+    # The card records which file the backbone came from, so a plant can tell the published one from another.
+    assert card["training"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # The frozen layers of the backbone kept the file's values exactly (batch norm is never unfrozen).
+    backbone = model.get_layer("backbone")
+    assert any(np.array_equal(w, d) for w, d in zip(backbone.get_weights(), donor) if w.ndim == 1)
 
 
-def test_missing_weights_file_is_named(tiny: Path, tmp_path: Path) -> None:
-    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "r"), "--architecture", "mobilenetv2",
+def test_weights_for_another_width_are_refused_in_one_line(photos: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    _published_style_weights(weights, 1.0)
+    proc = linewatch("train", str(photos), "-o", str(tmp_path / "r"), "--size", "32", "--architecture", "mobilenetv2",
+                     "--width", "0.35", "--weights", str(weights), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert weights.name in proc.stderr and "--width" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_weights_file_is_named(photos: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(photos), "-o", str(tmp_path / "r"), "--architecture", "mobilenetv2",
                      "--weights", str(tmp_path / "imagenet.h5"), check=False)
     assert proc.returncode == 2 and "imagenet.h5" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_unknown_augmentation_is_a_usage_error(tiny: Path, tmp_path: Path) -> None:
-    proc = linewatch("train", str(tiny), "-o", str(tmp_path / "r"), "--augment", "rotate,blur", check=False)
+def test_unknown_augmentation_is_a_usage_error(photos: Path, tmp_path: Path) -> None:
+    proc = linewatch("train", str(photos), "-o", str(tmp_path / "r"), "--augment", "rotate,blur", check=False)
     assert proc.returncode == 2 and "unknown augmentation blur" in proc.stderr
-
-
-def test_tune_keeps_the_best_run(tiny: Path, tmp_path: Path) -> None:
-    proc = linewatch("tune", str(tiny), "-o", str(tmp_path / "tune"), "--budget", "2", "--epochs", "1")
-    result = json.loads((tmp_path / "tune" / "tune.json").read_text())
-    assert len(result["runs"]) == 2
-    assert len({(r["learning_rate"], r["width"]) for r in result["runs"]}) == 2
-    best = max(result["runs"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
-    assert result["best"] == best["run"]
-    assert (tmp_path / "tune" / "best" / "model.keras").is_file()
-    assert "<- best" in proc.stdout
 
 
 def test_run_folder_has_report_and_documented_metrics(trained: TrainedModel) -> None:
@@ -185,4 +197,44 @@ def test_bad_training_files_never_reach_splits_json(tmp_path: Path) -> None:
     assert metrics["test"]["count"] == len(splits["test"])
     assert sum(m["support"] for m in metrics["test"]["per_class"].values()) == len(splits["test"])
     assert {Path(s["path"]).name for s in metrics["skipped"]} == {"broken.png", "half.jpg", "notes.txt", "empty_class"}
-    assert json.loads((run / "model_card.json").read_text())["labels"] == ["crack", "empty", "ok", "scratch", "stain"]
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["labels"] == ["crack", "empty", "ok", "scratch", "stain"]
+    # The report counts what was used: 40 photos read, 4 files skipped, whatever scanning first found.
+    assert sum(card["dataset"]["counts"].values()) == len(listed) == 40
+    assert f"dataset {data_dir}: 40 images in 5 classes" in proc.stdout and "4 file(s) skipped" in proc.stdout
+    assert "40 images in 5 classes" in (run / "report.html").read_text()
+
+
+def test_the_schedule_follows_the_epochs_run_and_stops_when_converged(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = linewatch("train", str(photos), "-o", str(run), "--size", "32", "--epochs", "150", "--patience", "2",
+                     "--lr-drops", "1", "--learning-rate", "0.004")
+    metrics = json.loads((run / "metrics.json").read_text())
+    rates = metrics["history"]["learning_rate"]
+    assert len(rates) < 150 and "converged: no better validation loss after 1 learning-rate drops" in proc.stdout
+    # One drop of x0.2 on a plateau, then the run ends: the schedule is the epochs actually run.
+    assert sorted(set(rates), reverse=True) == pytest.approx([0.004, 0.0008])
+    assert rates.index(0.0008) >= 2 and "plateau: learning rate down to 0.0008" in proc.stdout
+    assert 1 <= metrics["best_epoch"] <= len(rates)
+
+
+def test_a_time_budget_keeps_the_best_epoch_so_far(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = linewatch("train", str(photos), "-o", str(run), "--size", "32", "--epochs", "500", "--patience", "500",
+                     "--minutes", "0.1")
+    assert "time budget of 0.1 min reached" in proc.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 1 <= len(metrics["history"]["loss"]) < 500 and (run / "model.keras").is_file()
+
+
+def test_the_console_shows_linewatch_progress_and_no_tensorflow_noise(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = linewatch("train", str(photos), "-o", str(run), "--size", "32", "--epochs", "3")
+    for noise in ("oneDNN", "E0000", "absl", "cpu_feature_guard", "I0000", "NodeDef", "WARNING: All log"):
+        assert noise not in proc.stderr and noise not in proc.stdout, noise
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3 and all("val_acc" in line and "left)" in line for line in lines), proc.stdout
+    # What TensorFlow said is kept, not lost: in the run folder.
+    assert "oneDNN" in (run / "tensorflow.log").read_text()
+    verbose = linewatch("train", str(photos), "-o", str(tmp_path / "v"), "--size", "32", "--epochs", "1", "--verbose")
+    assert "oneDNN" in verbose.stderr and not (tmp_path / "v" / "tensorflow.log").exists()

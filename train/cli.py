@@ -1,4 +1,4 @@
-"""Workstation subcommands (train, evaluate, tune), registered by ``linewatch.edge.cli``.
+"""Workstation subcommands (train, evaluate), registered by ``linewatch.edge.cli``.
 
 TensorFlow loads only when a command runs, so ``linewatch --help`` stays instant. The options
 of ``train`` come from ``TrainConfig``, where each default is written once.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from linewatch.edge import options
 from linewatch.edge.errors import INTERRUPTED, UsageError
 from linewatch.train.config import TrainConfig
+from linewatch.train.console import quiet_native_logs
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -28,14 +30,17 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from linewatch.train.trainer import train
 
-    metrics = train(_config(args), resume=args.resume)
+    cfg = _config(args)
+    with quiet_native_logs(Path(cfg.out) / "tensorflow.log", args.verbose):
+        metrics = train(cfg, resume=args.resume)
     return INTERRUPTED if metrics["interrupted"] else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from linewatch.train.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, args.out, labels=args.labels)
+    with quiet_native_logs(Path(args.out or Path(args.model).parent) / "tensorflow.log", args.verbose):
+        result = evaluate(args.model, args.data, args.out, labels=args.labels)
     if args.json:
         print(json.dumps(result))
     else:
@@ -45,13 +50,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from linewatch.train.tune import tune
-
-    if args.budget < 1:
-        raise UsageError("--budget must be at least 1 run")
-    tune(args.data, args.out, budget=args.budget, epochs=args.epochs, seed=args.seed)
-    return 0
+def add_verbose(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show TensorFlow's own messages on the terminal (otherwise they go to {where})")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help=TrainConfig.model_fields["out"].description)
     options.add_options(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="go on from the last checkpoint in the run folder")
+    add_verbose(p, "OUT/tensorflow.log")
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics and report of a .keras or .tflite model on labeled photos")
@@ -68,12 +70,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", help="where metrics.json and report.html go (default: beside the model)")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true", help="print the metrics object as JSON")
+    add_verbose(p, "tensorflow.log beside the report")
     p.set_defaults(handler=_cmd_evaluate)
-
-    p = sub.add_parser("tune", help="budgeted random search over learning rate, width, augmentation, input size")
-    p.add_argument("data", help="dataset folder or CSV, as for train")
-    p.add_argument("-o", "--out", required=True, help="folder for the runs; the best is kept as OUT/best")
-    p.add_argument("--budget", type=int, default=8, help="number of training runs")
-    p.add_argument("--epochs", type=int, default=25, help="most epochs per run")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_cmd_tune)

@@ -36,17 +36,21 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="DATA/<class>/*.jpg, DATA/{train,val,test}/<class>/, or a CSV of path,label")
     out: str = Field(description="run folder to write (model, labels, card, metrics, report)")
-    epochs: int = Field(40, ge=1, description="most epochs; early stopping usually ends sooner",
+    epochs: int = Field(150, ge=1, description="most epochs; training usually converges sooner",
                         json_schema_extra=_flag("--epochs"))
+    minutes: float = Field(10, gt=0, description="time budget: the best epoch so far is kept when it runs out",
+                           json_schema_extra=_flag("--minutes"))
     size: tuple[int, int] | None = Field(None, description="model input, N or HxW (default: from the photos, long "
                                                            "side <= 128)", json_schema_extra=_flag("--size"))
     resize_mode: ResizeMode = Field("stretch", description="how photos are brought to the input size",
                                     json_schema_extra=_flag("--resize-mode"))
     batch_size: int = Field(32, ge=1, description="images per training step", json_schema_extra=_flag("--batch-size"))
-    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate of the cosine schedule",
+    learning_rate: float = Field(2e-3, gt=0, description="starting learning rate, lowered on each plateau",
                                  json_schema_extra=_flag("--learning-rate"))
-    patience: int = Field(8, ge=1, description="epochs without a better validation loss before stopping",
-                          json_schema_extra=_flag("--patience"))
+    patience: int = Field(5, ge=1, description="epochs without a better smoothed validation loss before the "
+                                               "learning rate drops", json_schema_extra=_flag("--patience"))
+    lr_drops: int = Field(2, ge=0, description="learning-rate drops (x0.2 each) before training stops as converged",
+                          json_schema_extra=_flag("--lr-drops"))
     architecture: Literal["cnn", "mobilenetv2"] = Field("cnn", description="cnn: small, from scratch; mobilenetv2: "
                                                                           "with --width and --weights",
                                                         json_schema_extra=_flag("--architecture"))

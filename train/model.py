@@ -35,6 +35,11 @@ def build_cnn(num_classes: int, height: int, width: int, width_multiplier: float
     return keras.Model(inputs, outputs, name="linewatch_cnn")
 
 
+def published_weights_name(alpha: float, size: int = 224) -> str:
+    """The name of Keras' ImageNet "no top" MobileNetV2 file for ``alpha`` (docs/training.md says where it lives)."""
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{size}_no_top.h5"
+
+
 def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplier: float = 1.0,
                       weights: str | None = None) -> keras.Model:
     """MobileNetV2 with a ``width_multiplier`` (alpha) and a new classification head.
@@ -50,7 +55,12 @@ def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplie
                                               include_top=False, weights=None, pooling="avg")
     backbone.name = "backbone"
     if weights:
-        backbone.load_weights(weights)
+        try:
+            backbone.load_weights(weights)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ValueError(f"{weights} does not fit MobileNetV2 at --width {width_multiplier:g} "
+                             f"({str(exc).splitlines()[0][:120]}): use the published no-top file of the same width, "
+                             f"{published_weights_name(width_multiplier)}") from None
     else:
         # Keras builds it with momentum 0.999, tuned for ImageNet-sized epochs: on a few hundred
         # photos the moving statistics would lag for dozens of epochs and validation would stall.

@@ -14,7 +14,7 @@ from linewatch.train.metrics import describe, pr_curve
 logger = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: a workstation over SSH has no display
@@ -24,7 +24,7 @@ def _pyplot():
 
 
 def learning_curves(history: dict[str, list[float]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -44,7 +44,7 @@ def learning_curves(history: dict[str, list[float]], path: Path) -> None:
 def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -> None:
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.6 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     sns.heatmap(np.array(cm), annot=True, fmt="d", cmap="Blues", xticklabels=classes, yticklabels=classes,
@@ -58,7 +58,7 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -> Non
 
 
 def pr_curves(y: np.ndarray, scores: np.ndarray, classes: list[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     for i, name in enumerate(classes):
         precision, recall, ap = pr_curve(y == i, scores[:, i])
@@ -78,7 +78,7 @@ def pr_curves(y: np.ndarray, scores: np.ndarray, classes: list[str], path: Path)
 def misclassified_gallery(images: np.ndarray, y: np.ndarray, scores: np.ndarray, classes: list[str],
                           path: Path, limit: int = 24) -> int:
     """A grid of the worst misclassified images (most confident mistakes first); returns how many."""
-    plt = _pyplot()
+    plt = pyplot()
     pred = scores.argmax(axis=1)
     wrong = np.flatnonzero(pred != y)
     wrong = wrong[np.argsort(-scores[wrong, pred[wrong]])][:limit]

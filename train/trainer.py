@@ -30,6 +30,7 @@ from linewatch.edge.model.card import InputSpec, ModelCard
 from linewatch.train import data
 from linewatch.train.augment import build_augmenter
 from linewatch.train.config import TrainConfig
+from linewatch.train.console import EpochProgress
 from linewatch.train.metrics import classification_metrics, describe, good_labels
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,12 @@ class _State:
     stage_start: int = 0
     best_val_loss: float = math.inf
     best_epoch: int = 0
+    smooth_val_loss: float = math.inf  # an exponential average: one lucky or unlucky epoch moves it little
+    best_smooth: float = math.inf
     wait: int = 0
+    drops: int = 0  # learning-rate drops in this stage
+    learning_rate: float = 0.0
+    done: bool = False  # the stage has converged (or run out of time)
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -60,6 +66,13 @@ def _tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augmenter=N
     if augmenter is not None:
         ds = ds.map(lambda images, labels: (augmenter(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def class_weights(y: np.ndarray, n: int, mode: str = "auto") -> dict[int, float] | None:
@@ -85,26 +98,74 @@ def _replace(path: Path, save: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
-def _make_checkpointer(out: Path, state: _State, patience: int):
-    """A callback that keeps the best weights, stops early, and checkpoints every epoch."""
+SMOOTHING = 0.6  # weight of the past in the smoothed validation loss
+DROP_FACTOR = 0.2  # each plateau multiplies the learning rate by this
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _silent(text: str) -> None:
+    pass
+
+
+EpochHook = Callable[[int, dict[str, float]], bool]
+
+
+def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: float, progress: EpochProgress,
+                       say: Callable[[str], None], on_epoch: EpochHook | None):
+    """A callback that keeps the best weights, follows plateaus, and checkpoints every epoch.
+
+    The schedule follows the epochs actually run: the learning rate stays up while the
+    smoothed validation loss improves, drops by ``DROP_FACTOR`` after ``patience`` epochs
+    without a better one, and training stops after ``lr_drops`` drops (converged), at the
+    epoch ceiling, or at the time budget. The best epoch is judged on the raw validation loss.
+    """
     import keras
 
     class Checkpointer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            progress.begin_epoch()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            progress.step(state.epoch + 1, batch + 1)
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
             for key, value in logs.items():
                 state.history.setdefault(key, []).append(float(value))
+            state.history.setdefault("learning_rate", []).append(state.learning_rate)
+            epoch_learning_rate = state.learning_rate
             state.epoch = epoch + 1
             val_loss = float(logs.get("val_loss", math.inf))
-            if val_loss < state.best_val_loss - 1e-4:
-                state.best_val_loss, state.best_epoch, state.wait = val_loss, epoch + 1, 0
+            if not math.isfinite(val_loss):
+                val_loss = math.inf
+            if val_loss < state.best_val_loss:
+                state.best_val_loss, state.best_epoch = val_loss, epoch + 1
                 _replace(out / BEST_WEIGHTS, self.model.save_weights)
+            state.smooth_val_loss = (val_loss if not math.isfinite(state.smooth_val_loss)
+                                     else SMOOTHING * state.smooth_val_loss + (1 - SMOOTHING) * val_loss)
+            if state.smooth_val_loss < state.best_smooth * (1 - 1e-3):
+                state.best_smooth, state.wait = state.smooth_val_loss, 0
             else:
                 state.wait += 1
-                if state.wait >= patience:
-                    print(f"early stop: no better validation loss for {patience} epochs; "
-                          f"best was epoch {state.best_epoch}", flush=True)
-                    self.model.stop_training = True
+            if state.wait >= cfg.patience:
+                if state.drops < cfg.lr_drops:
+                    state.drops, state.wait = state.drops + 1, 0
+                    state.learning_rate *= DROP_FACTOR
+                    self.model.optimizer.learning_rate.assign(state.learning_rate)
+                    say(f"plateau: learning rate down to {state.learning_rate:g}")
+                else:
+                    state.done = True
+                    say(f"converged: no better validation loss after {cfg.lr_drops} learning-rate drops")
+            progress.end_epoch(epoch + 1, logs, state.best_epoch, epoch_learning_rate)
+            if time.monotonic() > deadline:
+                state.done = True
+                say(f"time budget of {cfg.minutes:g} min reached: keeping the best epoch so far")
+            if on_epoch is not None and on_epoch(epoch + 1, logs):
+                state.done = True
+            self.model.stop_training = state.done
             # Ctrl-C may land in the middle of a save: each file is replaced whole, the state last.
             _replace(out / CHECKPOINT, self.model.save)
             write_atomic(out / CHECKPOINT_STATE, json.dumps(asdict(state)))
@@ -112,15 +173,15 @@ def _make_checkpointer(out: Path, state: _State, patience: int):
     return Checkpointer()
 
 
-def _compile(model: Any, learning_rate: float, steps: int) -> None:
+def _compile(model: Any, learning_rate: float) -> None:
     import keras
 
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps), alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
 
 
-def _build(cfg: TrainConfig, classes: int, height: int, width: int) -> Any:
+def build_model(cfg: TrainConfig, classes: int, height: int, width: int) -> Any:
+    """The untrained model a configuration asks for (a search times it before training it)."""
     from linewatch.train.model import build_cnn, build_mobilenetv2
 
     if cfg.architecture == "cnn":
@@ -138,14 +199,20 @@ def _load_config(out: Path) -> TrainConfig:
     return TrainConfig.model_validate_json((out / "train_config.json").read_text())
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run one training (or resume one) and write the run folder; returns the metrics."""
+def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = None,
+          quiet: bool = False) -> dict[str, Any]:
+    """Run one training (or resume one) and write the run folder; returns the metrics.
+
+    ``on_epoch(epoch, logs)`` returning True ends the run after that epoch (a search pruning a
+    poor candidate); ``quiet`` leaves only the live bar on a terminal, for such a search.
+    """
     import keras
     import tensorflow as tf
 
     from linewatch.train.model import set_fine_tuning
 
     started = time.monotonic()
+    say = _silent if quiet else _say
     out = Path(cfg.out)
     resuming = resume and (out / CHECKPOINT_STATE).is_file()
     if resume and not resuming:
@@ -155,7 +222,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     dataset = data.scan(cfg.data)
-    print(dataset.summary(), flush=True)
     splits = data.load_splits(out / "splits.json") if resuming else data.split(dataset, cfg.seed)
     height, width = cfg.size or data.auto_size(splits["train"])
     cfg.size = (height, width)
@@ -172,11 +238,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             raise DataError(f"class '{label}' has no readable training image: check its photos under {dataset.root}")
     if len(arrays["val"][0]) == 0:
         raise DataError(f"no readable validation images under {dataset.root}")
-    # Only what was read goes into splits.json: evaluation and conversion count exactly these test images.
+    # Only what was read counts: splits.json, the summary, the card's counts and fingerprint, the report.
+    dataset = dataset.used([item for items in splits.values() for item in items], skipped)
     data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
-    print(f"input {height}x{width} ({cfg.resize_mode}), {cfg.architecture} width {cfg.width}, "
-          f"{len(arrays['train'][0])} train / {len(arrays['val'][0])} val / {len(arrays['test'][0])} test images",
-          flush=True)
+    say(dataset.summary())
+    say(f"input {height}x{width} ({cfg.resize_mode}), {cfg.architecture} width {cfg.width}, "
+        f"{len(arrays['train'][0])} train / {len(arrays['val'][0])} val / {len(arrays['test'][0])} test images")
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # the same seed and data give the same model
@@ -184,16 +251,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if resuming:
         state = _State(**json.loads((out / CHECKPOINT_STATE).read_text()))
         model = keras.models.load_model(out / CHECKPOINT)
-        print(f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})", flush=True)
+        say(f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})")
     else:
-        model = _build(cfg, len(dataset.classes), height, width)
+        model = build_model(cfg, len(dataset.classes), height, width)
     weights = class_weights(arrays["train"][1], len(dataset.classes), cfg.class_weights)
     if weights:
-        print("class weights: " + ", ".join(f"{dataset.classes[i]} {w:.2f}" for i, w in weights.items()), flush=True)
+        say("class weights: " + ", ".join(f"{dataset.classes[i]} {w:.2f}" for i, w in weights.items()))
     train_ds = _tf_dataset(*arrays["train"], cfg.batch_size, cfg.seed,
                            build_augmenter(cfg.augment, cfg.augment_strength, cfg.seed))
     val_ds = _tf_dataset(*arrays["val"], cfg.batch_size, cfg.seed)
-    steps_per_epoch = math.ceil(len(arrays["train"][0]) / cfg.batch_size)
+    deadline = started + cfg.minutes * 60
+    steps = math.ceil(len(arrays["train"][0]) / cfg.batch_size)
     fine_tune = cfg.architecture == "mobilenetv2" and bool(cfg.weights) and cfg.fine_tune_epochs > 0
     stages = [("train", cfg.epochs, cfg.learning_rate)]
     if fine_tune:
@@ -206,20 +274,26 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 continue
             if index > state.stage or not resuming:  # entering the stage; a resumed one keeps its optimizer
                 state.stage, state.stage_start, state.wait = index, state.epoch, 0
+                state.learning_rate, state.drops, state.done = learning_rate, 0, False
+                state.best_smooth = state.smooth_val_loss = math.inf
                 if stage == "fine-tune":
-                    print(f"fine-tuning the top {cfg.fine_tune_fraction:.0%} of the backbone at learning rate "
-                          f"{learning_rate:g}", flush=True)
+                    say(f"fine-tuning the top {cfg.fine_tune_fraction:.0%} of the backbone at learning rate "
+                        f"{learning_rate:g}")
                     model.load_weights(out / BEST_WEIGHTS)
                     set_fine_tuning(model, cfg.fine_tune_fraction)
-                _compile(model, learning_rate, steps_per_epoch * stage_epochs)
-            if state.wait < cfg.patience:  # a resumed stage may have stopped early already
+                _compile(model, learning_rate)
+            elif resuming:
+                model.optimizer.learning_rate.assign(state.learning_rate)
+            if not state.done:  # a resumed stage may have converged already
                 model.fit(train_ds, validation_data=val_ds, initial_epoch=state.epoch,
-                          epochs=state.stage_start + stage_epochs, class_weight=weights, verbose=2,
+                          epochs=state.stage_start + stage_epochs, class_weight=weights, verbose=0,
                           shuffle=False,  # the dataset shuffles itself
-                          callbacks=[_make_checkpointer(out, state, cfg.patience)])
+                          callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(
+                              state.stage_start + stage_epochs, steps, deadline,
+                              prefix="fine-tune " if stage == "fine-tune" else "", lines=not quiet), say, on_epoch)])
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})", flush=True)
+        say(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})")
     if not (out / BEST_WEIGHTS).is_file():
         raise DataError("training stopped before the first epoch ended: nothing to keep")
     model.load_weights(out / BEST_WEIGHTS)
@@ -232,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                "history": state.history,
                "best_epoch": state.best_epoch,
                "interrupted": interrupted,
-               "skipped": [{"path": p, "reason": r} for p, r in skipped],
+               "skipped": [{"path": p, "reason": r} for p, r in dataset.skipped],
                "train_seconds": round(time.monotonic() - started, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     now = datetime.now(UTC)
@@ -243,7 +317,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         labels=dataset.classes, good_labels=good_labels(dataset.classes),
         thresholds={c: 0.5 for c in dataset.classes},
         dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
-        training=cfg.model_dump(mode="json"),
+        training={**cfg.model_dump(mode="json"),
+                  **({"weights_sha256": _sha256(Path(cfg.weights))} if cfg.weights else {})},
         metrics={"test_accuracy": metrics["test"]["accuracy"],
                  "defect_miss_rate": metrics["test"]["defect"]["miss_rate"],
                  "false_alarm_rate": metrics["test"]["defect"]["false_alarm_rate"]})
@@ -253,6 +328,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
         write_report(out, f"linewatch training report: {out.name}", metrics["test"], dataset.classes, x_test,
                      y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary())
-    print(f"test {describe(metrics['test'])}; run folder {out} ({metrics['train_seconds']} s)", flush=True)
+    say(f"test {describe(metrics['test'])}; run folder {out} ({metrics['train_seconds']} s)")
     return metrics
+
+
+def write_run_report(run: Path) -> Path:
+    """``report.html`` and its plots for a run folder trained with ``report=False`` (a search's winner)."""
+    import keras
+
+    from linewatch.train.report import write_report
+
+    card = ModelCard.model_validate_json((run / "model_card.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert card.input is not None  # the trainer always writes it
+    x, y, _, _ = data.load_images(data.load_splits(run / "splits.json")["test"], card.labels, card.input.height,
+                                  card.input.width, card.input.resize_mode)
+    scores = predict_scores(keras.models.load_model(run / "model.keras"), x)
+    return write_report(run, f"linewatch training report: {run.name}", metrics["test"], card.labels, x, y, scores,
+                        history=metrics["history"], skipped=metrics["skipped"])
 

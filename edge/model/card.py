@@ -50,7 +50,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, float | None] = Field(default_factory=dict)
     # Added by convert:
     quantization: str | None = None
-    per_tensor: bool = False
+    per_tensor: bool = False  # int8 weights with one scale per tensor (the file is smaller)
     io: dict[str, Any] = Field(default_factory=dict)
     calibration_images: int = 0
     parity: dict[str, Any] = Field(default_factory=dict)
