@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import find_runtime
@@ -67,3 +68,16 @@ def test_conveyor_run_labels_the_simulated_line(tiny: Path, broker) -> None:
     assert any(r["defect"] for r in results) and not all(r["defect"] for r in results)
     frame_ids = [r["frame_id"] for r in results]
     assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == len(frame_ids)
+
+
+@pytest.mark.workstation
+def test_the_demo_console_shows_linewatch_and_no_runtime_noise(tmp_path: Path) -> None:
+    """`make demo` runs this command: every step's output, none of TensorFlow's or LiteRT's start-up lines."""
+    proc = linewatch("demo", "--workdir", str(tmp_path / "demo"), "--per-class", "20", "--epochs", "3",
+                     "--frames", "60")
+    console = proc.stdout + proc.stderr
+    for noise in ("oneDNN", "E0000", "I0000", "absl", "NodeDef", "WARNING: All log", "cpu_feature_guard",
+                  "INFO: Created TensorFlow Lite"):
+        assert noise not in console, noise
+    assert "epoch   3/3" in proc.stdout and "linewatch demo summary" in proc.stdout
+    assert "60 result messages received, 0 missing" in proc.stdout

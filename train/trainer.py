@@ -136,14 +136,14 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
             for key, value in logs.items():
                 state.history.setdefault(key, []).append(float(value))
             state.history.setdefault("learning_rate", []).append(state.learning_rate)
-            epoch_learning_rate = state.learning_rate
             state.epoch = epoch + 1
             val_loss = float(logs.get("val_loss", math.inf))
-            if not math.isfinite(val_loss):
-                val_loss = math.inf
             if val_loss < state.best_val_loss:
                 state.best_val_loss, state.best_epoch = val_loss, epoch + 1
                 _replace(out / BEST_WEIGHTS, self.model.save_weights)
+            progress.end_epoch(epoch + 1, logs, state.best_epoch, state.learning_rate)
+            if not math.isfinite(val_loss):
+                val_loss = math.inf
             state.smooth_val_loss = (val_loss if not math.isfinite(state.smooth_val_loss)
                                      else SMOOTHING * state.smooth_val_loss + (1 - SMOOTHING) * val_loss)
             if state.smooth_val_loss < state.best_smooth * (1 - 1e-3):
@@ -159,7 +159,6 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
                 else:
                     state.done = True
                     say(f"converged: no better validation loss after {cfg.lr_drops} learning-rate drops")
-            progress.end_epoch(epoch + 1, logs, state.best_epoch, epoch_learning_rate)
             if time.monotonic() > deadline:
                 state.done = True
                 say(f"time budget of {cfg.minutes:g} min reached: keeping the best epoch so far")

@@ -24,6 +24,8 @@ from linewatch.edge.simulator import conveyor_truth
 from linewatch.edge.tools.monitor import monitor
 
 DEVICE_ID = "demo-line-1"
+# LiteRT's C++ start-up notice, which no setting silences; the device's own log keeps it (it says XNNPACK is on).
+RUNTIME_NOTICES = ("INFO: Created TensorFlow Lite",)
 CONVEYOR_SEED = 7
 
 
@@ -31,7 +33,9 @@ def _linewatch(*args: str) -> str:
     """Run one ``linewatch`` command as its own process, echoing it; its stdout is returned."""
     print(f"\n$ linewatch {shlex.join(args)}", flush=True)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "linewatch.edge.cli", *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, "-m", "linewatch.edge.cli", *args], capture_output=True, text=True)
+    print("".join(line for line in proc.stderr.splitlines(True) if not line.startswith(RUNTIME_NOTICES)),
+          end="", file=sys.stderr, flush=True)
     print(proc.stdout, end="", flush=True)
     if proc.returncode != 0:
         raise LinewatchError(f"'linewatch {args[0]}' failed with exit code {proc.returncode}")
