@@ -234,7 +234,7 @@ def tune(source: str, out: str, budget_seconds: float, target: str = "pi4", max_
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=3, reduction_factor=3))
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=6, reduction_factor=3))
     # The defaults go first: the search can only improve on what plain `linewatch train` gives.
     study.enqueue_trial({"architecture": "cnn", "cnn_width": 1.0, "size_scale": 1.0, "learning_rate": 2e-3,
                          "augment_strength": 0.5})
@@ -260,16 +260,20 @@ def tune(source: str, out: str, budget_seconds: float, target: str = "pi4", max_
                 raise optuna.TrialPruned()
             cfg.minutes = max(0.1, (deadline - time.monotonic()) / 60)
 
+            pruned = False
+
             def report(epoch: int, logs: dict[str, float]) -> bool:
+                nonlocal pruned
                 trial.report(float(logs.get("val_accuracy", 0.0)), epoch)
                 c.epochs = epoch
-                return bool(trial.should_prune())
+                pruned = bool(trial.should_prune())
+                return pruned
 
             metrics = train(cfg, on_epoch=report, quiet=True)
             history = metrics["history"]
             c.val_accuracy = history["val_accuracy"][metrics["best_epoch"] - 1]
             c.test_accuracy = metrics["test"]["accuracy"]
-            if trial.should_prune():
+            if pruned:
                 c.status = "pruned"
                 raise optuna.TrialPruned()
             c.int8_val_accuracy, size, host_ms = _int8_accuracy(run, splits["val"], dataset.classes, c.size,
@@ -338,6 +342,9 @@ def pareto_plot(candidates: list[Candidate], front: list[Candidate], best: Candi
                     alpha=0.5, label="Pareto front")
         if key == "target_ms" and max_latency_ms:
             ax.axvline(max_latency_ms, color="red", linestyle="--", label="latency limit")
+        for c in kept:
+            ax.annotate(str(c.number), (getattr(c, key), c.int8_val_accuracy), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
         ax.scatter([getattr(best, key)], [best.int8_val_accuracy], s=220, marker="*", color="gold",
                    edgecolor="black", zorder=5, label="chosen")
         ax.set_xlabel(label)
