@@ -142,7 +142,7 @@ class Candidate:
     size: tuple[int, int]
     learning_rate: float
     augment_strength: float
-    status: str = "running"  # kept, pruned, over latency, over size, stopped
+    status: str = "running"  # done, out of time (cut by the budget, still judged), pruned, over latency/size, best
     kib: float = 0.0
     host_ms: float = 0.0
     target_ms: float = 0.0
@@ -279,7 +279,8 @@ def tune(source: str, out: str, budget_seconds: float, target: str = "pi4", max_
             c.int8_val_accuracy, size, host_ms = _int8_accuracy(run, splits["val"], dataset.classes, c.size,
                                                                 calibration)
             c.kib, c.host_ms, c.target_ms = size / 1024, host_ms, host_ms * factor
-            c.status = "stopped" if metrics["interrupted"] else "done"
+            c.status = ("stopped" if metrics["interrupted"] else
+                        "out of time" if time.monotonic() >= deadline else "done")
             return c.int8_val_accuracy
         finally:
             c.seconds = round(time.monotonic() - trial_started, 1)
