@@ -74,8 +74,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        cpu = result["cpu_us_per_frame"]
         print(f"bare invoke loop   {result['bare_fps']:>8.1f} frames/s\n"
               f"full pipeline      {result['pipeline_fps']:>8.1f} frames/s  ({result['ratio']:.1%} of bare)\n"
+              f"CPU per frame      bare {cpu['bare']} us, pipeline {cpu['pipeline']} us: {cpu['outside_invoke']} us "
+              f"outside invoke ({cpu['outside_share_of_invoke']:.0%} of invoke)\n"
               f"stage p50 ms       " + ", ".join(f"{k} {v}" for k, v in result["stage_ms_p50"].items()) + "\n"
               f"model loaded after {result['model_loaded_s']} s; max resident memory {result['max_rss_mb']} MB")
     return 0

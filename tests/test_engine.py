@@ -90,3 +90,6 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert result["frames"] == 40 and result["bare_fps"] > 0 and result["pipeline_fps"] > 0
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)
     assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}
+    cpu = result["cpu_us_per_frame"]
+    assert cpu["bare"] > 0 and cpu["outside_invoke"] == pytest.approx(max(0.0, cpu["pipeline"] - cpu["bare"]), abs=0.2)
+    assert cpu["outside_share_of_invoke"] == pytest.approx(cpu["outside_invoke"] / cpu["bare"], rel=0.05, abs=0.002)
