@@ -41,7 +41,7 @@ class TrainConfig(BaseModel):
     minutes: float = Field(10, gt=0, description="time budget: the best epoch so far is kept when it runs out",
                            json_schema_extra=_flag("--minutes"))
     size: tuple[int, int] | None = Field(None, description="model input, N or HxW (default: from the photos, long "
-                                                           "side <= 128)", json_schema_extra=_flag("--size"))
+                                                           "side 48 to 128)", json_schema_extra=_flag("--size"))
     resize_mode: ResizeMode = Field("stretch", description="how photos are brought to the input size",
                                     json_schema_extra=_flag("--resize-mode"))
     batch_size: int = Field(32, ge=1, description="images per training step", json_schema_extra=_flag("--batch-size"))
