@@ -30,6 +30,7 @@ import numpy as np
 from linewatch.convert.quantize import calibration_sample, engine_for, latency_ms, tflite_bytes
 from linewatch.edge.errors import UsageError
 from linewatch.edge.model.card import InputSpec, ModelCard
+from linewatch.edge.model.engine import Engine
 from linewatch.train import data
 from linewatch.train.config import TrainConfig
 from linewatch.train.metrics import classification_metrics
@@ -89,16 +90,20 @@ def parse_kib(text: str) -> float:
         raise UsageError(f"'{text}' is not a size: use e.g. 512k or 2m") from None
 
 
-def _time_int8(model: Any, calibration: np.ndarray, runs: int = 50) -> tuple[int, float]:
-    """Convert a Keras model to int8 with these calibration images; its size and p50 latency here (ms)."""
-    height, width = calibration.shape[1:3]
+def _int8_engine(model: Any, calibration: np.ndarray) -> tuple[int, Engine]:
+    """A Keras model converted to int8 with these calibration images: its size and an engine on it."""
     with tempfile.TemporaryDirectory() as saved:
         model.export(saved, verbose=False)
         flatbuffer = tflite_bytes(saved, "int8", "int8", calibration)
     labels = [str(i) for i in range(model.outputs[0].shape[-1])]
-    card = ModelCard(labels=labels, input=InputSpec(height=height, width=width))
-    engine = engine_for(flatbuffer, labels, card)
-    return len(flatbuffer), latency_ms(engine, calibration[0], runs)["p50"]
+    card = ModelCard(labels=labels, input=InputSpec(height=calibration.shape[1], width=calibration.shape[2]))
+    return len(flatbuffer), engine_for(flatbuffer, labels, card)
+
+
+def _time_int8(model: Any, calibration: np.ndarray, runs: int = 50) -> tuple[int, float]:
+    """Its int8 size and p50 latency here (ms)."""
+    size, engine = _int8_engine(model, calibration)
+    return size, latency_ms(engine, calibration[0], runs)["p50"]
 
 
 def reference_ms_here() -> float:
@@ -173,20 +178,14 @@ def _suggest(trial: Any, base: tuple[int, int]) -> dict[str, Any]:
 
 
 def _int8_accuracy(run: Path, items: list[data.Item], classes: list[str], size: tuple[int, int],
-                   calibration: list[data.Item]) -> tuple[float, int, float]:
+                   calibration: np.ndarray) -> tuple[float, int, float]:
     """Int8 accuracy of a trained run on ``items``, with its size and latency here."""
     import keras
 
-    model = keras.models.load_model(run / "model.keras")
-    cal, _, _, _ = data.load_images(calibration, classes, *size)
-    with tempfile.TemporaryDirectory() as saved:
-        model.export(saved, verbose=False)
-        flatbuffer = tflite_bytes(saved, "int8", "int8", cal)
-    card = ModelCard(labels=classes, input=InputSpec(height=size[0], width=size[1]))
-    engine = engine_for(flatbuffer, classes, card)
+    nbytes, engine = _int8_engine(keras.models.load_model(run / "model.keras"), calibration)
     x, y, _, _ = data.load_images(items, classes, *size)
     scores = np.stack([engine.predict_pixels(image).scores for image in x])
-    return classification_metrics(y, scores, classes)["accuracy"], len(flatbuffer), latency_ms(engine, x[0])["p50"]
+    return classification_metrics(y, scores, classes)["accuracy"], nbytes, latency_ms(engine, x[0])["p50"]
 
 
 HEADER = ("trial  model        width  input    lr        aug   KiB     here ms  target ms  epochs  val    int8 val  "
@@ -276,8 +275,7 @@ def tune(source: str, out: str, budget_seconds: float, target: str = "pi4", max_
             if pruned:
                 c.status = "pruned"
                 raise optuna.TrialPruned()
-            c.int8_val_accuracy, size, host_ms = _int8_accuracy(run, splits["val"], dataset.classes, c.size,
-                                                                calibration)
+            c.int8_val_accuracy, size, host_ms = _int8_accuracy(run, splits["val"], dataset.classes, c.size, cal)
             c.kib, c.host_ms, c.target_ms = size / 1024, host_ms, host_ms * factor
             c.status = ("stopped" if metrics["interrupted"] else
                         "out of time" if time.monotonic() >= deadline else "done")
