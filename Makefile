@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench-train broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train broker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ pi-check: $(STAMP) broker
 soak: $(EDGE_STAMP) broker
 	$(EDGE_BIN)/python tests/soak.py --record
 	$(EDGE_BIN)/python docs/generate.py
+
+# linewatch's figures on this host in one run (about 12 minutes on 2 cores): benchmarks/results.md, results.json and
+# PNGs; the summary goes into the README. The device tier's venv is made too, for the import time without TensorFlow.
+bench: $(STAMP) $(EDGE_STAMP) broker
+	$(BIN)/python benchmarks/suite.py
+	$(BIN)/python docs/generate.py
 
 # Plain `linewatch train` against a classic CNN on four data sets and three seeds (about 40 minutes on 2 cores);
 # the table goes into docs/training.md and, by `make docs`, the README.

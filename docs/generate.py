@@ -5,8 +5,8 @@
 
 Sources: the MQTT payload models (docs/schemas/*.json), the daemon's settings model
 (docs/configuration.md), the exit-code table (docs/exit-codes.md and the README's table) and
-the last ``make soak`` and ``make bench-train`` runs recorded in docs/reliability.md and
-docs/training.md (the README's reliability and training tables).
+the last ``make soak``, ``make bench-train`` and ``make bench`` runs recorded in docs/reliability.md,
+docs/training.md and benchmarks/results.md (the README's reliability, training and figures tables).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from linewatch.edge.errors import exit_code_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README_BLOCK = re.compile(r"(<!-- exit-codes:begin -->\n).*?(<!-- exit-codes:end -->)", re.S)
-# Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`.
-RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md"}
+# Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`, `make bench`.
+RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md",
+            "bench": ROOT / "benchmarks" / "results.md"}
 
 
 def recorded_block(name: str) -> re.Pattern[str]:

@@ -91,5 +91,27 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)
     assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}
     cpu = result["cpu_us_per_frame"]
-    assert cpu["bare"] > 0 and cpu["outside_invoke"] == pytest.approx(max(0.0, cpu["pipeline"] - cpu["bare"]), abs=0.2)
-    assert cpu["outside_share_of_invoke"] == pytest.approx(cpu["outside_invoke"] / cpu["bare"], rel=0.05, abs=0.002)
+    assert cpu["bare"] > 0 and cpu["bare_in_blocks"] > 0
+    assert cpu["outside_invoke"] == pytest.approx(max(0.0, cpu["pipeline"] - cpu["bare_in_blocks"]), abs=0.2)
+    assert cpu["outside_share_of_invoke"] == pytest.approx(cpu["outside_invoke"] / cpu["bare_in_blocks"], rel=0.05,
+                                                           abs=0.002)
+    assert result["serial_fps"] > 0 and result["serial_ratio"] == pytest.approx(
+        result["serial_fps"] / result["bare_fps"], rel=0.01)
+    live = result["live"]  # paced as a camera at half the bare rate: every frame classified or counted as dropped
+    assert live["fps"] == pytest.approx(result["bare_fps"] / 2, rel=0.01) and live["frames"] + live["dropped"] == 40
+    assert 1 <= result["frames_per_call"] <= 32
+
+
+@pytest.mark.parametrize("which", ["int8", "uint8"])
+def test_a_block_invoked_at_once_gives_each_frames_own_scores(tiny: Path, tiny_uint8: Path, holdout: Path,
+                                                              which: str) -> None:
+    """Batched invoke resizes the interpreter: every row must be its own frame's, whatever the block size."""
+    engine = Engine(artifact.load(tiny if which == "int8" else tiny_uint8), num_threads=2)
+    images = [cv2.imread(str(p)) for p in sorted(holdout.rglob("*.jpg"))[:12]]
+    one_by_one = np.stack([engine.predict(image).scores for image in images])
+    block = engine.quantize(np.stack([engine.prepare(image) for image in images]))
+    for size in (12, 5, 1, 12):  # grow, shrink, single, grow again
+        rows = np.concatenate([engine.invoke(block[i : i + size]) for i in range(0, len(block), size)])
+        assert np.array_equal(engine.dequantize(rows), one_by_one)
+    engine.batching = False  # as with a delegate: the block goes frame by frame, with the same result
+    assert np.array_equal(engine.dequantize(engine.invoke(block)), one_by_one)

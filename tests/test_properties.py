@@ -9,16 +9,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linewatch.edge.comms.payloads import Reply
+from linewatch.edge.comms.payloads import Reply, Result, Score, rfc3339
 from linewatch.edge.device import config
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands
 from linewatch.edge.device.events import EventTracker
+from linewatch.edge.device.pipeline import Frame
+from linewatch.edge.device.pipeline import Result as Classified
+from linewatch.edge.device.results import ResultEncoder, model_ref
 from linewatch.edge.errors import ModelError, UsageError
 from linewatch.edge.model import artifact
+from linewatch.edge.model.card import ModelCard
+from linewatch.edge.model.engine import Prediction
 from tests.helpers import FIXTURES
 
 LABELS = ["crack", "empty", "ok", "scratch", "stain"]
@@ -120,3 +126,32 @@ def test_an_oversized_command_is_refused_unparsed() -> None:
     router(_message("threshold", json.dumps({"class": "scratch", "value": 0.5, "pad": "x" * 20_000}).encode()))
     reply = json.loads(replies[0])
     assert not reply["ok"] and "more than a command takes" in reply["error"]
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(device=TEXT, labels=st.lists(TEXT, min_size=1, max_size=8, unique=True), data=st.data(),
+       path=st.none() | TEXT, ts=st.floats(1e9, 4e9), frame_id=st.integers(1, 2**40), seq=st.integers(1, 2**40),
+       top_k=st.integers(1, 5))
+def test_the_fast_result_encoder_gives_the_contracts_bytes(device: str, labels: list[str], data: st.DataObject,
+                                                           path: str | None, ts: float, frame_id: int, seq: int,
+                                                           top_k: int) -> None:
+    """ResultEncoder skips pydantic per frame; it must give byte for byte what the Result model gives."""
+    good = data.draw(st.lists(st.sampled_from(labels), unique=True))
+    scores = np.array(data.draw(st.lists(st.floats(0, 1, width=32), min_size=len(labels), max_size=len(labels))),
+                      np.float32)
+    card = ModelCard(name="m", version="1.2", labels=labels, good_labels=good)
+    model = artifact.ModelArtifact(Path("m.tflite"), b"flatbuffer", card, labels)
+    prediction = Prediction(scores, labels)
+    classified = Classified(Frame(frame_id, ts, np.zeros(1), path), prediction, model)
+    encoded = ResultEncoder(device, model, top_k)(classified, seq)
+    latency = json.loads(encoded)["latency_ms"]
+    assert latency >= 0
+    expected = Result(
+        device_id=device, seq=seq, ts=rfc3339(ts), ts_ms=int(ts * 1000), frame_id=frame_id, path=path,
+        label=prediction.label, score=round(prediction.score, 4), defect=bool(good) and prediction.label not in good,
+        top=[Score(label=label, score=round(score, 4)) for label, score in prediction.top(top_k)],
+        model=model_ref(model), latency_ms=latency).encode()
+    assert encoded == expected

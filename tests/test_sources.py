@@ -13,14 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.edge.device.pipeline import Frame, Handoff, Pipeline
-from linewatch.edge.device.sources import open_source
+from linewatch.edge.device.pipeline import LIVE_LAG_S, Block, Frame, Handoff, Pipeline
+from linewatch.edge.device.sources import Captured, open_source
 from linewatch.edge.device.sources.folder import FolderSource
 from linewatch.edge.device.sources.video import VideoSource
 from linewatch.edge.errors import DataError, UsageError
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
 from linewatch.edge.model.images import crop_rotate, parse_roi
+from linewatch.edge.tools.bench import ReplaySource
 
 FAKE = Path(__file__).parent / "fake_picamera2"
 
@@ -113,17 +114,26 @@ def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, tiny: P
     assert "reopening in 1.0 s" not in caplog.text  # backoff resets once frames flow again
 
 
+def _block(*ids: int) -> Block:  # frame i captured at i seconds
+    return Block([Frame(i, float(i), np.zeros(1)) for i in ids], np.zeros((len(ids), 1)), None)  # type: ignore[arg-type]
+
+
 def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
     def never() -> bool:
         return False
 
-    live = Handoff(drop_stale=True)
+    live = Handoff(live=True)
     for i in range(1, 6):
-        live.put(Frame(i, 0.0, np.zeros(1)), never)
-    frame = live.get(never)
-    assert frame is not None and frame.id == 5 and live.dropped == 4
+        live.put(_block(i), never)
+    blocks = live.get(never)
+    assert blocks is not None and [b.frames[0].id for b in blocks] == [5] and live.dropped == 4
+    burst = [Block([Frame(i, 10 + i * LIVE_LAG_S / 8, np.zeros(1))], np.zeros((1, 1)), None)  # type: ignore[arg-type]
+             for i in range(6, 10)]
+    for block in burst:  # frames closer together than the staleness bound: all kept, handed over at once
+        live.put(block, never)
+    assert live.get(never) == burst and live.dropped == 4
 
-    finite = Handoff(drop_stale=False)
+    finite = Handoff(live=False)
     waits = threading.Semaphore(0)
     put = []
 
@@ -133,7 +143,7 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
 
     def writer() -> None:
         for i in range(1, 5):
-            finite.put(Frame(i, 0.0, np.zeros(1)), waiting)
+            finite.put(_block(i), waiting)
             put.append(i)
 
     thread = threading.Thread(target=writer, daemon=True)
@@ -143,9 +153,9 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
     assert put == [1, 2] and finite.dropped == 0
     got = []
     for _ in range(4):
-        item = finite.get(never)
-        assert item is not None
-        got.append(item.id)
+        items = finite.get(never)
+        assert items is not None and len(items) == 1
+        got.append(items[0].frames[0].id)
     thread.join(10)
     assert got == [1, 2, 3, 4] and put == [1, 2, 3, 4] and finite.dropped == 0
 
@@ -231,3 +241,18 @@ def test_classify_takes_a_video_file_frame_by_frame(tiny: Path, tmp_path: Path) 
     assert len(lines) >= 9 and lines[0]["path"] == f"{video}#1"
     assert int(lines[-1]["path"].rpartition("#")[2]) == len(lines)  # frames past the corrupt one are classified
     assert "passed over at 1 place(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_fast_finite_source_is_classified_in_blocks_in_order_and_as_frame_by_frame(tiny: Path,
+                                                                                    holdout: Path) -> None:
+    """Capture outruns a busy interpreter with frames held in memory: blocks form, and change nothing."""
+    engine = Engine(artifact.load(tiny))
+    paths = sorted(holdout.rglob("*.jpg"))
+    frames = [Captured(cv2.imread(str(p)), str(p)) for p in paths] * 10
+    results: list = []
+    stats = Pipeline(ReplaySource(frames), engine, results.append).run(threading.Event())
+    assert stats.frames == len(frames) == len(results) and stats.dropped == 0
+    assert [r.frame.id for r in results] == list(range(1, len(frames) + 1))
+    expected = {str(p): engine.predict(cv2.imread(str(p))).scores for p in paths}
+    assert all(np.array_equal(r.prediction.scores, expected[r.frame.path]) for r in results)
+    assert stats.blocks < stats.frames  # some calls took several frames

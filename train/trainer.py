@@ -124,6 +124,8 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
     """
     import keras
 
+    started = time.monotonic()  # history["seconds"]: when each epoch ended, from the start (or the resume)
+
     class Checkpointer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             progress.begin_epoch()
@@ -136,6 +138,7 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
             for key, value in logs.items():
                 state.history.setdefault(key, []).append(float(value))
             state.history.setdefault("learning_rate", []).append(state.learning_rate)
+            state.history.setdefault("seconds", []).append(round(time.monotonic() - started, 2))
             state.epoch = epoch + 1
             val_loss = float(logs.get("val_loss", math.inf))
             if val_loss < state.best_val_loss:

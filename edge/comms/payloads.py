@@ -8,6 +8,7 @@ marked with ``exclude_if``; every other field is always sent.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Literal
 
@@ -19,7 +20,12 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def rfc3339(epoch: float) -> str:
     """UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T23:12:56.042Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+    return _seconds(int(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)  # one result a frame, hundreds a second: format each second once
+def _seconds(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
 
 
 def _absent_if_none(value: Any) -> bool:

@@ -71,6 +71,7 @@ class DevicePublisher:
         self.acked = 0
         self._last_sent = 0  # spool id of the last entry handed to paho
         self._cond = threading.Condition()
+        self._wake = False  # something for the drain thread since it last looked: a notify is never lost
         self._stopping = False
         self._subscriptions: list[str] = []
         self._on_connect_hooks: list[Callable[[], None]] = []
@@ -130,9 +131,8 @@ class DevicePublisher:
         client.publish(self.topic("status"), self._status("online"), qos=1, retain=True)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
-        with self._cond:
-            self.connected.set()
-            self._cond.notify_all()
+        self.connected.set()
+        self._nudge()
         self._set_state("connected")
         for hook in self._on_connect_hooks:
             hook()
@@ -195,9 +195,14 @@ class DevicePublisher:
     def spool_message(self, name: str, build: Callable[[int], bytes], sequence: str | None = None) -> int:
         """Store a QoS 1 message for ``<prefix>/<device>/<name>``; returns its ``seq``."""
         seq = self.spool.append(self.topic(name), build, sequence or name)
-        with self._cond:
-            self._cond.notify_all()
+        self._nudge()
         return seq
+
+    def _nudge(self) -> None:
+        """Wake the drain thread: a message was spooled or acknowledged, the link is up, or we stop."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
 
     def _drain(self) -> None:
         """Hand the oldest spooled entries to paho, at most ``window`` unacknowledged at a time.
@@ -236,11 +241,12 @@ class DevicePublisher:
             self._last_sent = entry.id
         if not entries:
             with self._cond:
-                self._cond.wait(0.05)
+                if not self._wake:
+                    self._cond.wait(0.05)
+                self._wake = False
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._cond:
-            self._cond.notify_all()  # the drain thread reaps what was acknowledged
+        self._nudge()  # the drain thread reaps what was acknowledged
 
     # --- direct messages (status, stats, replies, discovery) -----------------------------------
 
@@ -279,9 +285,8 @@ class DevicePublisher:
         if not (self.connected.is_set() and self.flush(timeout)) and self.spool.backlog():
             logger.warning("%d message(s) still spooled at exit: they go out on the next start",
                            self.spool.backlog())
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
+        self._nudge()
         if self._drainer.is_alive():
             self._drainer.join(5)
         if self.connected.is_set():

@@ -43,7 +43,8 @@ class ModelSection(Section):
     path: str = Field(description="the .tflite made by 'linewatch convert'", json_schema_extra=_flag("--model"))
     labels: str | None = Field(None, description="labels file, for a .tflite without a model card",
                                json_schema_extra=_flag("--labels"))
-    threads: int = Field(0, ge=0, description="interpreter threads; 0: all cores", json_schema_extra=_flag("--threads"))
+    threads: int = Field(0, ge=0, description="interpreter threads; 0: one a core, less one on 3 cores or more "
+                         "(left to capture and MQTT)", json_schema_extra=_flag("--threads"))
     delegate: str | None = Field(None, description="edgetpu, or a delegate library path (an _edgetpu model asks "
                                                    "by itself)", json_schema_extra=_flag("--delegate"))
     cpu_fallback: bool = Field(False, description="run on the CPU when the delegate cannot load",

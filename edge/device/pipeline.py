@@ -1,13 +1,19 @@
-"""Frames in, predictions out, in three overlapping threads.
+"""Frames in, predictions out, in three overlapping threads that pass blocks of frames.
 
 1. capture: reads the source and prepares each frame (region of interest, rotation, resize,
    quantization), so the interpreter never waits on decoding or resizing;
 2. inference (the caller's thread): ``invoke()`` and nothing else of note;
-3. publish: hands each ``Result`` to the sink (JSON, MQTT, review frames).
+3. publish: hands each ``Result`` to the sink (JSON, MQTT, review frames), in frame order.
 
-Between capture and inference sits a ``Handoff``. For a live source (a camera) it keeps only
-the newest frame, so inference never works on a stale view of the belt, and counts what it
-drops. For a finite source (a folder, a file) it blocks instead, so every image is classified.
+Work crosses threads a ``Block`` at a time, never a frame at a time: the hand-offs, the
+locks and the Python objects around a call cost tens of microseconds, as much as invoking a
+small model. A block holds what capture prepared while inference was busy, so a fast finite
+source (a folder, a file) is classified in blocks of up to ``BLOCK`` frames, one interpreter
+call each, while a paced source, whose frames come slower than inference, goes one frame at
+a time with no wait. A live source (a camera) hands over every frame at once; its ``Handoff``
+drops frames gone stale (``LIVE_LAG_S``), so inference never works on an old view of the belt,
+and gives inference whatever waits as one block, so a burst is not lost. For a finite source
+it blocks instead, so every image is classified.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from linewatch.edge.device.sources import Captured, Source
+from linewatch.edge.device.sources import Source
 from linewatch.edge.errors import DataError
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import Engine, Prediction
@@ -31,6 +38,8 @@ from linewatch.edge.model.images import crop_rotate
 logger = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "invoke", "postprocess", "publish")
+BLOCK = 32  # most frames in one interpreter call; beyond that XNNPACK gains little (benchmarks/results.md)
+LIVE_LAG_S = 0.05  # a live frame this much older than the newest is dropped as stale
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,15 @@ class Frame:
     ts: float
     image: np.ndarray
     path: str | None = None
-    tensor: np.ndarray | None = None  # the prepared, quantized model input
-    engine: Engine | None = None  # the engine ``tensor`` was prepared for
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive frames and their prepared, quantized inputs (one row each), for ``engine``."""
+
+    frames: list[Frame]
+    tensor: np.ndarray
+    engine: Engine
 
 
 @dataclass(frozen=True)
@@ -56,10 +72,11 @@ class Result:
 
 @dataclass
 class PipelineStats:
-    """Counters and recent per-stage timings, read by the stats reporter."""
+    """Counters and recent per-frame stage timings (a block's time shared by its frames), read by the stats."""
 
     frames: int = 0
     dropped: int = 0
+    blocks: int = 0  # interpreter calls; frames / blocks is the mean block size
     source_state: str = "starting"
     timings_ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=1000) for s in STAGES})
     last_progress: float = field(default_factory=time.monotonic)  # a frame done, a reopen tried, the source ended
@@ -70,45 +87,85 @@ class PipelineStats:
 
 
 class Handoff:
-    """The capture → inference hand-off: newest-frame-wins for live sources, blocking otherwise."""
+    """The capture → inference hand-off: bounded staleness for live sources, blocking otherwise.
+
+    Live: capture never waits; a frame more than ``LIVE_LAG_S`` older than the newest is
+    dropped (and counted), so inference never works on a stale view of the belt, while a burst
+    shorter than that is classified, in one block, rather than lost. Finite: capture waits for
+    room, so every image is classified. ``empty`` tells capture that inference is about to wait,
+    so what it has prepared should go now.
+    """
 
     END = None
 
-    def __init__(self, drop_stale: bool) -> None:
-        self.drop_stale = drop_stale
-        self.dropped = 0
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.dropped = 0  # frames
         self._items: deque = deque()
         self._cond = threading.Condition()
 
-    def put(self, frame: Frame | None, stop: Callable[[], bool]) -> None:
+    @property
+    def empty(self) -> bool:
+        return not self._items
+
+    def put(self, block: Block | None, stop: Callable[[], bool]) -> None:
         with self._cond:
-            if self.drop_stale:
-                if self._items and self._items[-1] is not None:
-                    self._items.pop()
-                    self.dropped += 1
-            else:
+            if not self.live:
                 while len(self._items) >= 2 and not stop():
                     self._cond.wait(0.1)
-            self._items.append(frame)
+            elif block is not None:
+                items, newest = self._items, block.frames[-1].ts
+                while items and (len(items) >= BLOCK or newest - items[0].frames[-1].ts > LIVE_LAG_S):
+                    self.dropped += len(items.popleft().frames)
+            self._items.append(block)
             self._cond.notify_all()
 
-    def get(self, stop: Callable[[], bool]) -> Frame | None:
+    def get(self, stop: Callable[[], bool]) -> list[Block] | None:
+        """The next block, or for a live source every block waiting (``END`` when the source is done)."""
         with self._cond:
             while not self._items:
                 if stop():
                     return self.END
                 self._cond.wait(0.1)
-            item = self._items.popleft()
+            items = self._items
+            if items[0] is None:
+                return items.popleft()
+            taken = [items.popleft()]
+            while self.live and items and items[0] is not None:
+                taken.append(items.popleft())
             self._cond.notify_all()
-            return item
+            return taken
+
+
+class _Filling:
+    """The block capture is preparing: frames resized straight into one array, quantized together."""
+
+    def __init__(self, engine: Engine, size: int) -> None:
+        self.engine = engine
+        self.frames: list[Frame] = []
+        self.pixels = np.empty((size, engine.height, engine.width, 3), np.uint8)
+
+    @property
+    def full(self) -> bool:
+        return len(self.frames) == len(self.pixels)
+
+    def add(self, frame: Frame, pixels: np.ndarray) -> None:
+        self.pixels[len(self.frames)] = pixels
+        self.frames.append(frame)
+
+    def block(self) -> Block:
+        return Block(self.frames, self.engine.quantize(self.pixels[: len(self.frames)]), self.engine)
 
 
 class Pipeline:
-    """Runs ``source`` through ``engine`` and hands each ``Result`` to ``sink``."""
+    """Runs ``source`` through ``engine`` and hands each ``Result`` to ``sink``, in frame order.
+
+    ``block`` bounds the frames of one interpreter call for a finite source (1 turns blocks off).
+    """
 
     def __init__(self, source: Source, engine: Engine, sink: Callable[[Result], None],
                  max_frames: int | None = None, max_backoff: float = 30.0,
-                 roi: tuple[float, float, float, float] | None = None, rotate: int = 0) -> None:
+                 roi: tuple[float, float, float, float] | None = None, rotate: int = 0, block: int = BLOCK) -> None:
         self.source = source
         self.engine = engine
         self.sink = sink
@@ -116,45 +173,59 @@ class Pipeline:
         self.max_backoff = max_backoff
         self.roi = roi
         self.rotate = rotate
+        self.block = 1 if source.live else max(1, block)
         self.stats = PipelineStats()
         self.error: DataError | None = None
         self.exhausted = False  # a finite source reached its end
-        self._handoff = Handoff(drop_stale=source.live)
-        self._results: queue.Queue = queue.Queue(maxsize=256)
+        self._handoff = Handoff(live=source.live)
+        self._results: queue.Queue = queue.Queue(maxsize=64)  # blocks of results
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._next_id = 0  # the last frame id handed out
+        self._backoff = 0.5  # before reopening a failed live source; reset by every frame
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._done.is_set()
 
-    def _tensor(self, engine: Engine, image: np.ndarray) -> np.ndarray:
-        return engine.quantize(engine.prepare(crop_rotate(image, self.roi, self.rotate)))
+    def _pixels(self, engine: Engine, image: np.ndarray) -> np.ndarray:
+        return engine.prepare(crop_rotate(image, self.roi, self.rotate))
 
-    def _prepare(self, frame_id: int, captured: Captured, started: float) -> Frame:
-        ts = time.time()
-        t0 = time.perf_counter()
-        engine = self.engine
-        tensor = self._tensor(engine, captured.image)
-        self.stats.timings_ms["capture"].append(1000 * (t0 - started))
-        self.stats.timings_ms["preprocess"].append(1000 * (time.perf_counter() - t0))
-        return Frame(frame_id, ts, captured.image, captured.path, tensor, engine)
+    def _frames(self, stop: Callable[[], bool]) -> None:
+        """Read the source once through, handing blocks over; raises ``DataError`` as the source does."""
+        timings, handoff = self.stats.timings_ms, self._handoff
+        filling: _Filling | None = None
+        started = time.perf_counter()
+        for captured in self.source.frames():
+            self.stats.source_state = "ok"
+            self._backoff = 0.5
+            self._next_id += 1
+            t0 = time.perf_counter()
+            engine = self.engine  # an update or reload starts a new block for the new engine
+            if filling is not None and filling.engine is not engine:
+                handoff.put(filling.block(), stop)
+                filling = None
+            if filling is None:
+                filling = _Filling(engine, self.block)
+            filling.add(Frame(self._next_id, time.time(), captured.image, captured.path),
+                        self._pixels(engine, captured.image))
+            t1 = time.perf_counter()
+            timings["capture"].append(1000 * (t0 - started))
+            timings["preprocess"].append(1000 * (t1 - t0))
+            if filling.full or handoff.empty:
+                handoff.put(filling.block(), stop)
+                filling = None
+            if stop():
+                return
+            started = time.perf_counter()
+        if filling is not None:
+            handoff.put(filling.block(), stop)
 
     def _capture(self) -> None:
         """Read and prepare frames until the source ends or ``stop``; a live source that fails is reopened."""
-        next_id = 0
-        backoff = 0.5
         stop = self._stopping
         while not stop():
             try:
-                started = time.perf_counter()
-                for captured in self.source.frames():
-                    self.stats.source_state = "ok"
-                    backoff = 0.5
-                    next_id += 1
-                    self._handoff.put(self._prepare(next_id, captured, started), stop)
-                    if stop():
-                        break
-                    started = time.perf_counter()
+                self._frames(stop)
                 if stop():
                     break
                 if not self.source.live:
@@ -167,9 +238,9 @@ class Pipeline:
                     break
                 self.stats.source_state = "reconnecting"
                 self.stats.last_progress = time.monotonic()
-                logger.warning("%s; reopening in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                logger.warning("%s; reopening in %.1f s", exc, self._backoff)
+                self._stop.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, self.max_backoff)
             finally:
                 self.source.close()
         self.stats.source_state = "ended" if self.error is None else "failed"
@@ -177,44 +248,61 @@ class Pipeline:
 
     def _publish(self) -> None:
         """Hand results to the sink in order; a failing sink is logged, never fatal."""
+        timings = self.stats.timings_ms["publish"]
         while True:
-            result = self._results.get()
-            if result is None:
+            results = self._results.get()
+            if results is None:
                 return
             t = time.perf_counter()
-            try:
-                self.sink(result)
-            except Exception:  # the sink is the daemon's own code: log it, keep inspecting
-                logger.exception("publishing result of frame %d failed", result.frame.id)
-            self.stats.timings_ms["publish"].append(1000 * (time.perf_counter() - t))
+            for result in results:
+                try:
+                    self.sink(result)
+                except Exception:  # the sink is the daemon's own code: log it, keep inspecting
+                    logger.exception("publishing result of frame %d failed", result.frame.id)
+            timings.append(1000 * (time.perf_counter() - t) / len(results))
+
+    def _classify(self, blocks: list[Block]) -> list[Result]:
+        """One interpreter call for the blocks; frames prepared for a replaced engine are prepared again."""
+        engine = self.engine  # replaced between two blocks by an over-the-air update or a reload
+        frames = [frame for block in blocks for frame in block.frames]
+        if any(block.engine is not engine for block in blocks):
+            tensor = engine.quantize(np.stack([self._pixels(engine, f.image) for f in frames]))
+        else:
+            tensor = blocks[0].tensor if len(blocks) == 1 else np.concatenate([block.tensor for block in blocks])
+        t1 = time.perf_counter()
+        raw = engine.invoke(tensor)
+        t2 = time.perf_counter()
+        scores, labels, model = engine.dequantize(raw), engine.model.labels, engine.model
+        results = [Result(frame, Prediction(row, labels), model) for frame, row in zip(frames, scores)]
+        t3 = time.perf_counter()
+        timings, count = self.stats.timings_ms, len(results)
+        timings["invoke"].append(1000 * (t2 - t1) / count)
+        timings["postprocess"].append(1000 * (t3 - t2) / count)
+        return results
 
     def run(self, stop: threading.Event) -> PipelineStats:
         """Classify frames until the source ends, ``max_frames`` are done, or ``stop`` is set."""
         self._stop = stop
+        cv2.setNumThreads(1)  # OpenCV's workers would spin on the cores the interpreter is using
         threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
                    threading.Thread(target=self._publish, name="publish", daemon=True)]
         for thread in threads:
             thread.start()
-        timings = self.stats.timings_ms
+        stats = self.stats
         try:
             while True:
-                frame = self._handoff.get(stop.is_set)
-                if frame is Handoff.END:
+                blocks = self._handoff.get(stop.is_set)
+                if blocks is Handoff.END:
                     break
-                engine = self.engine  # replaced between two frames by an OTA update or a reload
-                tensor = frame.tensor if frame.engine is engine else self._tensor(engine, frame.image)
-                t1 = time.perf_counter()
-                raw = engine.invoke(tensor)
-                t2 = time.perf_counter()
-                prediction = Prediction(engine.dequantize(raw), engine.model.labels)
-                t3 = time.perf_counter()
-                timings["invoke"].append(1000 * (t2 - t1))
-                timings["postprocess"].append(1000 * (t3 - t2))
-                self._results.put(Result(frame, prediction, engine.model))
-                self.stats.frames += 1
-                self.stats.dropped = self._handoff.dropped
-                self.stats.last_progress = time.monotonic()
-                if self.max_frames and self.stats.frames >= self.max_frames:
+                results = self._classify(blocks)
+                if self.max_frames:
+                    results = results[: self.max_frames - stats.frames]
+                self._results.put(results)
+                stats.frames += len(results)
+                stats.blocks += 1
+                stats.dropped = self._handoff.dropped
+                stats.last_progress = time.monotonic()
+                if self.max_frames and stats.frames >= self.max_frames:
                     break
         finally:
             self._done.set()

@@ -3,6 +3,9 @@
 The runtime is found in the order a Pi is likely to have it: ``ai_edge_litert`` (LiteRT),
 then ``tflite_runtime`` (its frozen old name), then ``tensorflow.lite`` (a workstation).
 Inputs are quantized and outputs dequantized with each tensor's own scale and zero point.
+``invoke()`` takes a block of frames: on the CPU the interpreter's input is resized to the
+block (one call, and XNNPACK's larger matrix products, for what would be many), so a fast
+finite source pays the per-call cost once a block.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def find_runtime(candidates: tuple[str, ...] = RUNTIMES) -> ModuleType:
     raise ModelError("no TFLite runtime found: pip install ai-edge-litert")
 
 
+def best_first(scores: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, best first; ties keep label order (a stable sort, as argmax)."""
+    return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k]
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Scores for every label, best first in ``top``."""
@@ -60,8 +68,18 @@ class Prediction:
         return float(self.scores[self.index])
 
     def top(self, k: int) -> list[tuple[str, float]]:
-        order = np.argsort(-self.scores)[:k]
-        return [(self.labels[i], float(self.scores[i])) for i in order]
+        values = self.scores.tolist()
+        return [(self.labels[i], values[i]) for i in best_first(values, k)]
+
+
+def default_threads() -> int:
+    """One interpreter thread a core, less one on 3 cores or more (a Pi 4 or 5), left to capture and MQTT.
+
+    On 2 cores that would halve the interpreter; there it gets both (benchmarks/results.md has
+    both). The interpreter's own default is a single thread.
+    """
+    cores = os.cpu_count() or 1
+    return cores - 1 if cores >= 3 else cores
 
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
@@ -93,7 +111,7 @@ class Engine:
                  cpu_fallback: bool = False) -> None:
         runtime = find_runtime()
         self.model = model
-        self.num_threads = num_threads or os.cpu_count() or 1  # the interpreter's own default is 1
+        self.num_threads = num_threads or default_threads()
         delegate = delegate or model.card.delegate
         delegates = []
         if delegate:
@@ -130,6 +148,9 @@ class Engine:
             raise ModelError(f"{model.path}: its card says {self.input.height}x{self.input.width} pixels but the model "
                              f"takes {self.height}x{self.width}: the card belongs to another model, convert it again")
         self._lut = self._quantization_table()
+        self._batch = 1  # the interpreter's input is allocated for this many frames
+        # Delegates (the Edge TPU) compile for one input shape: there, a block is invoked frame by frame.
+        self.batching = self.delegate is None
 
     @property
     def integer(self) -> bool:
@@ -151,11 +172,17 @@ class Engine:
         return prepare(bgr, self.height, self.width, self.input.resize_mode, self.input.color_order)
 
     def quantize(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw 0..255 pixels into the input tensor's type: a table look-up, exact and cheap on a Pi."""
+        """Raw 0..255 pixels, one image (HxWx3) or a block (NxHxWx3), into a block of the input tensor's type.
+
+        A table look-up: exact, and cheap on a Pi. The int8 table is looked up as uint8, since
+        ``cv2.LUT`` maps bytes to bytes.
+        """
+        block = pixels if pixels.ndim == 4 else pixels[None]
         table = self._lut
-        if table.dtype == np.int8:  # cv2.LUT maps bytes to bytes: look up the int8 table as uint8
-            return cv2.LUT(pixels, table.view(np.uint8)).view(np.int8)[None]
-        return cv2.LUT(pixels, table)[None]
+        flat = block.reshape(-1, block.shape[2], block.shape[3])  # cv2.LUT takes at most three dimensions
+        if table.dtype == np.int8:
+            return cv2.LUT(flat, table.view(np.uint8)).view(np.int8).reshape(block.shape)
+        return cv2.LUT(flat, table).reshape(block.shape)
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         """Output tensor to float scores with its own scale and zero point."""
@@ -165,14 +192,33 @@ class Engine:
         return (raw.astype(np.float32) - zero) * scale
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the interpreter on an already quantized input; the raw output row."""
-        self.interpreter.set_tensor(self._in["index"], tensor)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"])[0]
+        """Run the interpreter on a quantized block (NxHxWx3); the raw output rows (NxC).
+
+        The input is resized when N changes (tens of microseconds once the arena has grown); a
+        model that cannot take a batch is invoked frame by frame, and said so once.
+        """
+        count = len(tensor)
+        if count != self._batch and self.batching:
+            try:
+                self.interpreter.resize_tensor_input(self._in["index"], [count, self.height, self.width, 3])
+                self.interpreter.allocate_tensors()
+                self._batch = count
+            except (ValueError, RuntimeError) as exc:
+                logger.info("%s takes one frame at a time (%s): invoking blocks frame by frame",
+                            self.model.path, str(exc).splitlines()[0])
+                self.batching = False
+                self.interpreter.resize_tensor_input(self._in["index"], [1, self.height, self.width, 3])
+                self.interpreter.allocate_tensors()
+                self._batch = 1
+        if count == self._batch:
+            self.interpreter.set_tensor(self._in["index"], tensor)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._out["index"])
+        return np.concatenate([self.invoke(tensor[i : i + 1]) for i in range(count)])
 
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
         """Classify an image already prepared to the model's size and colour order."""
-        return Prediction(self.dequantize(self.invoke(self.quantize(pixels))), self.model.labels)
+        return Prediction(self.dequantize(self.invoke(self.quantize(pixels))[0]), self.model.labels)
 
     def predict(self, bgr: np.ndarray) -> Prediction:
         """Classify a BGR frame of any size."""
