@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "invoke", "postprocess", "publish")
 BLOCK = 32  # most frames in one interpreter call; beyond that XNNPACK gains little (benchmarks/results.md)
+BLOCK_BYTES = 256 * 1024  # and no more input than a core's L2 cache: bigger blocks of large frames run slower
 LIVE_LAG_S = 0.05  # a live frame this much older than the newest is dropped as stale
 
 
@@ -160,7 +161,8 @@ class _Filling:
 class Pipeline:
     """Runs ``source`` through ``engine`` and hands each ``Result`` to ``sink``, in frame order.
 
-    ``block`` bounds the frames of one interpreter call for a finite source (1 turns blocks off).
+    ``block`` bounds the frames of one interpreter call for a finite source (1 turns blocks off);
+    a block's input is also kept under ``BLOCK_BYTES``.
     """
 
     def __init__(self, source: Source, engine: Engine, sink: Callable[[Result], None],
@@ -173,7 +175,7 @@ class Pipeline:
         self.max_backoff = max_backoff
         self.roi = roi
         self.rotate = rotate
-        self.block = 1 if source.live else max(1, block)
+        self.block = 0 if source.live else max(1, block)  # 0: one frame at a time
         self.stats = PipelineStats()
         self.error: DataError | None = None
         self.exhausted = False  # a finite source reached its end
@@ -186,6 +188,9 @@ class Pipeline:
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._done.is_set()
+
+    def _block_size(self, engine: Engine) -> int:
+        return max(1, min(self.block, BLOCK_BYTES // (engine.height * engine.width * 3)))
 
     def _pixels(self, engine: Engine, image: np.ndarray) -> np.ndarray:
         return engine.prepare(crop_rotate(image, self.roi, self.rotate))
@@ -205,7 +210,7 @@ class Pipeline:
                 handoff.put(filling.block(), stop)
                 filling = None
             if filling is None:
-                filling = _Filling(engine, self.block)
+                filling = _Filling(engine, self._block_size(engine))
             filling.add(Frame(self._next_id, time.time(), captured.image, captured.path),
                         self._pixels(engine, captured.image))
             t1 = time.perf_counter()

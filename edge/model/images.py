@@ -52,14 +52,6 @@ def crop_rotate(bgr: np.ndarray, roi: tuple[float, float, float, float] | None =
     return bgr
 
 
-def _interpolation(source: tuple[int, int], target: tuple[int, int]) -> int:
-    """Area averaging where it matters, shrinking by 2x or more (bilinear would skip pixels and alias);
-    bilinear otherwise, where it already reads every pixel and costs a fifth of OpenCV's area path."""
-    if source[0] >= 2 * target[0] or source[1] >= 2 * target[1]:
-        return cv2.INTER_AREA
-    return cv2.INTER_LINEAR
-
-
 def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = "stretch",
             color_order: str = "RGB") -> np.ndarray:
     """Resize a BGR (or grey, or BGRA) OpenCV image to ``height x width`` uint8, in ``color_order``."""
@@ -76,15 +68,15 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
         cw, ch = round(width / scale), round(height / scale)
         x0, y0 = (w - cw) // 2, (h - ch) // 2
         bgr = bgr[y0 : y0 + ch, x0 : x0 + cw]
-        out = cv2.resize(bgr, (width, height), interpolation=_interpolation((cw, ch), (width, height)))
+        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     elif resize_mode == "letterbox":
         scale = min(width / w, height / h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         out = np.zeros((height, width, 3), np.uint8)
         x0, y0 = (width - nw) // 2, (height - nh) // 2
-        out[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=_interpolation((w, h), (nw, nh)))
+        out[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
     else:
-        out = cv2.resize(bgr, (width, height), interpolation=_interpolation((w, h), (width, height)))
+        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     if color_order == "RGB":
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(out)
