@@ -196,6 +196,11 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
         model = keras.models.load_model(run_dir / "model.keras")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {run_dir / 'model.keras'}: {str(exc).splitlines()[0]}") from None
+    if card.task == "anomaly":
+        from linewatch.convert.anomaly import check_heat_map_model, convert_anomaly
+
+        check_heat_map_model(model, run_dir / "model.keras")
+        return convert_anomaly(run_dir, out, card, labels, model, cfg)
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2 or model.outputs[0].shape[-1] != len(labels):
         raise ModelError(f"{run_dir / 'model.keras'} does not output one vector of {len(labels)} class scores")
 

@@ -68,6 +68,19 @@ class TrainConfig(BaseModel):
     class_weights: Literal["auto", "on", "off"] = Field(
         "auto", description="weight rare classes up (auto: when the largest class is >1.5x the smallest)",
         json_schema_extra=_flag("--class-weights"))
+    task: Literal["classify", "anomaly"] = Field(
+        "classify", description="classify: one label per photo; anomaly: learn the good photos only and score how "
+                                "far a photo departs from them", json_schema_extra=_flag("--task"))
+    good: tuple[str, ...] = Field(("ok",), description="with --task anomaly: the good class folders, comma-separated; "
+                                                       "the others are never trained on, only tested",
+                                  json_schema_extra=_flag("--good"))
+    false_alarm: float = Field(0.01, gt=0, lt=0.5, description="with --task anomaly: share of held-out good photos "
+                                                               "allowed over the threshold",
+                               json_schema_extra=_flag("--false-alarm"))
+    anomaly_method: Literal["autoencoder", "scars"] = Field(
+        "scars", description="with --task anomaly: scars, a network that finds synthetic scars, blobs and pasted "
+                             "patches on good photos; autoencoder, reconstruction error (docs/anomaly.md compares "
+                             "them)", json_schema_extra=_flag("--anomaly-method"))
     seed: int = Field(0, description="the split, the initial weights and the augmentation",
                       json_schema_extra=_flag("--seed"))
     report: bool = Field(True, description="write report.html and its plots")
@@ -76,6 +89,15 @@ class TrainConfig(BaseModel):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("good", mode="before")
+    @classmethod
+    def _good(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        if not value:
+            raise ValueError("name at least one good class folder, e.g. --good ok")
+        return value
 
     @field_validator("augment", mode="before")
     @classmethod

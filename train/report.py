@@ -139,3 +139,87 @@ Macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['r
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def score_distributions(good: np.ndarray, bad_by_class: dict[str, np.ndarray], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    everything = np.concatenate([good, *bad_by_class.values()])
+    bins = np.linspace(0, float(np.percentile(everything, 99.5)) * 1.05 + 1e-9, 50)
+    ax.hist(np.clip(good, 0, bins[-1]), bins=bins, alpha=0.6, label=f"good ({len(good)})")
+    for label, scores in bad_by_class.items():
+        ax.hist(np.clip(scores, 0, bins[-1]), bins=bins, alpha=0.5, label=f"{label} ({len(scores)})")
+    ax.axvline(1.0, color="k", linestyle="--", label="threshold (1.0)")
+    ax.set(xlabel="anomaly score (1.0 = the threshold)", ylabel="test photos")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def roc_plot(good: np.ndarray, bad_by_class: dict[str, np.ndarray], path: Path) -> None:
+    from linewatch.train.anomaly import auroc, roc_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for label, scores in {"all anomalies": np.concatenate(list(bad_by_class.values())), **bad_by_class}.items():
+        false_alarm, detected = roc_curve(good, scores)
+        ax.plot(false_alarm, detected, label=f"{label}: AUROC {auroc(good, scores):.3f}")
+    ax.set(xlabel="false-alarm rate (good photos flagged)", ylabel="detection rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def heat_map_gallery(images: np.ndarray, maps: np.ndarray, scores: np.ndarray, labels: list[str], path: Path) -> None:
+    """The highest-scored test photos with their heat map blended over them."""
+    from linewatch.edge.model.images import heat_map_overlay
+
+    plt = pyplot()
+    columns = max(1, len(images))
+    fig, axes = plt.subplots(1, columns, figsize=(2.4 * columns, 2.4), squeeze=False)
+    for ax, image, heat, score, label in zip(axes[0], images, maps, scores, labels):
+        ax.imshow(heat_map_overlay(image.astype(np.uint8)[..., ::-1], heat)[..., ::-1])  # RGB in, RGB shown
+        ax.set_title(f"{label}: {score:.2f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_anomaly_report(out: Path, title: str, metrics: dict[str, Any], good: np.ndarray,
+                         bad_by_class: dict[str, np.ndarray], worst: np.ndarray, worst_maps: np.ndarray,
+                         worst_scores: np.ndarray, worst_labels: list[str],
+                         history: dict[str, list[float]] | None = None, summary: str = "") -> Path:
+    """An anomaly run's plots and ``report.html``: score distributions, ROC, heat maps of the worst photos."""
+    plots = []
+    if history:
+        learning_curves(history, out / "learning_curves.png")
+        plots.append(("Learning curves", "learning_curves.png"))
+    if bad_by_class:
+        score_distributions(good, bad_by_class, out / "scores.png")
+        plots.append(("Anomaly scores of the test photos", "scores.png"))
+        roc_plot(good, bad_by_class, out / "roc.png")
+        plots.append(("ROC: detection against false alarms, every threshold", "roc.png"))
+    heat_map_gallery(worst, worst_maps, worst_scores, worst_labels, out / "heat_maps.png")
+    plots.append(("The highest-scored test photos, with their heat maps", "heat_maps.png"))
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{m['auroc']:.4f}</td><td>{m['detection_rate']:.2%}</td>"
+                   f"<td>{m['support']}</td></tr>" for c, m in metrics["per_class"].items())
+    figures = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in plots)
+    detected = metrics["detection_rate"]
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(summary)}</p>
+<p class="big">test AUROC {metrics['auroc']:.4f}; at the threshold {metrics['false_alarm_rate']:.2%} of
+{metrics['good']} good photos flagged{'' if detected is None else f', {detected:.2%} of {metrics["anomalous"]} anomalous ones caught'}</p>
+<table><tr><th>anomalous class (never trained on)</th><th>AUROC</th><th>caught at the threshold</th><th>photos</th></tr>{rows}</table>
+{figures}
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -213,8 +213,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
 
     from linewatch.train.model import set_fine_tuning
 
-    started = time.monotonic()
     say = _silent if quiet else _say
+    if cfg.task == "anomaly":
+        if resume:
+            raise UsageError("--resume is for classifiers: train an anomaly model again (it takes minutes)")
+        from linewatch.train.anomaly import train_anomaly
+
+        return train_anomaly(cfg, say)
+    started = time.monotonic()
     out = Path(cfg.out)
     resuming = resume and (out / CHECKPOINT_STATE).is_file()
     if resume and not resuming:

@@ -103,6 +103,9 @@ class Daemon:
         if not engine.integer:
             raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
                              "with 'linewatch convert'")
+        if engine.task == "anomaly":  # its payloads and events do not carry anomaly scores yet
+            raise ModelError(f"{model.path} is an anomaly model: the daemon runs classifiers only for now; score "
+                             "photos with it using 'linewatch classify'")
         return engine
 
     def install(self, model: ModelArtifact, engine: Engine) -> None:

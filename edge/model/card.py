@@ -31,6 +31,21 @@ class InputSpec(BaseModel):
     range: tuple[int, int] = (0, 255)
 
 
+class AnomalySpec(BaseModel):
+    """How an anomaly model's output becomes a score: the largest cell of its heat map, over ``score_scale``.
+
+    A score of 1.0 is the raw score that ``false_alarm`` of held-out good images pass; ``threshold``
+    (1.0 unless moved) is where a frame counts as anomalous.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    score_scale: float = Field(gt=0)
+    threshold: float = Field(1.0, gt=0)
+    false_alarm: float = Field(gt=0, lt=1)
+
+
 class ModelCard(BaseModel):
     """Everything known about a model besides its weights."""
 
@@ -38,6 +53,8 @@ class ModelCard(BaseModel):
 
     card_version: int = CARD_VERSION
     name: str = "model"
+    task: Literal["classify", "anomaly"] = "classify"
+    anomaly: AnomalySpec | None = Field(None, description="for task anomaly: how its heat map is scored")
     version: str = "unknown"
     created: str | None = None
     architecture: str | None = None

@@ -43,6 +43,11 @@ def find_runtime(candidates: tuple[str, ...] = RUNTIMES) -> ModuleType:
     raise ModelError("no TFLite runtime found: pip install ai-edge-litert")
 
 
+def heat_map_peaks(maps: np.ndarray) -> np.ndarray:
+    """Anomaly scores of a block of heat maps: each one's largest cell (a defect is somewhere, not everywhere)."""
+    return maps.reshape(len(maps), -1).max(axis=1)
+
+
 def best_first(scores: list[float], k: int) -> list[int]:
     """Indices of the ``k`` highest scores, best first; ties keep label order (a stable sort, as argmax)."""
     return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k]
@@ -133,14 +138,19 @@ class Engine:
         out = self.interpreter.get_output_details()
         if len(inp) != 1 or len(inp[0]["shape"]) != 4 or inp[0]["shape"][3] != 3:
             raise ModelError(f"{model.path} does not take one HxWx3 image: it is not an image classifier")
-        if len(out) != 1 or len(out[0]["shape"]) != 2:
+        self.task = model.card.task
+        if self.task == "anomaly":
+            if len(out) != 1 or len(out[0]["shape"]) != 4 or out[0]["shape"][3] != 1 or model.card.anomaly is None:
+                raise ModelError(f"{model.path}: its card says anomaly model, but it does not output one heat map "
+                                 "with a score scale: convert its run folder again")
+        elif len(out) != 1 or len(out[0]["shape"]) != 2:
             raise ModelError(f"{model.path} does not output one class vector: it is not a classifier")
         self._in, self._out = inp[0], out[0]
         self.height, self.width = int(inp[0]["shape"][1]), int(inp[0]["shape"][2])
-        classes = int(out[0]["shape"][1])
         if not model.labels:
             raise ModelError(f"{model.path} has no model card with labels: pass --labels FILE")
-        if len(model.labels) != classes:
+        classes = int(out[0]["shape"][1])
+        if self.task == "classify" and len(model.labels) != classes:
             raise ModelError(f"{model.path} outputs {classes} classes but {len(model.labels)} labels were given")
         # A plain .tflite made elsewhere says nothing of its input: the interpreter's size, the defaults.
         self.input = model.card.input or InputSpec(height=self.height, width=self.width)
@@ -218,8 +228,22 @@ class Engine:
 
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
         """Classify an image already prepared to the model's size and colour order."""
+        if self.task == "anomaly":
+            raise ModelError(f"{self.model.path} is an anomaly model, not a classifier: it gives a score, not labels")
         return Prediction(self.dequantize(self.invoke(self.quantize(pixels))[0]), self.model.labels)
 
     def predict(self, bgr: np.ndarray) -> Prediction:
         """Classify a BGR frame of any size."""
         return self.predict_pixels(self.prepare(bgr))
+
+    def anomaly_scores(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An anomaly model's raw output block as heat maps (N x h x w) and scores, 1.0 at the card's scale."""
+        spec = self.model.card.anomaly
+        assert spec is not None  # checked when the engine was made
+        heat = self.dequantize(raw)[..., 0]
+        return heat, heat_map_peaks(heat) / spec.score_scale
+
+    def anomaly(self, bgr: np.ndarray) -> tuple[float, np.ndarray]:
+        """An anomaly model's score for a BGR frame of any size (1.0 = the threshold at training), and its heat map."""
+        heat, scores = self.anomaly_scores(self.invoke(self.quantize(self.prepare(bgr))))
+        return float(scores[0]), heat[0]

@@ -105,3 +105,11 @@ def encode_jpeg(bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     if not ok:
         raise ValueError(f"cannot encode a {bgr.shape} {bgr.dtype} image as JPEG")
     return encoded.tobytes()
+
+
+def heat_map_overlay(bgr: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """An anomaly heat map (any size, 0 up) stretched over a BGR frame in JET colours, half see-through."""
+    peak = float(heat.max()) or 1.0
+    colours = cv2.applyColorMap(np.uint8(255 * np.clip(heat / peak, 0, 1)), cv2.COLORMAP_JET)
+    colours = cv2.resize(colours, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(bgr, 0.55, colours, 0.45, 0)

@@ -44,15 +44,22 @@ def _images(targets: list[str]) -> Iterator[tuple[str, np.ndarray | None]]:
 def classify(model_path: str, targets: list[str], labels: str | None = None, as_json: bool = False,
              top_k: int = 3, threads: int | None = None, out: TextIO = sys.stdout) -> int:
     """Print a prediction per image (a video file: per frame, named ``file#N``); returns how many images could
-    not be read."""
+    not be read. An anomaly model prints its score instead (1.0 is its threshold) and whether it passes it."""
     engine = Engine(artifact.load(model_path, labels), threads)
+    anomaly = engine.model.card.anomaly if engine.task == "anomaly" else None
     failed = 0
     if not as_json:
-        print(f"{'label':<12} {'score':>6}  path", file=out)
+        print(f"{'anomaly':<9} {'score':>6}  path" if anomaly else f"{'label':<12} {'score':>6}  path", file=out)
     for path, image in _images(targets):
         if image is None:
             failed += 1
             print(f"linewatch classify: {path}: not a readable image, skipped", file=sys.stderr)
+            continue
+        if anomaly is not None:
+            score, _ = engine.anomaly(image)
+            flagged = score >= anomaly.threshold
+            print(json.dumps({"path": path, "anomaly_score": round(score, 4), "anomalous": flagged}) if as_json
+                  else f"{'yes' if flagged else 'no':<9} {score:>6.3f}  {path}", file=out)
             continue
         prediction = engine.predict(image)
         if as_json:

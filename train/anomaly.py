@@ -1,0 +1,293 @@
+"""Anomaly detection learned from good photos only: for defects nobody has photographed yet.
+
+Nothing pretrained can be downloaded, so both methods learn from scratch on a few hundred good
+photos, and both give a heat map (where) whose largest cell is the score (how much):
+
+- ``scars`` (the default): a small fully convolutional network learns to find synthetic defects
+  (scars, blobs, patches cut from elsewhere in the photo) drawn on good photos, one cell of
+  its map per 8x8 pixels. What it learns is "this does not belong on a good part", which a
+  real scratch, crack or stain also is.
+- ``autoencoder``: squeezes a good photo through a bottleneck and rebuilds it; the heat map
+  is the reconstruction error, averaged over cells. Better when an anomaly is a whole other
+  object rather than a mark on the right one (another digit, say).
+
+docs/anomaly.md compares them. The threshold is set on held-out good photos at
+``--false-alarm``, and scores are scaled so that 1.0 is that threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from linewatch.edge.errors import DataError
+from linewatch.edge.model.card import AnomalySpec, InputSpec, ModelCard
+from linewatch.edge.model.engine import heat_map_peaks
+from linewatch.train import data
+from linewatch.train.config import TrainConfig
+from linewatch.train.console import EpochProgress
+
+CELL = 8  # pixels a side of one heat-map cell (the scar detector pools three times)
+
+
+def synthetic_defect(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A good photo (HxWx3, 0..255) with one made-up defect: a scar, a blob, or a patch from elsewhere."""
+    out = image.astype(np.float32).copy()
+    h, w = out.shape[:2]
+    kind = rng.integers(3)
+    if kind == 0:  # a scar: a straight stroke of any colour
+        x0, y0 = int(rng.integers(w)), int(rng.integers(h))
+        length, angle = rng.uniform(0.15, 0.5) * max(h, w), rng.uniform(0, math.pi)
+        end = (int(x0 + length * math.cos(angle)), int(y0 + length * math.sin(angle)))
+        cv2.line(out, (x0, y0), end, tuple(float(c) for c in rng.uniform(0, 255, 3)),
+                 int(rng.integers(1, max(2, h // 24) + 1)))
+    elif kind == 1:  # a blob, more or less see-through
+        over = out.copy()
+        axes = (int(rng.integers(2, max(3, w // 6))), int(rng.integers(2, max(3, h // 6))))
+        cv2.ellipse(over, (int(rng.integers(w)), int(rng.integers(h))), axes, float(rng.uniform(0, 180)), 0, 360,
+                    tuple(float(c) for c in rng.uniform(0, 255, 3)), -1)
+        alpha = rng.uniform(0.4, 1.0)
+        out = alpha * over + (1 - alpha) * out
+    else:  # a patch of the photo itself, flipped and relit, pasted elsewhere
+        ph, pw = int(rng.integers(max(2, h // 8), max(3, h // 3))), int(rng.integers(max(2, w // 8), max(3, w // 3)))
+        y0, x0, y1, x1 = rng.integers(h - ph), rng.integers(w - pw), rng.integers(h - ph), rng.integers(w - pw)
+        patch = out[y0 : y0 + ph, x0 : x0 + pw][::-1] * rng.uniform(0.6, 1.4)
+        out[y1 : y1 + ph, x1 : x1 + pw] = patch
+    return np.clip(out, 0, 255)
+
+
+def build_scar_detector(height: int, width: int, width_mult: float) -> tuple[Any, Any]:
+    """(the image-level classifier it is trained as, the heat-map model it runs as), sharing weights."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((height, width, 3))
+    x = layers.Rescaling(1 / 255)(inputs)
+    for filters in (32, 64, 96):
+        x = layers.Conv2D(max(8, round(filters * width_mult)), 3, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(max(8, round(64 * width_mult)), 3, padding="same", activation="relu")(x)
+    logits = layers.Conv2D(1, 1, name="cell_logits")(x)
+    trained = keras.Model(inputs, layers.GlobalMaxPooling2D()(logits), name="scar_detector")
+    heat = keras.Model(inputs, layers.Activation("sigmoid", name="heat_map")(logits), name="anomaly")
+    return trained, heat
+
+
+def build_autoencoder(height: int, width: int, width_mult: float) -> tuple[Any, Any]:
+    """(the reconstructing model it is trained as, the error-map model it runs as), sharing weights."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((height, width, 3))
+    normalized = layers.Rescaling(1 / 255)(inputs)
+    x = normalized
+    for filters in (32, 64, 64):
+        x = layers.Conv2D(max(8, round(filters * width_mult)), 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2D(16, 1, activation="relu")(x)  # the bottleneck: 16 numbers per 8x8 pixels
+    for filters in (64, 64, 32):
+        x = layers.Conv2DTranspose(max(8, round(filters * width_mult)), 3, strides=2, padding="same",
+                                   activation="relu")(x)
+    rebuilt = layers.Conv2D(3, 3, padding="same", activation="sigmoid")(x)
+    trained = keras.Model(inputs, rebuilt, name="autoencoder")
+    error = layers.Subtract()([normalized, rebuilt])
+    error = layers.Multiply()([error, error])
+    error = layers.AveragePooling2D(CELL)(error)
+    heat = keras.Model(inputs, layers.Conv2D(1, 1, use_bias=False, trainable=False, name="heat_map",
+                                             kernel_initializer=keras.initializers.Constant(1 / 3))(error),
+                       name="anomaly")
+    return trained, heat
+
+
+def heat_maps(model: Any, x: np.ndarray) -> np.ndarray:
+    """The heat map of every image (N x h x w), as the model computes it."""
+    return np.asarray(model.predict(x, batch_size=64, verbose=0))[..., 0]
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    order = values.argsort(kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(values[order])) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranked = np.empty(len(values))
+    ranked[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranked
+
+
+def auroc(good: np.ndarray, bad: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a bad image scores above a good one (ties count half)."""
+    if not len(good) or not len(bad):
+        return float("nan")
+    ranked = ranks(np.concatenate([good, bad]))
+    return float((ranked[len(good):].sum() - len(bad) * (len(bad) + 1) / 2) / (len(good) * len(bad)))
+
+
+def roc_curve(good: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False-alarm rate and detection rate at every threshold, from strictest to loosest."""
+    thresholds = np.unique(np.concatenate([good, bad]))[::-1]
+    false_alarm = np.array([0.0] + [(good >= t).mean() for t in thresholds])
+    detected = np.array([0.0] + [(bad >= t).mean() for t in thresholds])
+    return false_alarm, detected
+
+
+def threshold_for(good: np.ndarray, false_alarm: float) -> float:
+    """The raw score that at most ``false_alarm`` of these good images pass (just above the next one down)."""
+    ranked = np.sort(good)[::-1]
+    allowed = int(math.floor(false_alarm * len(ranked)))
+    return float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else float(ranked[-1])
+
+
+def evaluate_scores(good: np.ndarray, bad_by_class: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+    """AUROC overall and per anomalous class, and what the threshold does on these images."""
+    bad = np.concatenate(list(bad_by_class.values())) if bad_by_class else np.zeros(0)
+    return {
+        "auroc": round(auroc(good, bad), 4),
+        "per_class": {label: {"auroc": round(auroc(good, scores), 4),
+                              "detection_rate": round(float((scores >= threshold).mean()), 4),
+                              "support": len(scores)} for label, scores in bad_by_class.items()},
+        "false_alarm_rate": round(float((good >= threshold).mean()), 4),
+        "detection_rate": round(float((bad >= threshold).mean()), 4) if len(bad) else None,
+        "good": len(good), "anomalous": len(bad),
+    }
+
+
+def _scarred_sets(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Every good image twice: once as it is, once with a synthetic defect; labels 0 and 1."""
+    scarred = np.stack([synthetic_defect(image, rng) for image in x])
+    return np.concatenate([x.astype(np.float32), scarred]), np.r_[np.zeros(len(x)), np.ones(len(x))][:, None]
+
+
+def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
+    """Train on the good classes of ``cfg.data`` and write a run folder ``linewatch convert`` takes."""
+    import keras
+    import tensorflow as tf
+
+    from linewatch.train.trainer import BEST_WEIGHTS, _make_checkpointer, _State
+
+    started = time.monotonic()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data.scan(cfg.data)
+    unknown = [g for g in cfg.good if g not in dataset.classes]
+    if unknown:
+        raise DataError(f"--good names {', '.join(unknown)} but {dataset.root} has only "
+                        f"{', '.join(dataset.classes)}: name the good class folders")
+    splits = data.split(dataset, cfg.seed)
+    height, width = cfg.size or data.auto_size(splits["train"])
+    cfg.size = (height, width)
+    (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
+    arrays, skipped = {}, list(dataset.skipped)
+    for name, items in splits.items():
+        x, y, splits[name], bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
+        arrays[name], skipped = (x, y), skipped + bad
+    dataset = dataset.used([item for items in splits.values() for item in items], skipped)
+    data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
+    good_index = [dataset.classes.index(g) for g in cfg.good]
+
+    def good_of(name: str) -> np.ndarray:
+        x, y = arrays[name]
+        return x[np.isin(y, good_index)]
+
+    x_train, x_val = good_of("train"), good_of("val")
+    if len(x_train) < 10 or len(x_val) < 3:
+        raise DataError(f"{len(x_train)} training and {len(x_val)} validation photos of {', '.join(cfg.good)}: "
+                        "an anomaly model needs some tens of good photos at least")
+    say(dataset.summary())
+    say(f"anomaly ({cfg.anomaly_method}) at {height}x{width}: trained on {len(x_train)} good photos "
+        f"({', '.join(cfg.good)}), threshold from {len(x_val)} held-out ones; other classes only tested")
+
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(cfg.seed)
+    build = build_scar_detector if cfg.anomaly_method == "scars" else build_autoencoder
+    trained, heat = build(height, width, cfg.width)
+    if cfg.anomaly_method == "scars":
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        val_set = _scarred_sets(x_val, np.random.default_rng(cfg.seed + 1))
+
+        class Scarred(keras.utils.PyDataset):
+            """Fresh defects every epoch, so the network learns defects, not these defects."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.epoch_set = _scarred_sets(x_train, rng)
+
+            def __len__(self) -> int:
+                return math.ceil(2 * len(x_train) / cfg.batch_size)
+
+            def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+                if index == 0:
+                    self.epoch_set = _scarred_sets(x_train, rng)
+                    self.order = rng.permutation(len(self.epoch_set[0]))
+                pick = self.order[index * cfg.batch_size : (index + 1) * cfg.batch_size]
+                x, y = self.epoch_set[0][pick], self.epoch_set[1][pick]
+                return (x[:, :, ::-1] if rng.random() < 0.5 else x), y
+
+        train_data: Any = Scarred()
+        fit_args: dict[str, Any] = {"validation_data": val_set}
+    else:
+        loss = "mse"
+        train_data = tf.data.Dataset.from_tensor_slices((x_train.astype(np.float32), x_train / 255.0)) \
+            .shuffle(len(x_train), seed=cfg.seed).batch(cfg.batch_size)
+        fit_args = {"validation_data": (x_val.astype(np.float32), x_val / 255.0)}
+    state = _State(learning_rate=cfg.learning_rate)
+    trained.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
+    deadline = started + cfg.minutes * 60
+    steps = len(train_data) if cfg.anomaly_method == "scars" else math.ceil(len(x_train) / cfg.batch_size)
+    interrupted = False
+    try:
+        trained.fit(train_data, epochs=cfg.epochs, verbose=0, **fit_args,
+                    callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(cfg.epochs, steps, deadline),
+                                                  say, None)])
+    except KeyboardInterrupt:
+        interrupted = True
+        say(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})")
+    if not (out / BEST_WEIGHTS).is_file():
+        raise DataError("training stopped before the first epoch ended: nothing to keep")
+    trained.load_weights(out / BEST_WEIGHTS)
+    heat.save(out / "model.keras")
+
+    val_scores = heat_map_peaks(heat_maps(heat, x_val))
+    scale = threshold_for(val_scores, cfg.false_alarm)
+    x_test, y_test = arrays["test"]
+    test_scores = heat_map_peaks(heat_maps(heat, x_test)) / scale
+    is_good = np.isin(y_test, good_index)
+    bad_by_class = {label: test_scores[y_test == i] for i, label in enumerate(dataset.classes)
+                    if i not in good_index and (y_test == i).any()}
+    metrics = {"task": "anomaly", "test": evaluate_scores(test_scores[is_good], bad_by_class, 1.0),
+               "history": state.history, "best_epoch": state.best_epoch, "interrupted": interrupted,
+               "skipped": [{"path": p, "reason": r} for p, r in dataset.skipped],
+               "train_seconds": round(time.monotonic() - started, 1)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "labels.txt").write_text("\n".join(cfg.good) + "\n")
+    now = datetime.now(UTC)
+    card = ModelCard(
+        name=out.name or "linewatch-anomaly", version=now.strftime("%Y%m%d%H%M%S"),
+        created=now.isoformat(timespec="seconds"), architecture=cfg.anomaly_method, task="anomaly",
+        anomaly=AnomalySpec(method=cfg.anomaly_method, score_scale=scale, false_alarm=cfg.false_alarm),
+        input=InputSpec(height=height, width=width, resize_mode=cfg.resize_mode),
+        labels=list(cfg.good), good_labels=list(cfg.good),
+        dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
+        training=cfg.model_dump(mode="json"),
+        metrics={"test_auroc": metrics["test"]["auroc"], "false_alarm_rate": metrics["test"]["false_alarm_rate"],
+                 "detection_rate": metrics["test"]["detection_rate"]})
+    (out / "model_card.json").write_text(card.to_json())
+    if cfg.report:
+        from linewatch.train.report import write_anomaly_report
+
+        order = np.argsort(-test_scores)[:8]
+        write_anomaly_report(out, f"linewatch anomaly report: {out.name}", metrics["test"], test_scores[is_good],
+                             bad_by_class, x_test[order], heat_maps(heat, x_test[order]), test_scores[order],
+                             [dataset.classes[i] for i in y_test[order]], history=state.history,
+                             summary=dataset.summary())
+    say(f"test AUROC {metrics['test']['auroc']:.4f}, false alarms {metrics['test']['false_alarm_rate']:.2%}, "
+        f"detected {metrics['test']['detection_rate'] or 0:.2%} at the threshold; run folder {out} "
+        f"({metrics['train_seconds']} s)")
+    return metrics
