@@ -3,9 +3,11 @@
 A classifier is gated on accuracy; an anomaly model's worth is how well its score separates
 good photos from anomalous ones, so the gate compares the float and int8 models' AUROC on the
 run's test split (when it has anomalous photos) and the rank correlation of their scores on
-every test photo. Calibration uses good training photos and the same photos with synthetic
-defects, so the heat map's range covers defects without a real one being used. The int8
-model's own scores set its threshold again, on the same held-out good photos as training.
+every test photo. Calibration uses good training photos only: ranges stretched to cover
+defects too (synthetic ones were tried) leave too few steps where good photos and faint
+defects differ, and the AUROC fell by 0.05 to 0.1; a defect's activations may saturate, which
+keeps it above the threshold. The int8 model's own scores set its threshold again, on the
+same held-out good photos as training.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from linewatch.edge.model import artifact, audit
 from linewatch.edge.model.card import ModelCard
 from linewatch.edge.model.engine import Engine, heat_map_peaks
 from linewatch.train import data
-from linewatch.train.anomaly import auroc, heat_maps, ranks, synthetic_defect, threshold_for
+from linewatch.train.anomaly import auroc, heat_maps, ranks, threshold_for
 
 MAX_AUROC_DROP = 0.01
-MIN_RANK_CORRELATION = 0.95
+# Loose on purpose: among good photos the order is noise, and defects that saturate the heat map tie. It catches
+# a model int8 has scrambled; good against bad is the AUROC's to judge.
+MIN_RANK_CORRELATION = 0.8
 
 
 def int8_scores(engine: Engine, x: np.ndarray) -> np.ndarray:
@@ -58,10 +62,8 @@ def convert_anomaly(run_dir: Path, out: Path, card: ModelCard, labels: list[str]
 
     x_train, good_train = load("train")
     rng = np.random.default_rng(int(card.training.get("seed", 0)))
-    calibration = x_train[good_train][rng.permutation(int(good_train.sum()))[: max(1, cfg.calibration // 2)]]
-    calibration = np.concatenate([calibration, np.stack([synthetic_defect(im, rng) for im in calibration])])
-    print(f"calibrating on {len(calibration)} images: good training photos, and the same with synthetic defects",
-          flush=True)
+    calibration = x_train[good_train][rng.permutation(int(good_train.sum()))[: cfg.calibration]]
+    print(f"calibrating on {len(calibration)} good training photos", flush=True)
     x_val, good_val = load("val")
     x_test, good_test = load("test")
     float_test = heat_map_peaks(heat_maps(model, x_test))

@@ -22,6 +22,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     with quiet_native_logs(Path(args.out).with_suffix(".tensorflow.log"), args.verbose):
         report = convert(args.run_dir, args.out, cfg)
     parity = report["parity"]
+    if report.get("task") == "anomaly":
+        print(f"wrote {args.out}: test AUROC float {parity['float_auroc']}, int8 {parity['quantized_auroc']}, rank "
+              f"correlation {parity['rank_correlation']} on {parity['test_images']} test photos", flush=True)
+        return 0
     print(f"wrote {args.out}: float accuracy {parity['float_accuracy']:.4f}, {cfg.quantization} accuracy "
           f"{parity['quantized_accuracy']:.4f}, top-1 agreement {parity['agreement']:.4f} "
           f"on {parity['test_images']} test images", flush=True)

@@ -37,22 +37,31 @@ from linewatch.train.console import EpochProgress
 CELL = 8  # pixels a side of one heat-map cell (the scar detector pools three times)
 
 
+def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Any colour, but grey half the time: scratches and cracks are darker or lighter, rarely coloured."""
+    if rng.random() < 0.5:
+        return (float(rng.uniform(0, 255)),) * 3
+    return tuple(float(c) for c in rng.uniform(0, 255, 3))  # type: ignore[return-value]
+
+
 def synthetic_defect(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A good photo (HxWx3, 0..255) with one made-up defect: a scar, a blob, or a patch from elsewhere."""
     out = image.astype(np.float32).copy()
     h, w = out.shape[:2]
     kind = rng.integers(3)
-    if kind == 0:  # a scar: a straight stroke of any colour
+    if kind == 0:  # a scar: a stroke of any colour and length, more or less see-through
+        over = out.copy()
         x0, y0 = int(rng.integers(w)), int(rng.integers(h))
-        length, angle = rng.uniform(0.15, 0.5) * max(h, w), rng.uniform(0, math.pi)
+        length, angle = rng.uniform(0.05, 0.4) * max(h, w), rng.uniform(0, math.pi)
         end = (int(x0 + length * math.cos(angle)), int(y0 + length * math.sin(angle)))
-        cv2.line(out, (x0, y0), end, tuple(float(c) for c in rng.uniform(0, 255, 3)),
-                 int(rng.integers(1, max(2, h // 24) + 1)))
+        cv2.line(over, (x0, y0), end, _colour(rng), int(rng.integers(1, max(2, h // 32) + 1)))
+        alpha = rng.uniform(0.5, 1.0)
+        out = alpha * over + (1 - alpha) * out
     elif kind == 1:  # a blob, more or less see-through
         over = out.copy()
         axes = (int(rng.integers(2, max(3, w // 6))), int(rng.integers(2, max(3, h // 6))))
         cv2.ellipse(over, (int(rng.integers(w)), int(rng.integers(h))), axes, float(rng.uniform(0, 180)), 0, 360,
-                    tuple(float(c) for c in rng.uniform(0, 255, 3)), -1)
+                    _colour(rng), -1)
         alpha = rng.uniform(0.4, 1.0)
         out = alpha * over + (1 - alpha) * out
     else:  # a patch of the photo itself, flipped and relit, pasted elsewhere
@@ -72,9 +81,10 @@ def build_scar_detector(height: int, width: int, width_mult: float) -> tuple[Any
     x = layers.Rescaling(1 / 255)(inputs)
     for filters in (32, 64, 96):
         x = layers.Conv2D(max(8, round(filters * width_mult)), 3, padding="same", activation="relu")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(max(8, round(64 * width_mult)), 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)  # no batch normalization: a few hundred steps leave its averages unsettled
+    for dilation in (1, 2, 4):  # context: is this mark on the part, or the belt's own seam?
+        x = layers.Conv2D(max(8, round(96 * width_mult)), 3, padding="same", dilation_rate=dilation,
+                          activation="relu")(x)
     logits = layers.Conv2D(1, 1, name="cell_logits")(x)
     trained = keras.Model(inputs, layers.GlobalMaxPooling2D()(logits), name="scar_detector")
     heat = keras.Model(inputs, layers.Activation("sigmoid", name="heat_map")(logits), name="anomaly")
@@ -91,7 +101,7 @@ def build_autoencoder(height: int, width: int, width_mult: float) -> tuple[Any, 
     x = normalized
     for filters in (32, 64, 64):
         x = layers.Conv2D(max(8, round(filters * width_mult)), 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Conv2D(16, 1, activation="relu")(x)  # the bottleneck: 16 numbers per 8x8 pixels
+    x = layers.Conv2D(4, 1, activation="relu")(x)  # the bottleneck: 4 numbers per 8x8 pixels
     for filters in (64, 64, 32):
         x = layers.Conv2DTranspose(max(8, round(filters * width_mult)), 3, strides=2, padding="same",
                                    activation="relu")(x)
@@ -158,10 +168,28 @@ def evaluate_scores(good: np.ndarray, bad_by_class: dict[str, np.ndarray], thres
     }
 
 
-def _scarred_sets(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Every good image twice: once as it is, once with a synthetic defect; labels 0 and 1."""
-    scarred = np.stack([synthetic_defect(image, rng) for image in x])
-    return np.concatenate([x.astype(np.float32), scarred]), np.r_[np.zeros(len(x)), np.ones(len(x))][:, None]
+def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same part a little shifted, flipped and relit, as it comes down the belt."""
+    h, w = image.shape[:2]
+    out = np.roll(image, (int(rng.integers(-h // 16, h // 16 + 1)), int(rng.integers(-w // 16, w // 16 + 1))),
+                  axis=(0, 1))
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    if rng.random() < 0.5:
+        out = out[::-1]
+    return np.clip(out.astype(np.float32) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12), 0, 255)
+
+
+def _scarred_pairs(x: np.ndarray, rng: np.random.Generator, jitter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Each good image (jittered) next to itself with a synthetic defect: labels 0, 1, 0, 1...
+
+    Both of a pair land in the same batch, so telling them apart cannot come from knowing the
+    photo: only the defect differs. Without that the network learns the 200 photos by heart.
+    """
+    clean = np.stack([_jitter(image, rng) if jitter else image.astype(np.float32) for image in x])
+    pairs = np.empty((2 * len(x), *x.shape[1:]), np.float32)
+    pairs[0::2], pairs[1::2] = clean, np.stack([synthetic_defect(image, rng) for image in clean])
+    return pairs, np.tile([0.0, 1.0], len(x))[:, None]
 
 
 def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
@@ -210,25 +238,28 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     trained, heat = build(height, width, cfg.width)
     if cfg.anomaly_method == "scars":
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
-        val_set = _scarred_sets(x_val, np.random.default_rng(cfg.seed + 1))
+        val_set = _scarred_pairs(x_val, np.random.default_rng(cfg.seed + 1), jitter=False)
+        batch = max(2, cfg.batch_size // 2 * 2)  # whole pairs
 
         class Scarred(keras.utils.PyDataset):
-            """Fresh defects every epoch, so the network learns defects, not these defects."""
+            """Fresh defects (and jitter) every epoch, so the network learns defects, not these defects."""
 
             def __init__(self) -> None:
                 super().__init__()
-                self.epoch_set = _scarred_sets(x_train, rng)
+                self._new_epoch()
+
+            def _new_epoch(self) -> None:  # each photo twice: an epoch of a few hundred photos is short
+                self.pairs = _scarred_pairs(x_train[rng.permutation(np.tile(np.arange(len(x_train)), 2))], rng)
 
             def __len__(self) -> int:
-                return math.ceil(2 * len(x_train) / cfg.batch_size)
+                return math.ceil(len(self.pairs[0]) / batch)
 
             def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-                if index == 0:
-                    self.epoch_set = _scarred_sets(x_train, rng)
-                    self.order = rng.permutation(len(self.epoch_set[0]))
-                pick = self.order[index * cfg.batch_size : (index + 1) * cfg.batch_size]
-                x, y = self.epoch_set[0][pick], self.epoch_set[1][pick]
-                return (x[:, :, ::-1] if rng.random() < 0.5 else x), y
+                window = slice(index * batch, (index + 1) * batch)
+                return self.pairs[0][window], self.pairs[1][window]
+
+            def on_epoch_end(self) -> None:
+                self._new_epoch()
 
         train_data: Any = Scarred()
         fit_args: dict[str, Any] = {"validation_data": val_set}
@@ -238,7 +269,8 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
             .shuffle(len(x_train), seed=cfg.seed).batch(cfg.batch_size)
         fit_args = {"validation_data": (x_val.astype(np.float32), x_val / 255.0)}
     state = _State(learning_rate=cfg.learning_rate)
-    trained.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
+    shown = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)] if cfg.anomaly_method == "scars" else []
+    trained.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=shown)
     deadline = started + cfg.minutes * 60
     steps = len(train_data) if cfg.anomaly_method == "scars" else math.ceil(len(x_train) / cfg.batch_size)
     interrupted = False

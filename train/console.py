@@ -120,7 +120,8 @@ class EpochProgress:
         left = max(0.0, min(by_epochs, self.deadline - now))
         line = (f"{self.prefix}epoch {epoch:>3}/{self.ceiling}  loss {logs.get('loss', float('nan')):.4f}  "
                 f"val_loss {logs.get('val_loss', float('nan')):.4f}  "
-                f"val_acc {logs.get('val_accuracy', float('nan')):.4f}  best @{best_epoch}  lr {learning_rate:.2g}  "
+                + (f"val_acc {logs['val_accuracy']:.4f}  " if "val_accuracy" in logs else "")  # none for autoencoders
+                + f"best @{best_epoch}  lr {learning_rate:.2g}  "
                 f"{self._epoch_seconds[-1]:.1f} s  (at most {_clock(left)} left)")
         if self.lines or self.live:
             self.stream.write(("\r\033[K" if self.live else "") + line + ("\n" if self.lines else ""))
