@@ -303,13 +303,15 @@ def markdown(results: dict[str, Any], reference: str) -> str:
                      f"**{r['ratio']}** | {r['serial_fps']:,.0f} | {r['serial_ratio']} | {r['frames_per_call']} | "
                      f"{cpu['outside_invoke']} ({cpu['outside_share_of_invoke']:.0%}) | "
                      f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s, {r['live']['dropped']} dropped |")
-    small_1 = by_name_1["small"]
+    small_1, cnn_1 = by_name_1["small"], by_name_1["cnn"]
+    prepare_us, invoke_us = 1000 * cnn_1["stage_ms_p50"]["preprocess"], 1e6 / cnn_1["bare_fps"]
     lines += ["", "What limits the ratio on this host:", "",
               f"- At {cores} threads the interpreter takes every core, so whatever else the pipeline does (resize, "
               "quantize, JSON) is taken from it: the ratio can only be invoke's CPU over the total. Preparing a frame "
-              "of the line (160x120 to 128x96) costs about a fifth of the default CNN's invoke by itself. A Raspberry "
-              "Pi 4 or 5 has 4 cores and runs 3 interpreter threads by default, leaving one to capture and MQTT: the "
-              "1-thread rows are the ones that compare.",
+              f"of the line (160x120 to 128x96, area averaging as in training) takes {prepare_us:.0f} us, against "
+              f"{invoke_us:.0f} us for the default CNN's invoke at 1 thread. A Raspberry Pi 4 or 5 has 4 cores and "
+              "runs 3 interpreter threads by default, leaving one to capture and MQTT: the 1-thread rows are the "
+              "ones that compare.",
               f"- With a core left (1 thread), the pipeline's Python work runs beside `invoke()` and the ratio is "
               f"its share of the wall time: fine for the line models, but the small 32x32 CNN invokes in "
               f"{1e6 / small_1['bare_fps']:.0f} us, about as long as the Python a frame needs "
