@@ -70,10 +70,13 @@ def test_int8_anomaly_model_passes_the_auroc_gate_and_scores_photos(anomaly_mode
     assert flagged["stain"] > flagged["ok"], rows
 
 
-def test_the_daemon_refuses_an_anomaly_model_in_one_line(anomaly_model: tuple[Path, Path]) -> None:
-    proc = linewatch("run", "--model", str(anomaly_model[1]), "--source", "conveyor:1", "--broker",
-                     "mqtt://127.0.0.1:1", "--max-frames", "1", check=False)
+def test_the_daemon_and_evaluate_refuse_an_anomaly_model_in_one_line(anomaly_model: tuple[Path, Path]) -> None:
+    run, model = anomaly_model
+    proc = linewatch("run", "--model", str(model), "--source", "conveyor:1", "--broker", "mqtt://127.0.0.1:1",
+                     "--max-frames", "1", check=False)
     assert proc.returncode == 4 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr
+    proc = linewatch("evaluate", str(model), str(run.parent / "no-photos-needed"), check=False)
+    assert proc.returncode == 2 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_synthetic_defects_change_a_part_of_the_photo_and_the_threshold_keeps_its_false_alarm_rate() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.edge.errors import DataError, ModelError
+from linewatch.edge.errors import DataError, ModelError, UsageError
 from linewatch.edge.model import artifact
 from linewatch.edge.model.card import InputSpec, ModelCard
 from linewatch.train import data
@@ -67,6 +67,9 @@ def evaluate(model_path: str | Path, source: str | Path, out: str | Path | None 
         score, card, spec, classes = _keras_scorer(model_path)
     else:
         score, card, spec, classes = _tflite_scorer(model_path, labels)
+    if card.task == "anomaly":
+        raise UsageError(f"{model_path} is an anomaly model: its run folder's metrics.json and report.html hold its "
+                         "AUROC; score photos with 'linewatch classify'")
     items, what = _images(source)
     unknown = sorted({label for _, label in items} - set(classes))
     if unknown:

@@ -175,7 +175,7 @@ class Pipeline:
         self.max_backoff = max_backoff
         self.roi = roi
         self.rotate = rotate
-        self.block = 0 if source.live else max(1, block)  # 0: one frame at a time
+        self.block = 1 if source.live else max(1, block)
         self.stats = PipelineStats()
         self.error: DataError | None = None
         self.exhausted = False  # a finite source reached its end
@@ -196,34 +196,40 @@ class Pipeline:
         return engine.prepare(crop_rotate(image, self.roi, self.rotate))
 
     def _frames(self, stop: Callable[[], bool]) -> None:
-        """Read the source once through, handing blocks over; raises ``DataError`` as the source does."""
+        """Read the source once through, handing blocks over; raises ``DataError`` as the source does.
+
+        Whatever happens, the frames already prepared are handed over: they have ids, and a gap
+        in ids means a frame dropped as stale.
+        """
         timings, handoff = self.stats.timings_ms, self._handoff
         filling: _Filling | None = None
         started = time.perf_counter()
-        for captured in self.source.frames():
-            self.stats.source_state = "ok"
-            self._backoff = 0.5
-            self._next_id += 1
-            t0 = time.perf_counter()
-            engine = self.engine  # an update or reload starts a new block for the new engine
-            if filling is not None and filling.engine is not engine:
+        try:
+            for captured in self.source.frames():
+                self.stats.source_state = "ok"
+                self._backoff = 0.5
+                self._next_id += 1
+                t0 = time.perf_counter()
+                engine = self.engine  # an update or reload starts a new block for the new engine
+                if filling is not None and filling.engine is not engine:
+                    handoff.put(filling.block(), stop)
+                    filling = None
+                if filling is None:
+                    filling = _Filling(engine, self._block_size(engine))
+                filling.add(Frame(self._next_id, time.time(), captured.image, captured.path),
+                            self._pixels(engine, captured.image))
+                t1 = time.perf_counter()
+                timings["capture"].append(1000 * (t0 - started))
+                timings["preprocess"].append(1000 * (t1 - t0))
+                if filling.full or handoff.empty:
+                    handoff.put(filling.block(), stop)
+                    filling = None
+                if stop():
+                    return
+                started = time.perf_counter()
+        finally:
+            if filling is not None:
                 handoff.put(filling.block(), stop)
-                filling = None
-            if filling is None:
-                filling = _Filling(engine, self._block_size(engine))
-            filling.add(Frame(self._next_id, time.time(), captured.image, captured.path),
-                        self._pixels(engine, captured.image))
-            t1 = time.perf_counter()
-            timings["capture"].append(1000 * (t0 - started))
-            timings["preprocess"].append(1000 * (t1 - t0))
-            if filling.full or handoff.empty:
-                handoff.put(filling.block(), stop)
-                filling = None
-            if stop():
-                return
-            started = time.perf_counter()
-        if filling is not None:
-            handoff.put(filling.block(), stop)
 
     def _capture(self) -> None:
         """Read and prepare frames until the source ends or ``stop``; a live source that fails is reopened."""
