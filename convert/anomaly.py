@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.convert.config import ConvertConfig
-from linewatch.edge.errors import GateError, ModelError
-from linewatch.edge.files import write_atomic
+from linewatch.edge.errors import ModelError
 from linewatch.edge.model import artifact, audit
 from linewatch.edge.model.card import ModelCard
 from linewatch.edge.model.engine import Engine, heat_map_peaks
@@ -48,7 +47,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def convert_anomaly(run_dir: Path, out: Path, card: ModelCard, labels: list[str], model: Any,
                     cfg: ConvertConfig) -> dict[str, Any]:
     """Convert, gate and write an anomaly run's model; raises ``GateError`` when int8 ranks photos differently."""
-    from linewatch.convert.quantize import engine_for, latency_ms, tflite_bytes
+    from linewatch.convert.quantize import engine_for, latency_ms, tflite_bytes, write_or_reject
 
     assert card.input is not None and card.anomaly is not None  # the anomaly trainer writes both
     spec, splits = card.input, data.load_splits(run_dir / "splits.json")
@@ -108,14 +107,8 @@ def convert_anomaly(run_dir: Path, out: Path, card: ModelCard, labels: list[str]
     print(f"parity: AUROC float {parity['float_auroc']}, int8 {parity['quantized_auroc']}; rank correlation "
           f"{parity['rank_correlation']} on {parity['test_images']} test photos; int8 threshold {scale:.4g} "
           f"(float {card.anomaly.score_scale:.4g})", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if failures:
-        rejected = out.with_suffix(".rejected.tflite")
-        write_atomic(rejected, artifact.pack(flatbuffer, full_card.model_copy(update={"rejected": failures}), labels))
-        out.with_suffix(".rejected.report.json").write_text(json.dumps(report, indent=1))
-        raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). Try more calibration images "
-                        "(--calibration) or another width")
-    write_atomic(out, artifact.pack(flatbuffer, full_card, labels))
+    write_or_reject(out, flatbuffer, full_card, labels, report, failures,
+                    "Try more calibration images (--calibration) or another width")
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -274,19 +274,25 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
               "weight_scales": {"kept": _scales(target["per_tensor"]), "rejected_by_gate": scales_rejected},
               "ops": audit.summary(op_list),
               "edgetpu_unsupported_ops": not_on_tpu, "io": io, "failures": failures}
-    out.parent.mkdir(parents=True, exist_ok=True)
     print_report(report)
-    if failures:
-        rejected = out.with_suffix(".rejected.tflite")
-        write_atomic(rejected, artifact.pack(flatbuffer, full_card.model_copy(update={"rejected": failures}), labels))
-        out.with_suffix(".rejected.report.json").write_text(json.dumps(report, indent=1))
-        raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). Try more calibration "
-                        "images (--calibration), another width, or quantization-aware training")
-    write_atomic(out, artifact.pack(flatbuffer, full_card, labels))
+    write_or_reject(out, flatbuffer, full_card, labels, report, failures,
+                    "Try more calibration images (--calibration), another width, or quantization-aware training")
     if quantization == "int8":
         report["edgetpu_model"] = str(_edgetpu_compile(out, flatbuffer, full_card, labels) or "")
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def write_or_reject(out: Path, flatbuffer: bytes, card: ModelCard, labels: list[str], report: dict[str, Any],
+                    failures: list[str], advice: str) -> None:
+    """Write the model; or keep it as ``.rejected.tflite`` beside its report and raise ``GateError`` saying why."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if failures:
+        rejected = out.with_suffix(".rejected.tflite")
+        write_atomic(rejected, artifact.pack(flatbuffer, card.model_copy(update={"rejected": failures}), labels))
+        out.with_suffix(".rejected.report.json").write_text(json.dumps(report, indent=1))
+        raise GateError("; ".join(failures) + f" (kept as {rejected} for inspection). {advice}")
+    write_atomic(out, artifact.pack(flatbuffer, card, labels))
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -197,7 +197,7 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from linewatch.train.trainer import BEST_WEIGHTS, _make_checkpointer, _State
+    from linewatch.train.trainer import _make_checkpointer, _State, fit_keeping_best
 
     started = time.monotonic()
     out = Path(cfg.out)
@@ -273,17 +273,10 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     trained.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=shown)
     deadline = started + cfg.minutes * 60
     steps = len(train_data) if cfg.anomaly_method == "scars" else math.ceil(len(x_train) / cfg.batch_size)
-    interrupted = False
-    try:
-        trained.fit(train_data, epochs=cfg.epochs, verbose=0, **fit_args,
-                    callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(cfg.epochs, steps, deadline),
-                                                  say, None)])
-    except KeyboardInterrupt:
-        interrupted = True
-        say(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})")
-    if not (out / BEST_WEIGHTS).is_file():
-        raise DataError("training stopped before the first epoch ended: nothing to keep")
-    trained.load_weights(out / BEST_WEIGHTS)
+    interrupted = fit_keeping_best(lambda: trained.fit(
+        train_data, epochs=cfg.epochs, verbose=0, **fit_args,
+        callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(cfg.epochs, steps, deadline), say,
+                                      None)]), trained, out, state, say)
     heat.save(out / "model.keras")
 
     val_scores = heat_map_peaks(heat_maps(heat, x_val))

@@ -98,6 +98,18 @@ def misclassified_gallery(images: np.ndarray, y: np.ndarray, scores: np.ndarray,
     return len(wrong)
 
 
+def _page(title: str, summary: str) -> str:
+    """The start of a self-contained report page: styles, title, the data set's summary."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(summary)}</p>
+"""
+
+
 def write_report(out: Path, title: str, metrics: dict[str, Any], classes: list[str], images: np.ndarray,
                  y: np.ndarray, scores: np.ndarray, history: dict[str, list[float]] | None = None,
                  skipped: list[dict[str, str]] | None = None, summary: str = "") -> Path:
@@ -121,14 +133,7 @@ def write_report(out: Path, title: str, metrics: dict[str, Any], classes: list[s
         for c, m in metrics["per_class"].items())
     skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped or [])
     figures = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in plots)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(summary)}</p>
-<p class="big">{html.escape(describe(metrics))}</p>
+    page = _page(title, summary) + f"""<p class="big">{html.escape(describe(metrics))}</p>
 <p>Good classes: {html.escape(', '.join(d['good_labels']) or 'none (no class is named ok, good, pass, empty or normal), so there is no defect roll-up')};
 every other class counts as a defect. Top-k accuracy: {', '.join(f'top-{k} {v:.4f}' for k, v in metrics['top_k_accuracy'].items())}.
 Macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, F1 {metrics['macro']['f1']:.4f}.</p>
@@ -208,14 +213,7 @@ def write_anomaly_report(out: Path, title: str, metrics: dict[str, Any], good: n
                    f"<td>{m['support']}</td></tr>" for c, m in metrics["per_class"].items())
     figures = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in plots)
     detected = metrics["detection_rate"]
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(summary)}</p>
-<p class="big">test AUROC {metrics['auroc']:.4f}; at the threshold {metrics['false_alarm_rate']:.2%} of
+    page = _page(title, summary) + f"""<p class="big">test AUROC {metrics['auroc']:.4f}; at the threshold {metrics['false_alarm_rate']:.2%} of
 {metrics['good']} good photos flagged{'' if detected is None else f', {detected:.2%} of {metrics["anomalous"]} anomalous ones caught'}</p>
 <table><tr><th>anomalous class (never trained on)</th><th>AUROC</th><th>caught at the threshold</th><th>photos</th></tr>{rows}</table>
 {figures}

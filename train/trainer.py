@@ -175,6 +175,24 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
     return Checkpointer()
 
 
+def fit_keeping_best(fit: Callable[[], Any], model: Any, out: Path, state: _State,
+                     say: Callable[[str], None]) -> bool:
+    """Run ``fit`` (Ctrl-C ends it with the best epoch so far) and load the best epoch's weights into ``model``.
+
+    True when interrupted; a run stopped before its first epoch ended has nothing to keep.
+    """
+    interrupted = False
+    try:
+        fit()
+    except KeyboardInterrupt:
+        interrupted = True
+        say(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})")
+    if not (out / BEST_WEIGHTS).is_file():
+        raise DataError("training stopped before the first epoch ended: nothing to keep")
+    model.load_weights(out / BEST_WEIGHTS)
+    return interrupted
+
+
 def _compile(model: Any, learning_rate: float) -> None:
     import keras
 
@@ -275,8 +293,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     if fine_tune:
         stages.append(("fine-tune", cfg.fine_tune_epochs, cfg.learning_rate / 10))
 
-    interrupted = False
-    try:
+    def run_stages() -> None:
         for index, (stage, stage_epochs, learning_rate) in enumerate(stages):
             if index < state.stage:
                 continue
@@ -299,12 +316,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
                           callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(
                               state.stage_start + stage_epochs, steps, deadline,
                               prefix="fine-tune " if stage == "fine-tune" else "", lines=not quiet), say, on_epoch)])
-    except KeyboardInterrupt:
-        interrupted = True
-        say(f"\ninterrupted: keeping the best model so far (epoch {state.best_epoch})")
-    if not (out / BEST_WEIGHTS).is_file():
-        raise DataError("training stopped before the first epoch ended: nothing to keep")
-    model.load_weights(out / BEST_WEIGHTS)
+
+    interrupted = fit_keeping_best(run_stages, model, out, state, say)
     model.save(out / "model.keras")
     (out / "labels.txt").write_text("\n".join(dataset.classes) + "\n")
 
