@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import SETS, build  # noqa: E402
+from benchmarks.recording import record, spread  # noqa: E402
 
 
 def run_linewatch(data: Path, run: Path, seed: int) -> dict:
@@ -93,11 +93,6 @@ def run_baseline(run: Path, seed: int, epochs: int = 30) -> dict:
     return {"accuracy": accuracy, "seconds": round(time.monotonic() - started, 1)}
 
 
-def _spread(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
-
-
 def table(results: dict[str, dict], seeds: list[int]) -> str:
     """The markdown table of a run: mean ± standard deviation over the seeds, mean wall time."""
     lines = [f"Measured {date.today().isoformat()} on {os.cpu_count()} cores of {platform.machine()}, seeds "
@@ -108,21 +103,13 @@ def table(results: dict[str, dict], seeds: list[int]) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for name, result in results.items():
         ours = [r["linewatch"] for r in result["runs"]]
-        line = (f"| {name} | {result['images']:,} | {_spread([r['accuracy'] for r in ours])} "
+        line = (f"| {name} | {result['images']:,} | {spread([r['accuracy'] for r in ours])} "
                 f"| {statistics.mean(r['seconds'] for r in ours):.0f} s |")
         ref = [r["baseline"] for r in result["runs"] if "baseline" in r]
-        line += (f" {_spread([r['accuracy'] for r in ref])} | {statistics.mean(r['seconds'] for r in ref):.0f} s |"
+        line += (f" {spread([r['accuracy'] for r in ref])} | {statistics.mean(r['seconds'] for r in ref):.0f} s |"
                  if ref else " | |")
         lines.append(line)
     return "\n".join(lines) + "\n"
-
-
-def record(text: str) -> None:
-    """Write the table into docs/training.md between its markers (``make docs`` copies it to the README)."""
-    doc = ROOT / "docs" / "training.md"
-    block = re.compile(r"(<!-- bench-train:begin -->\n).*?(<!-- bench-train:end -->)", re.S)
-    doc.write_text(block.sub(lambda m: m.group(1) + text + m.group(2), doc.read_text()))
-    print(f"recorded in {doc.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -142,7 +129,7 @@ def main() -> None:
         text = table(earlier, sorted({r["seed"] for result in earlier.values() for r in result["runs"]}))
         print(text)
         if args.record:
-            record(text)
+            record(ROOT / "docs" / "training.md", "bench-train", text)
         return
     folders = build(ROOT / "build" / "sets", tuple(args.sets.split(",")))
     results: dict[str, dict] = {}
@@ -160,7 +147,7 @@ def main() -> None:
     text = table(results, seeds)
     print("\n" + text)
     if args.record:
-        record(text)
+        record(ROOT / "docs" / "training.md", "bench-train", text)
     if args.json:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

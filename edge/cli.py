@@ -52,10 +52,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from linewatch.edge.tools.classify import classify
+    from linewatch.edge.tools.classify import ReviewPicks, classify
 
+    if args.review_count < 1:
+        raise UsageError(f"--review-count {args.review_count}: keep at least 1 image")
+    review = ReviewPicks(Path(args.review_dir), args.review_count) if args.review_dir else None
     failed = classify(args.model, args.images, labels=args.labels, as_json=args.json, top_k=args.top_k,
-                      threads=args.threads)
+                      threads=args.threads, review=review)
     return 3 if failed else 0
 
 
@@ -208,9 +211,13 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a .tflite")
     p.add_argument("images", nargs="+", help="image files, folders or video files (each frame, as FILE#N)")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, score, top")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, score, top (and an "
+                                                        "anomaly model's anomaly_score, anomalous)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threads", type=int)
+    p.add_argument("--review-dir", help="keep the images most worth labelling here, in a folder per label: the "
+                                        "most anomalous, or the classifier's least sure")
+    p.add_argument("--review-count", type=int, default=20, help="how many --review-dir keeps")
     p.set_defaults(handler=_cmd_classify)
 
     p = sub.add_parser("collect", help="gather training photos from a source into DATASET/LABEL/")

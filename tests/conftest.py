@@ -31,6 +31,7 @@ settings.register_profile("linewatch", derandomize=True, deadline=None)
 settings.load_profile("linewatch")
 
 TIERS = {"trained": "workstation", "uint8_model": "workstation", "tiny": "device", "tiny_uint8": "device",
+         "tiny_anomaly": "device",
          "broker": "broker", "own_broker": "broker", "make_broker": "broker"}
 
 
@@ -78,6 +79,12 @@ def own_broker(make_broker: Callable[..., MosquittoBroker]) -> MosquittoBroker:
 def tiny() -> Path:
     """The committed int8 model (int8 I/O) of the synthetic line: 5 classes, 72x96, with its card."""
     return FIXTURES / "tiny.tflite"
+
+
+@pytest.fixture(scope="session")
+def tiny_anomaly() -> Path:
+    """The committed int8 anomaly model of the same line, learned from ok and empty photos only, 72x96."""
+    return FIXTURES / "tiny_anomaly.tflite"
 
 
 @pytest.fixture(scope="session")

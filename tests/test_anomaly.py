@@ -1,8 +1,13 @@
-"""Anomaly detection from good photos only: training, the int8 gate, scoring with classify, and the daemon's refusal."""
+"""Anomaly detection from good photos only: training, the int8 gate, scoring with classify, and the daemon.
+
+The device's side on the committed tiny anomaly model (no TensorFlow) is in test_anomaly_device.py;
+here the session's freshly trained one goes through the daemon to a real mosquitto.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ from linewatch.edge.model.engine import Engine
 from linewatch.edge.model.images import read_image
 from linewatch.train.anomaly import auroc, synthetic_defect, threshold_for
 from tests.conftest import TrainedModel
-from tests.helpers import linewatch
+from tests.helpers import Collector, linewatch
 
 pytestmark = pytest.mark.workstation
 
@@ -52,29 +57,46 @@ def test_int8_anomaly_model_passes_the_auroc_gate_and_scores_photos(anomaly_mode
     assert parity["rank_correlation"] >= MIN_RANK_CORRELATION and not report["failures"]
     engine = Engine(artifact.load(str(model_path)))
     assert engine.task == "anomaly" and engine.integer
-    good = np.array([engine.anomaly(read_image(str(p)))[0] for label in ("ok", "empty")
+    good = np.array([engine.predict(read_image(str(p))).anomaly_score for label in ("ok", "empty")
                      for p in sorted((holdout / label).glob("*.jpg"))])
-    bad = np.array([engine.anomaly(read_image(str(p)))[0] for label in ("crack", "scratch", "stain")
+    bad = np.array([engine.predict(read_image(str(p))).anomaly_score for label in ("crack", "scratch", "stain")
                     for p in sorted((holdout / label).glob("*.jpg"))])
     assert auroc(good, bad) >= 0.75, (good, bad)  # photos of another seed, never seen
-    score, heat = engine.anomaly(read_image(str(next((holdout / "scratch").glob("*.jpg")))))
-    assert heat.ndim == 2 and heat.shape[0] < engine.height and score == pytest.approx(
+    prediction = engine.predict(read_image(str(next((holdout / "scratch").glob("*.jpg")))))
+    heat = prediction.heat_map
+    assert heat is not None and heat.ndim == 2 and heat.shape[0] < engine.height
+    assert prediction.anomaly_score == pytest.approx(
         float(heat.max()) / engine.model.card.anomaly.score_scale)  # type: ignore[union-attr]
 
     rows = [json.loads(line) for line in linewatch("classify", str(model_path), str(holdout / "ok"),
                                                    str(holdout / "stain"), "--json").stdout.splitlines()]
-    assert len(rows) == 24 and all(set(r) == {"path", "anomaly_score", "anomalous"} for r in rows)
+    assert len(rows) == 24 and all({"path", "anomaly_score", "anomalous"} <= set(r) for r in rows)
     flagged = {Path(r["path"]).parent.name: 0 for r in rows}
     for r in rows:
         flagged[Path(r["path"]).parent.name] += r["anomalous"]
     assert flagged["stain"] > flagged["ok"], rows
 
 
-def test_the_daemon_and_evaluate_refuse_an_anomaly_model_in_one_line(anomaly_model: tuple[Path, Path]) -> None:
+def test_the_daemon_flags_unseen_defects_with_the_trained_model_and_evaluate_refuses_it(
+        anomaly_model: tuple[Path, Path], holdout: Path, broker, tmp_path: Path) -> None:
+    """Good parts, then cracks it never saw, then good parts, through the daemon to mosquitto: one event."""
     run, model = anomaly_model
-    proc = linewatch("run", "--model", str(model), "--source", "conveyor:1", "--broker", "mqtt://127.0.0.1:1",
-                     "--max-frames", "1", check=False)
-    assert proc.returncode == 4 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr
+    line = tmp_path / "line"
+    line.mkdir()
+    order = [*sorted((holdout / "ok").glob("*.jpg"))[:6], *sorted((holdout / "crack").glob("*.jpg"))[:6],
+             *sorted((holdout / "ok").glob("*.jpg"))[6:]]
+    for i, path in enumerate(order):
+        shutil.copy(path, line / f"{i:03d}.jpg")
+    sub = Collector(broker.url, "linewatch/trained-anomaly/#")
+    try:
+        linewatch("run", "--model", str(model), "--source", str(line), "--device-id", "trained-anomaly",
+                  "--broker", broker.url, "--once", "--set", "events.k=3", "--set", "events.n=5")
+        assert sub.wait_for(lambda s: len(s.on("/result")) == len(order), 30)
+    finally:
+        sub.close()
+    flagged = [r["anomalous"] for r in sub.on("/result")]
+    assert sum(flagged[6:12]) >= 5 and sum(flagged[:6] + flagged[12:]) <= 1, flagged
+    assert [e["class"] for e in sub.on("/event") if e["type"] == "start"] == ["anomaly"], sub.on("/event")
     proc = linewatch("evaluate", str(model), str(run.parent / "no-photos-needed"), check=False)
     assert proc.returncode == 2 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -119,13 +119,14 @@ def test_event_debouncing_needs_k_of_n() -> None:
 
 def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: Path, broker,
                                                                           tmp_path: Path) -> None:
-    sub = Collector(broker.url, "homeassistant/#")
+    sub = Collector(broker.url, "homeassistant/+/linewatch_ha_dev/#")  # other tests' devices are retained too
     proc = start_daemon(tiny, broker.url, "ha-dev", tmp_path, "--ha-discovery")
     try:
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 3, 60)
-        configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config")}
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 5, 60)
+        configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config") and m.payload}
+        removed = {m.topic for m in sub.messages if m.topic.endswith("/config") and not m.payload}
         sub.client.publish("homeassistant/status", b"online", qos=1)
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 6, 30)
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 10, 30)
         stop_daemon(proc)
     finally:
         proc.kill()
@@ -133,6 +134,9 @@ def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: 
     assert set(configs) == {"homeassistant/sensor/linewatch_ha_dev/label/config",
                             "homeassistant/binary_sensor/linewatch_ha_dev/defect/config",
                             "homeassistant/sensor/linewatch_ha_dev/fps/config"}
+    # a classifier: an anomaly model's entities are announced empty, which removes any left from one
+    assert removed == {"homeassistant/binary_sensor/linewatch_ha_dev/anomaly/config",
+                       "homeassistant/sensor/linewatch_ha_dev/anomaly_score/config"}
     defect = configs["homeassistant/binary_sensor/linewatch_ha_dev/defect/config"]
     assert defect["state_topic"] == "linewatch/ha-dev/result" and defect["device_class"] == "problem"
     assert defect["availability_topic"] == "linewatch/ha-dev/status"

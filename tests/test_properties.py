@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 
 from linewatch.edge.comms.payloads import Reply, Result, Score, rfc3339
 from linewatch.edge.device import config
-from linewatch.edge.device.commands import CommandRouter, DeviceCommands
+from linewatch.edge.device.commands import CommandRouter, DeviceCommands, apply_threshold
 from linewatch.edge.device.events import EventTracker
 from linewatch.edge.device.pipeline import Frame
 from linewatch.edge.device.pipeline import Result as Classified
 from linewatch.edge.device.results import ResultEncoder, model_ref
 from linewatch.edge.errors import ModelError, UsageError
 from linewatch.edge.model import artifact
-from linewatch.edge.model.card import ModelCard
+from linewatch.edge.model.card import AnomalySpec, ModelCard
 from linewatch.edge.model.engine import Prediction
 from tests.helpers import FIXTURES
 
@@ -38,8 +38,11 @@ NAMES = st.sampled_from(["pause", "resume", "snapshot", "threshold", "reload", "
 
 def _router() -> tuple[CommandRouter, list[bytes]]:
     replies: list[bytes] = []
-    sink = SimpleNamespace(latest=None, tracker=EventTracker(LABELS, ["ok", "empty"], {}, 3, 5))
-    handlers = DeviceCommands(threading.Event(), sink, lambda: ["results"]).handlers()  # type: ignore[arg-type]
+    tracker = EventTracker(LABELS, ["ok", "empty"], {}, 3, 5)
+    sink, engine = SimpleNamespace(latest=None, tracker=tracker), SimpleNamespace(task="classify")
+    handlers = DeviceCommands(threading.Event(), sink,  # type: ignore[arg-type]
+                              lambda label, value: apply_threshold(engine, tracker, label, value),  # type: ignore
+                              lambda: ["results"]).handlers()
     return CommandRouter("dev", handlers, lambda request, payload: replies.append(payload)), replies
 
 
@@ -134,24 +137,37 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 @settings(max_examples=300, deadline=None)
 @given(device=TEXT, labels=st.lists(TEXT, min_size=1, max_size=8, unique=True), data=st.data(),
        path=st.none() | TEXT, ts=st.floats(1e9, 4e9), frame_id=st.integers(1, 2**40), seq=st.integers(1, 2**40),
-       top_k=st.integers(1, 5))
+       top_k=st.integers(1, 5), anomaly=st.none() | st.floats(0, 1e4, width=32))
 def test_the_fast_result_encoder_gives_the_contracts_bytes(device: str, labels: list[str], data: st.DataObject,
                                                            path: str | None, ts: float, frame_id: int, seq: int,
-                                                           top_k: int) -> None:
-    """ResultEncoder skips pydantic per frame; it must give byte for byte what the Result model gives."""
+                                                           top_k: int, anomaly: float | None) -> None:
+    """ResultEncoder skips pydantic per frame; it must give byte for byte what the Result model gives,
+    for a classifier and for an anomaly model (whose labels are anomaly and normal)."""
     good = data.draw(st.lists(st.sampled_from(labels), unique=True))
-    scores = np.array(data.draw(st.lists(st.floats(0, 1, width=32), min_size=len(labels), max_size=len(labels))),
-                      np.float32)
-    card = ModelCard(name="m", version="1.2", labels=labels, good_labels=good)
+    if anomaly is None:
+        card = ModelCard(name="m", version="1.2", labels=labels, good_labels=good)
+        scores = np.array(data.draw(st.lists(st.floats(0, 1, width=32), min_size=len(labels),
+                                             max_size=len(labels))), np.float32)
+    else:
+        threshold = data.draw(st.floats(0.01, 100))
+        card = ModelCard(name="m", version="1.2", labels=labels, good_labels=good, task="anomaly",
+                         anomaly=AnomalySpec(method="scars", score_scale=1.0, threshold=threshold, false_alarm=0.01))
+        odds = anomaly / (anomaly + threshold)
+        scores = np.array([odds, 1 - odds], np.float32)
     model = artifact.ModelArtifact(Path("m.tflite"), b"flatbuffer", card, labels)
-    prediction = Prediction(scores, labels)
+    prediction = Prediction(scores, model.outcomes, anomaly)
     classified = Classified(Frame(frame_id, ts, np.zeros(1), path), prediction, model)
     encoded = ResultEncoder(device, model, top_k)(classified, seq)
     latency = json.loads(encoded)["latency_ms"]
     assert latency >= 0
+    good_outcomes = model.good_outcomes
     expected = Result(
         device_id=device, seq=seq, ts=rfc3339(ts), ts_ms=int(ts * 1000), frame_id=frame_id, path=path,
-        label=prediction.label, score=round(prediction.score, 4), defect=bool(good) and prediction.label not in good,
+        label=prediction.label, score=round(prediction.score, 4),
+        defect=bool(good_outcomes) and prediction.label not in good_outcomes,
         top=[Score(label=label, score=round(score, 4)) for label, score in prediction.top(top_k)],
-        model=model_ref(model), latency_ms=latency).encode()
+        model=model_ref(model), latency_ms=latency,
+        anomaly_score=None if anomaly is None else round(anomaly, 4), anomalous=prediction.anomalous).encode()
     assert encoded == expected
+    if anomaly is not None:
+        assert prediction.anomalous == (prediction.label == "anomaly") == (json.loads(encoded)["defect"])

@@ -86,12 +86,20 @@ class Result(Payload):
     frame_id: int = Field(ge=1, description="Monotonic per daemon run; gaps are frames dropped as stale.")
     path: str | None = Field(None, exclude_if=_absent_if_none,
                              description="The image file, for folder and file sources.")
-    label: str
-    score: float = Field(ge=0, le=1)
-    defect: bool = Field(description="The label is not one of the model's good labels (ok, empty...).")
+    label: str = Field(description="The class; for an anomaly model anomaly or normal.")
+    score: float = Field(ge=0, le=1, description="The label's score; for an anomaly model anomaly_score / "
+                                                 "(anomaly_score + threshold), 0.5 at the threshold.")
+    defect: bool = Field(description="The label is not one of the model's good labels (ok, empty...); for an "
+                                     "anomaly model, anomalous.")
     top: list[Score] = Field(min_length=1)
     model: ModelRef
     latency_ms: float = Field(ge=0, description="From capture to publishing: preprocess, wait, invoke, postprocess.")
+    anomaly_score: float | None = Field(None, ge=0, exclude_if=_absent_if_none,
+                                        description="Anomaly models only: the heat map's largest cell, 1.0 where "
+                                                    "the model's false-alarm rate was set at training.")
+    anomalous: bool | None = Field(None, exclude_if=_absent_if_none,
+                                   description="Anomaly models only: anomaly_score reached the threshold (the "
+                                               "card's, or as set by cmd/threshold).")
 
 
 class Event(Payload):

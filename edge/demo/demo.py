@@ -2,7 +2,9 @@
 
 Each step is the command a user would type, printed before it runs: render the synthetic
 factory line, train, convert to int8, start a broker, run the daemon on the simulated
-conveyor, and watch what arrives over MQTT. It ends with a summary and ``summary.json``.
+conveyor, and watch what arrives over MQTT. The second act learns the same line from its good
+parts and empty belt only, and flags on the conveyor the defects it has never seen. It ends
+with a summary and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ DEVICE_ID = "demo-line-1"
 # LiteRT's C++ start-up notice, which no setting silences; the device's own log keeps it (it says XNNPACK is on).
 RUNTIME_NOTICES = ("INFO: Created TensorFlow Lite",)
 CONVEYOR_SEED = 7
+ANOMALY_DEVICE_ID = "demo-line-2"
+GOOD = ("ok", "empty")  # what the second act's anomaly model learns from: no defect photos at all
+ANOMALY_MINUTES = 1.5  # its training budget: the demo stays a few minutes long
 
 
 def _linewatch(*args: str) -> str:
@@ -60,31 +65,27 @@ def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int =
     _linewatch("train", str(data), "-o", str(run), "--epochs", str(epochs))
     _linewatch("convert", str(run), "-o", str(model))
     parity = json.loads(model.with_suffix(".report.json").read_text())["parity"]
-    labels_by_frame: dict[int, str] = {}
 
     broker = local_broker(work / "broker")
     broker.start()
     print(f"\nbroker: {type(broker).__name__} at {broker.url}", flush=True)
     try:
-        ready = threading.Event()
-        lines = io.StringIO()
-        box: dict[str, Any] = {}
-        watcher = threading.Thread(target=lambda: box.update(view=monitor(
-            broker.url, protocol=broker.protocol, count=frames, timeout=300, out=lines, ready=ready,
-            on_result=lambda device, r: labels_by_frame.__setitem__(int(r["frame_id"]), str(r["label"])))))
-        watcher.start()
-        ready.wait(15)
-        out = _linewatch("run", "--model", str(model), "--source", f"conveyor:{CONVEYOR_SEED}",
-                         "--device-id", DEVICE_ID,
-                         "--broker", broker.url, "--protocol", broker.protocol, "--max-frames", str(frames),
-                         "--state-dir", str(work / "state"), "--json")
-        daemon = json.loads(out.strip().splitlines()[-1])
-        watcher.join(30)
+        daemon, view, lines, labels_by_frame = _watch(broker, model, DEVICE_ID, frames, work / "state")
+        print("\nthe subscriber saw (first lines):\n" + "".join(lines.splitlines(True)[:8]), end="")
+        print("\nsecond act: a line with no photos of its defects. Learn it from the good parts and the empty belt "
+              "only, then flag on the conveyor the defects it has never seen.", flush=True)
+        anomaly_run, anomaly_model = work / "run-anomaly", work / "anomaly.tflite"
+        _linewatch("train", str(data), "-o", str(anomaly_run), "--task", "anomaly", "--good", ",".join(GOOD),
+                   "--epochs", str(epochs), "--minutes", str(ANOMALY_MINUTES))
+        _linewatch("convert", str(anomaly_run), "-o", str(anomaly_model))
+        _, anomaly_view, anomaly_lines, flagged_by_frame = _watch(broker, anomaly_model, ANOMALY_DEVICE_ID, frames,
+                                                                  work / "state-anomaly")
+        print("\nthe subscriber saw (first lines):\n" + "".join(anomaly_lines.splitlines(True)[:4]), end="")
     finally:
         broker.stop()
-    view = box["view"].devices.get(DEVICE_ID)
     received = view.results if view else 0
-    print("\nthe subscriber saw (first lines):\n" + "".join(lines.getvalue().splitlines(True)[:8]), end="")
+    anomaly_received = anomaly_view.results if anomaly_view else 0
+    caught = anomaly_catch(flagged_by_frame, CONVEYOR_SEED)
     summary = {
         "float_test_accuracy": parity["float_accuracy"],
         "int8_test_accuracy": parity["quantized_accuracy"],
@@ -96,6 +97,10 @@ def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int =
         "defects_flagged": view.defects if view else 0,
         "conveyor_accuracy": conveyor_accuracy(labels_by_frame, CONVEYOR_SEED),
         "labels": view.labels if view else {},
+        "anomaly_test_auroc": json.loads((anomaly_run / "metrics.json").read_text())["test"]["auroc"],
+        "anomaly_messages_received": anomaly_received,
+        "anomaly_flagged_defects": caught["defects"],
+        "anomaly_flagged_good": caught["good"],
         "demo_seconds": round(time.monotonic() - started, 1),
         "artifacts": str(work.resolve()),
     }
@@ -106,5 +111,44 @@ linewatch demo summary
   daemon             {summary['frames']} conveyor frames at {summary['daemon_fps']} frames/s
   over MQTT          {received} result messages received, {summary['seq_gaps']} missing, {summary['defects_flagged']} defects flagged
   on the conveyor    {summary['conveyor_accuracy']} of frames labeled as the simulator's ground truth
+  anomaly model      learned from {' and '.join(GOOD)} only: test AUROC {summary['anomaly_test_auroc']}; on the conveyor it flagged {_share(caught['defects'])} of defect frames and {_share(caught['good'])} of good ones ({anomaly_received} results)
   time               {summary['demo_seconds']} s; artifacts in {summary['artifacts']}""", flush=True)
-    return 0 if received == daemon["frames"] else 1
+    return 0 if received == daemon["frames"] and anomaly_received == daemon["frames"] else 1
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def anomaly_catch(flagged_by_frame: dict[int, bool], seed: int) -> dict[str, float | None]:
+    """The share of the conveyor's defect frames an anomaly model flagged, and of its good frames (false alarms)."""
+    truth = list(itertools.islice(conveyor_truth(seed), max(flagged_by_frame, default=0)))
+    shares: dict[str, float | None] = {}
+    for kind, wanted in (("defects", False), ("good", True)):
+        frames = [flagged for i, flagged in flagged_by_frame.items() if (truth[i - 1] in GOOD) == wanted]
+        shares[kind] = round(sum(frames) / len(frames), 4) if frames else None
+    return shares
+
+
+def _watch(broker: Any, model: Path, device: str, frames: int,
+           state: Path) -> tuple[dict[str, Any], Any, str, dict[int, Any]]:
+    """Run the daemon on the conveyor for ``frames`` and watch it over MQTT: (exit summary, the monitor's view of
+    the device, the monitor's lines, each frame's label, or for an anomaly model whether it was flagged)."""
+    seen: dict[int, Any] = {}
+    ready = threading.Event()
+    lines = io.StringIO()
+    box: dict[str, Any] = {}
+
+    def on_result(device_id: str, result: dict[str, Any]) -> None:
+        seen[int(result["frame_id"])] = result.get("anomalous", result["label"])
+
+    watcher = threading.Thread(target=lambda: box.update(view=monitor(
+        broker.url, protocol=broker.protocol, count=frames, timeout=300, out=lines, ready=ready,
+        on_result=on_result)))
+    watcher.start()
+    ready.wait(15)
+    out = _linewatch("run", "--model", str(model), "--source", f"conveyor:{CONVEYOR_SEED}", "--device-id", device,
+                     "--broker", broker.url, "--protocol", broker.protocol, "--max-frames", str(frames),
+                     "--state-dir", str(state), "--json")
+    watcher.join(30)
+    return json.loads(out.strip().splitlines()[-1]), box["view"].devices.get(device), lines.getvalue(), seen

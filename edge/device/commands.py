@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +20,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from linewatch.edge.comms.payloads import Reply
+from linewatch.edge.device.events import EventTracker
 from linewatch.edge.device.results import ResultSink
+from linewatch.edge.model.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +77,39 @@ class CommandRouter:
         return Reply(device_id=self.device_id, command=name, id=request_id, ok=False, error=error)
 
 
+def anomaly_threshold(value: float) -> float:
+    """``value`` if it can be an anomaly model's threshold: a finite anomaly score above 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"an anomaly threshold is an anomaly score above 0 (1.0 = the one set at training), "
+                         f"not {value}")
+    return value
+
+
+def apply_threshold(engine: Engine, tracker: EventTracker, label: str, value: float) -> None:
+    """Set an event threshold: a class's score (0..1), or an anomaly model's ``anomaly`` score (above 0).
+
+    An anomaly model scores a frame 0.5 where its anomaly score meets the threshold, so that
+    threshold is the engine's, and its events keep 0.5.
+    """
+    if engine.task == "anomaly" and label == "anomaly":
+        engine.anomaly_threshold = anomaly_threshold(value)
+        return
+    if not 0 < value <= 1:
+        raise ValueError(f"the threshold of '{label}' is a score in 0..1")
+    try:
+        tracker.set_threshold(label, value)
+    except KeyError:
+        raise ValueError(f"class '{label}' is not one of {', '.join(tracker.labels)}") from None
+
+
 class DeviceCommands:
     """The handlers: pause, resume, snapshot, threshold, reload (``ota`` and ``rollback`` are the updater's)."""
 
-    def __init__(self, paused: threading.Event, sink: ResultSink, reload: Callable[[], list[str]]) -> None:
+    def __init__(self, paused: threading.Event, sink: ResultSink, set_threshold: Callable[[str, float], None],
+                 reload: Callable[[], list[str]]) -> None:
         self.paused = paused
         self.sink = sink
+        self._set_threshold = set_threshold
         self._reload = reload
 
     def handlers(self) -> dict[str, Handler]:
@@ -103,14 +133,11 @@ class DeviceCommands:
         return {"snapshot": name, "frame_id": latest.frame.id, "label": latest.prediction.label}
 
     def threshold(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A class's event threshold (0..1), or with an anomaly model ``"class": "anomaly"``, its score threshold."""
         label, value = body.get("class"), body.get("value")
-        if not isinstance(label, str) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ValueError('threshold needs {"class": NAME, "value": 0..1}')
-        tracker = self.sink.tracker
-        try:
-            tracker.set_threshold(label, float(value))
-        except KeyError:
-            raise ValueError(f"class '{label}' is not one of {', '.join(tracker.labels)}") from None
+        if not isinstance(label, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError('threshold needs {"class": NAME, "value": NUMBER}')
+        self._set_threshold(label, float(value))
         return {"class": label, "value": float(value)}
 
     def reload(self, body: dict[str, Any]) -> dict[str, Any]:

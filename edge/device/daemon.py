@@ -25,7 +25,7 @@ from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
-from linewatch.edge.device.commands import CommandRouter, DeviceCommands
+from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
 from linewatch.edge.device.config import Config
 from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
@@ -81,7 +81,7 @@ class Daemon:
         self.updater = ModelUpdater(
             Path(cfg.model.path), state / "ota", self.install, self._engine, lambda: list(self.sink.reference),
             signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key else None, int(cfg.ota.max_mb * MB))
-        handlers = DeviceCommands(self.paused, self.sink, self.reload).handlers()
+        handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
         if cfg.ota.enabled:
             handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
         self.commands = CommandRouter(cfg.device_id, handlers, self.publisher.reply)
@@ -103,10 +103,17 @@ class Daemon:
         if not engine.integer:
             raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
                              "with 'linewatch convert'")
-        if engine.task == "anomaly":  # its payloads and events do not carry anomaly scores yet
-            raise ModelError(f"{model.path} is an anomaly model: the daemon runs classifiers only for now; score "
-                             "photos with it using 'linewatch classify'")
+        override = self.cfg.events.thresholds.get("anomaly")
+        if engine.task == "anomaly" and override is not None:
+            try:
+                engine.anomaly_threshold = anomaly_threshold(override)
+            except ValueError as exc:
+                raise UsageError(f"events.thresholds.anomaly: {exc}") from None
         return engine
+
+    def set_threshold(self, label: str, value: float) -> None:
+        """An event threshold, live (``cmd/threshold``, reload): see ``commands.apply_threshold``."""
+        apply_threshold(self.pipeline.engine, self.sink.tracker, label, value)
 
     def install(self, model: ModelArtifact, engine: Engine) -> None:
         """Put a checked model to work: the pipeline takes the new engine between two frames."""
@@ -154,7 +161,7 @@ class Daemon:
         self.cfg.events.thresholds = fresh.events.thresholds
         self.stats.reschedule()
         for label, value in fresh.events.thresholds.items():
-            self.sink.tracker.set_threshold(label, value)
+            self.set_threshold(label, value)
         reloaded = ["results", "events.thresholds", "stats"]
         path = Path(self.cfg.model.path)
         try:
@@ -169,8 +176,9 @@ class Daemon:
     def _announce(self) -> None:
         """Home Assistant discovery: retained, again on every reconnect and whenever HA comes online."""
         ha = self.cfg.homeassistant
+        anomaly = self.model.card.task == "anomaly"
         for topic, payload in discovery_messages(ha.prefix, self.cfg.device_id, self.publisher.topic,
-                                                 self.model.name, self.model.version):
+                                                 self.model.name, self.model.version, anomaly):
             self.publisher.publish_now(topic, payload, qos=1, retain=True)
 
     def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:

@@ -283,8 +283,8 @@ class Pipeline:
         t1 = time.perf_counter()
         raw = engine.invoke(tensor)
         t2 = time.perf_counter()
-        scores, labels, model = engine.dequantize(raw), engine.model.labels, engine.model
-        results = [Result(frame, Prediction(row, labels), model) for frame, row in zip(frames, scores)]
+        model = engine.model
+        results = [Result(frame, prediction, model) for frame, prediction in zip(frames, engine.predictions(raw))]
         t3 = time.perf_counter()
         timings, count = self.stats.timings_ms, len(results)
         timings["invoke"].append(1000 * (t2 - t1) / count)

@@ -25,7 +25,7 @@ from linewatch.edge.device.pipeline import Result as Classified
 from linewatch.edge.device.system import process_age
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import best_first
-from linewatch.edge.model.images import encode_jpeg
+from linewatch.edge.model.images import crop_rotate, encode_jpeg, heat_map_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +41,26 @@ class ResultEncoder:
     """
 
     def __init__(self, device_id: str, model: ModelArtifact, top_k: int) -> None:
-        good = set(model.card.good_labels)
+        good = set(model.good_outcomes)
         self.top_k = top_k
-        self._labels = [_json(label) for label in model.labels]
-        self._defect = ["true" if good and label not in good else "false" for label in model.labels]
+        self._labels = [_json(label) for label in model.outcomes]
+        self._defect = ["true" if good and label not in good else "false" for label in model.outcomes]
         self._head = f'{{"schema":{SCHEMA},"device_id":{_json(device_id)},"seq":'
         self._model = ',"model":' + model_ref(model).model_dump_json() + ',"latency_ms":'
 
     def __call__(self, result: Classified, seq: int) -> bytes:
-        frame, labels = result.frame, self._labels
-        scores = result.prediction.scores.tolist()
+        frame, labels, prediction = result.frame, self._labels, result.prediction
+        scores = prediction.scores.tolist()
         order = best_first(scores, self.top_k)  # as Prediction.top; the first is argmax
         best = order[0]
         top = ",".join(f'{{"label":{labels[i]},"score":{round(scores[i], 4)!r}}}' for i in order)
         path = "" if frame.path is None else f',"path":{_json(frame.path)}'
+        anomaly = "" if prediction.anomaly_score is None else \
+            f',"anomaly_score":{round(prediction.anomaly_score, 4)!r},"anomalous":{self._defect[best]}'
         return (f'{self._head}{seq},"ts":"{rfc3339(frame.ts)}","ts_ms":{int(frame.ts * 1000)},'
                 f'"frame_id":{frame.id}{path},"label":{labels[best]},"score":{round(scores[best], 4)!r},'
                 f'"defect":{self._defect[best]},"top":[{top}]{self._model}'
-                f'{round(1000 * max(0.0, time.time() - frame.ts), 2)!r}}}').encode()
+                f'{round(1000 * max(0.0, time.time() - frame.ts), 2)!r}{anomaly}}}').encode()
 
 
 def _json(text: str) -> str:
@@ -98,8 +100,10 @@ class ResultSink:
     def _follow(self, model: ModelArtifact) -> None:
         card = model.card
         self.model = model
-        self.tracker = EventTracker(model.labels, card.good_labels, {**card.thresholds, **self.cfg.events.thresholds},
-                                    self.cfg.events.k, self.cfg.events.n)
+        # An anomaly model's frames are scored 0.5 at its threshold (the engine's), so its events use 0.5.
+        thresholds = {} if card.task == "anomaly" else {**card.thresholds, **self.cfg.events.thresholds}
+        self.tracker = EventTracker(model.outcomes, model.good_outcomes, thresholds, self.cfg.events.k,
+                                    self.cfg.events.n)
         self._encode = ResultEncoder(self.cfg.device_id, model, self.cfg.results.top_k)
 
     def _wanted(self, result: Classified) -> bool:
@@ -130,7 +134,7 @@ class ResultSink:
         if self._wanted(result):
             self.publisher.spool_message("result", lambda seq: self._encode(result, seq))
         prediction = result.prediction
-        scores = dict(zip(self.model.labels, (float(s) for s in prediction.scores)))
+        scores = dict(zip(self.model.outcomes, prediction.scores.tolist()))
         for alarm in self.tracker.update(scores, result.frame.id, result.frame.ts):
             snapshot = None
             if alarm.type == "start" and self.snapshots is not None:
@@ -142,10 +146,16 @@ class ResultSink:
                             f"{prediction.score:.2f}.jpg", result.frame.image)
 
     def publish_snapshot(self, result: Classified, name: str) -> None:
-        """The frame as JPEG: kept under the snapshot quota and published (spooled) on ``snapshot``."""
+        """The frame as JPEG: kept under the snapshot quota and published (spooled) on ``snapshot``.
+
+        An anomaly model's heat map is blended over the region it looked at, to show where.
+        """
         if self.snapshots is None:
             raise ValueError("snapshots are off: set events.snapshots = true")
-        jpeg = encode_jpeg(result.frame.image)
+        heat, image = result.prediction.heat_map, result.frame.image
+        if heat is not None:
+            image = heat_map_overlay(crop_rotate(image, self.cfg.source.roi, self.cfg.source.rotate), heat)
+        jpeg = encode_jpeg(image)
         self.snapshots.add(name, jpeg)
         self.publisher.spool_message("snapshot", lambda seq: jpeg)
 

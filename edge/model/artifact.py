@@ -22,6 +22,7 @@ from linewatch.edge.model.card import ModelCard
 CARD_NAME = "model_card.json"
 LABELS_NAME = "labels.txt"
 TFLITE_IDENTIFIER = b"TFL3"
+ANOMALY_OUTCOMES = ("anomaly", "normal")  # an anomaly model's labels: anomaly first, so a tie flags the frame
 
 
 def sha256(data: bytes) -> str:
@@ -53,6 +54,19 @@ class ModelArtifact:
     @property
     def sha256(self) -> str:
         return self.card.model_sha256 or sha256(self.flatbuffer)
+
+    @property
+    def outcomes(self) -> list[str]:
+        """What a prediction's label can be: the classes, or for an anomaly model ``anomaly`` and ``normal``.
+
+        (An anomaly model's own ``labels`` are the good classes it was trained on.)
+        """
+        return list(ANOMALY_OUTCOMES) if self.card.task == "anomaly" else self.labels
+
+    @property
+    def good_outcomes(self) -> list[str]:
+        """The outcomes that are not defects."""
+        return [ANOMALY_OUTCOMES[1]] if self.card.task == "anomaly" else self.card.good_labels
 
 
 def pack(flatbuffer: bytes, card: ModelCard, labels: list[str]) -> bytes:

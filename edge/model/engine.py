@@ -55,10 +55,22 @@ def best_first(scores: list[float], k: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Scores for every label, best first in ``top``."""
+    """Scores for every label, best first in ``top``.
+
+    An anomaly model's labels are ``ModelArtifact.outcomes`` (anomaly, normal), scored
+    s / (s + threshold) and its complement, so the label flips where the anomaly score
+    passes the threshold; ``anomaly_score`` and ``heat_map`` are its own output.
+    """
 
     scores: np.ndarray
     labels: list[str]
+    anomaly_score: float | None = None  # 1.0 = the threshold chosen at training; None for a classifier
+    heat_map: np.ndarray | None = None  # h x w, over the prepared frame
+
+    @property
+    def anomalous(self) -> bool | None:
+        """For an anomaly model, whether the score reached the threshold; None for a classifier."""
+        return None if self.anomaly_score is None else self.index == 0
 
     @property
     def index(self) -> int:
@@ -157,6 +169,9 @@ class Engine:
         if (self.input.height, self.input.width) != (self.height, self.width):
             raise ModelError(f"{model.path}: its card says {self.input.height}x{self.input.width} pixels but the model "
                              f"takes {self.height}x{self.width}: the card belongs to another model, convert it again")
+        self.labels = model.outcomes
+        # Where a frame counts as anomalous, in score units: the card's, moved live by cmd/threshold.
+        self.anomaly_threshold = model.card.anomaly.threshold if model.card.anomaly is not None else 1.0
         self._lut = self._quantization_table()
         self._batch = 1  # the interpreter's input is allocated for this many frames
         # Delegates (the Edge TPU) compile for one input shape: there, a block is invoked frame by frame.
@@ -226,14 +241,21 @@ class Engine:
             return self.interpreter.get_tensor(self._out["index"])
         return np.concatenate([self.invoke(tensor[i : i + 1]) for i in range(count)])
 
+    def predictions(self, raw: np.ndarray) -> list[Prediction]:
+        """The interpreter's raw output block, one ``Prediction`` a frame."""
+        if self.task != "anomaly":
+            return [Prediction(row, self.labels) for row in self.dequantize(raw)]
+        heat, scores = self.anomaly_scores(raw)
+        odds = scores / (scores + self.anomaly_threshold)  # 0.5 at the threshold: the label flips there
+        return [Prediction(np.array([p, 1 - p], np.float32), self.labels, s, h)
+                for p, s, h in zip(odds.tolist(), scores.tolist(), heat)]
+
     def predict_pixels(self, pixels: np.ndarray) -> Prediction:
-        """Classify an image already prepared to the model's size and colour order."""
-        if self.task == "anomaly":
-            raise ModelError(f"{self.model.path} is an anomaly model, not a classifier: it gives a score, not labels")
-        return Prediction(self.dequantize(self.invoke(self.quantize(pixels))[0]), self.model.labels)
+        """Classify (or score) an image already prepared to the model's size and colour order."""
+        return self.predictions(self.invoke(self.quantize(pixels)))[0]
 
     def predict(self, bgr: np.ndarray) -> Prediction:
-        """Classify a BGR frame of any size."""
+        """Classify (or score) a BGR frame of any size."""
         return self.predict_pixels(self.prepare(bgr))
 
     def anomaly_scores(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +263,4 @@ class Engine:
         spec = self.model.card.anomaly
         assert spec is not None  # checked when the engine was made
         heat = self.dequantize(raw)[..., 0]
-        return heat, heat_map_peaks(heat) / spec.score_scale
-
-    def anomaly(self, bgr: np.ndarray) -> tuple[float, np.ndarray]:
-        """An anomaly model's score for a BGR frame of any size (1.0 = the threshold at training), and its heat map."""
-        heat, scores = self.anomaly_scores(self.invoke(self.quantize(self.prepare(bgr))))
-        return float(scores[0]), heat[0]
+        return heat, np.maximum(heat_map_peaks(heat), 0.0) / spec.score_scale

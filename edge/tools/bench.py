@@ -107,10 +107,9 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     def serial() -> float:
         started = time.perf_counter()
         for frame in captured:
-            scores = engine.dequantize(engine.invoke(engine.quantize(engine.prepare(frame.image)))[0])
-            best = int(scores.argmax())
-            json.dumps({"label": model.labels[best], "score": float(scores[best]), "ts": time.time(),
-                        "scores": dict(zip(model.labels, scores.tolist()))}).encode()
+            prediction = engine.predict(frame.image)  # prepare, quantize, invoke, dequantize
+            json.dumps({"label": prediction.label, "score": prediction.score, "ts": time.time(),
+                        "scores": dict(zip(prediction.labels, prediction.scores.tolist()))}).encode()
         return len(captured) / (time.perf_counter() - started)
 
     bare()  # warm-up: caches, XNNPACK packing

@@ -37,6 +37,7 @@ class DeviceView:
     first_ms: int = 0
     last_ms: int = 0
     labels: dict[str, int] = field(default_factory=dict)
+    anomaly_score: float | None = None  # the last result's, from an anomaly model
 
     @property
     def fps(self) -> float:
@@ -76,6 +77,8 @@ class Monitor:
         elif kind == "result" and isinstance(body, dict):
             self._result(device, view, body)
             line += f" #{body.get('seq')} {body.get('label')} {body.get('score')}"
+            if "anomaly_score" in body:
+                line += f" anomaly score {body['anomaly_score']}"
             if body.get("defect"):
                 line += " DEFECT"
         elif kind == "event" and isinstance(body, dict):
@@ -91,11 +94,12 @@ class Monitor:
 
     def table(self) -> str:
         """The live view: one row per device."""
-        rows = [f"{'device':<20} {'status':<8} {'last label':<12} {'results':>8} {'defect %':>8} "
+        rows = [f"{'device':<20} {'status':<8} {'last label':<12} {'anomaly':>7} {'results':>8} {'defect %':>8} "
                 f"{'frames/s':>8} {'missing':>7} {'repeats':>7}"]
         for device, v in sorted(self.devices.items()):
             rate = 100 * v.defects / v.results if v.results else 0.0
-            rows.append(f"{device:<20} {v.status:<8} {v.last_label:<12} {v.results:>8} {rate:>8.1f} "
+            anomaly = "-" if v.anomaly_score is None else f"{v.anomaly_score:.2f}"
+            rows.append(f"{device:<20} {v.status:<8} {v.last_label:<12} {anomaly:>7} {v.results:>8} {rate:>8.1f} "
                         f"{v.fps:>8.1f} {v.gaps:>7} {v.duplicates:>7}")
         return "\n".join(rows)
 
@@ -113,6 +117,7 @@ class Monitor:
         view.last_label = str(body.get("label"))
         view.labels[view.last_label] = view.labels.get(view.last_label, 0) + 1
         view.defects += bool(body.get("defect"))
+        view.anomaly_score = body.get("anomaly_score")
         view.first_ms = view.first_ms or int(body.get("ts_ms", 0))
         view.last_ms = int(body.get("ts_ms", 0))
         if self.on_result is not None:
