@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train bench-anomaly broker clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train bench-anomaly broker browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ broker:
 		echo "mosquitto is missing: install it with your package manager (the tests need a real broker)" >&2; exit 1; \
 	fi
 
+# Debian's Chromium drives the setup page's browser test (no browser is downloaded); install it when missing.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get), for the setup page's browser test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: the setup page's browser test will be skipped (install chromium to run it)" >&2; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/linewatch demo --workdir build/demo
 
@@ -54,7 +65,7 @@ tiny-model: $(STAMP)
 	$(BIN)/python tests/fixtures/make_tiny_model.py
 
 # Unit, device and broker tests where TensorFlow is not even installed, as on a Pi.
-test-device: $(EDGE_STAMP) broker
+test-device: $(EDGE_STAMP) broker browser
 	@$(EDGE_BIN)/python -c "import importlib.util, sys; sys.exit('TensorFlow is installed in $(EDGE_VENV)' if importlib.util.find_spec('tensorflow') else 0)"
 	$(EDGE_BIN)/python -m pytest -m "not workstation"
 

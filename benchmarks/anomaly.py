@@ -105,7 +105,7 @@ def main() -> None:
     for name, folder in folders.items():
         for method in args.methods.split(","):
             for seed in seeds:
-                result = run(folder, GOOD[name], method, seed, args.out / name / method / f"seed{seed}")
+                result = run(folder, GOOD[name], method, seed, args.out / "runs" / name / method / f"seed{seed}")
                 results.setdefault(name, {}).setdefault(method, []).append(result)
                 print(f"{name} {method} seed {seed}: AUROC {result['auroc']:.4f} in {result['seconds']} s", flush=True)
     text = table(results, seeds)

@@ -75,8 +75,9 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None
         values = choices(field)
         if shown and "default:" not in help_text:
             help_text += f" (default: {shown})"
+        const = _extra(field).get("const")  # the flag alone gives this value
         parser.add_argument(name, dest=key, default=None, choices=values, metavar=key.rsplit(".", 1)[-1].upper(),
-                            help=help_text)
+                            help=help_text, **({"nargs": "?", "const": const} if const is not None else {}))
 
 
 def given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ its environment nesting, and the whole merge here is a few dozen lines with no n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from pathlib import Path
@@ -163,6 +164,34 @@ class HomeAssistantSection(Section):
     prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
 
 
+class HttpSection(Section):
+    listen: str | None = Field(None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
+                                                 "default; --http alone: 127.0.0.1:8080). docs/http.md",
+                               json_schema_extra=_flag("--http", const="127.0.0.1:8080"))
+    token: str | None = Field(None, description="the page's access token (a secret: the config file or "
+                                                "LINEWATCH_HTTP_TOKEN); when unset, one is made at the first start "
+                                                "and kept in state_dir/http-token",
+                              json_schema_extra=_flag("--http-token"))
+    fps: float = Field(4.0, gt=0, le=30, description="most frames a second the live view shows")
+    cert_file: str | None = Field(None, description="TLS certificate (PEM) for https; or put a reverse proxy in front")
+    key_file: str | None = Field(None, description="its private key")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port)."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"'{value}' is not HOST:PORT, e.g. 0.0.0.0:8080")
+    return host.strip("[]"), int(port)
+
+
 class Config(Section):
     """Everything ``linewatch run`` needs; see docs/configuration.md."""
 
@@ -182,6 +211,7 @@ class Config(Section):
     review: ReviewSection = ReviewSection()
     ota: OtaSection = OtaSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
+    http: HttpSection = HttpSection()
 
 
 SECTIONS = tuple(name for name, field in Config.model_fields.items()
@@ -215,7 +245,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None,
          environ: dict[str, str] | None = None, defaults: dict[str, Any] | None = None) -> Config:
-    """Read, merge (defaults < file < environment < overrides) and validate.
+    """Read, merge (defaults < file < the setup page's ``state_dir/setup.toml`` < environment < overrides) and
+    validate.
 
     Any problem is a ``UsageError`` naming the key.
     """
@@ -232,11 +263,39 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
             _get(tree, dotted)
         except KeyError:
             options.set_key(tree, dotted, value)
-    for dotted, value in {**_env_overrides(dict(os.environ if environ is None else environ)),
-                          **(overrides or {})}.items():
+    given = {**_env_overrides(dict(os.environ if environ is None else environ)), **(overrides or {})}
+    for dotted, value in given.items():
         options.set_key(tree, dotted, value)
     config: Config = options.build(Config, tree)
+    page_settings = {key: value for key, value in read_page_settings(Path(config.state_dir)).items()
+                     if key not in given}
+    if page_settings:
+        for dotted, value in page_settings.items():
+            options.set_key(tree, dotted, value)
+        config = options.build(Config, tree, noun=f"{Path(config.state_dir) / PAGE_SETTINGS} key")
     return config
+
+
+PAGE_SETTINGS = "setup.toml"  # in state_dir: what the setup page set
+PAGE_KEYS = ("source.roi", "source.rotate")
+
+
+def read_page_settings(state_dir: Path) -> dict[str, Any]:
+    """The settings made on the setup page, kept in ``state_dir/setup.toml``: they win over the config file,
+    the environment and flags win over them. The config file stays read-only to the service (systemd's
+    ProtectSystem=strict), so the page writes where the daemon may."""
+    path = state_dir / PAGE_SETTINGS
+    try:
+        tree = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} cannot be read ({exc}): delete it to go back to the config file's view") from None
+    found = {}
+    for dotted in PAGE_KEYS:
+        with contextlib.suppress(KeyError):
+            found[dotted] = _get(tree, dotted)
+    return found
 
 
 def check_files(mqtt: MqttSection) -> list[str]:

@@ -30,10 +30,12 @@ from linewatch.edge.device.config import Config
 from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
+from linewatch.edge.device.setup import SetupView, page_token
 from linewatch.edge.device.sources import open_source
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
+from linewatch.edge.device.web import SetupServer
 from linewatch.edge.errors import BrokerError, LinewatchError, ModelError, UsageError
 from linewatch.edge.files import write_atomic
 from linewatch.edge.model import artifact, signing
@@ -92,9 +94,21 @@ class Daemon:
         self.sink.on_first_result = self.notifier.ready
         self.status_file = state / f"status-{cfg.device_id}.json"
         self.publisher.on_state(self._on_broker_state)
+        self.web = self._setup_page(state) if cfg.http.listen else None
         self.refusal: str | None = None
         self.interrupted = False
         self._finished = False  # the pipeline ended; the daemon only waits now
+
+    def _setup_page(self, state: Path) -> SetupServer:
+        """The setup page's server, bound now so that a port in use is a one-line error at start (exit 2)."""
+        http = self.cfg.http
+        host, port = config_module.parse_listen(http.listen or "")
+        try:
+            return SetupServer(SetupView(self), host, port, page_token(http.token, state), http.fps, http.cert_file,
+                               http.key_file)
+        except OSError as exc:
+            raise UsageError(f"http.listen {http.listen}: {exc.strerror or exc} (another program on that port? "
+                             "choose another, or check http.cert_file and http.key_file)") from None
 
     def _engine(self, model: ModelArtifact) -> Engine:
         """An engine for ``model``, at start and for every update; the device runs full-integer models only."""
@@ -216,6 +230,8 @@ class Daemon:
         self.publisher.start()
         logger.info("classifying %s with %s (%d threads)", self.source.name, self.model.path, self.engine.num_threads)
         self.stats.start(self.pipeline.stats)
+        if self.web is not None:
+            self.web.start()
         first = time.monotonic()
         try:
             stats = self.pipeline.run(self.stop_event)
@@ -230,6 +246,8 @@ class Daemon:
         finally:
             self.stop_event.set()
             self.notifier.stopping()
+            if self.web is not None:
+                self.web.stop()
             self.stats.stop()
             self.publisher.stop()
             for archive in (self.review, self.snapshots):

@@ -93,6 +93,7 @@ class ResultSink:
         self.on_first_result: Callable[[], None] | None = None
         self.cold_start_s = 0.0
         self.reference: deque[np.ndarray] = deque(maxlen=REFERENCE_FRAMES)  # recent frames, for OTA self-checks
+        self.recent_events: deque[dict[str, object]] = deque(maxlen=10)  # for the setup page
         self._last_label: str | None = None
         self._frames_seen = 0
         self._follow(model)
@@ -141,6 +142,8 @@ class ResultSink:
                 snapshot = f"{alarm.event_id}.jpg"
                 self.publish_snapshot(result, snapshot)
             self.publisher.spool_message("event", lambda seq, a=alarm, s=snapshot: self._event(a, seq, s).encode())
+            self.recent_events.appendleft({"type": alarm.type, "class": alarm.label, "event_id": alarm.event_id,
+                                           "ts_ms": alarm.ts_ms, "peak_score": alarm.peak_score, "snapshot": snapshot})
         if self.review is not None and prediction.score < self.cfg.review.below:
             self.review.add(f"{prediction.label}/{time.strftime('%Y%m%dT%H%M%S')}_{result.frame.id:08d}_"
                             f"{prediction.score:.2f}.jpg", result.frame.image)

@@ -1,0 +1,141 @@
+"""What the setup page (``web.SetupServer``) sees of a running daemon, and the few things it may change.
+
+Read: the model card, the newest result and frame, the view (ROI, rotation), the stats and the
+last events. Changed: the ROI and rotation (applied to the next frame, and kept in
+``state_dir/setup.toml``, which the config loader reads after the config file, so a restart
+keeps them while /etc stays read-only to the service) and "save this frame as LABEL" for the
+next training round. No secret is ever put into what the page reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from linewatch.edge.device.config import PAGE_KEYS, PAGE_SETTINGS, env_name
+from linewatch.edge.device.system import cpu_temperature
+from linewatch.edge.files import write_atomic
+from linewatch.edge.model.images import encode_jpeg
+
+if TYPE_CHECKING:
+    from linewatch.edge.device.daemon import Daemon
+
+logger = logging.getLogger(__name__)
+
+TOKEN_FILE = "http-token"
+
+
+def page_token(configured: str | None, state_dir: Path) -> str:
+    """The configured token, or the one kept in ``state_dir/http-token`` (made at the first start, mode 0600)."""
+    if configured:
+        return configured
+    path = state_dir / TOKEN_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    write_atomic(path, token + "\n")
+    path.chmod(0o600)
+    logger.warning("setup page: a token was made and kept in %s (read it there; it is never logged)", path)
+    return token
+
+
+class SetupView:
+    """``web.DeviceView`` for ``Daemon``: reads its parts, never blocks the frame loop."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._rate: deque[tuple[float, int]] = deque(maxlen=20)  # (monotonic time, frames) for frames/s
+
+    def _fps(self, frames: int) -> float:
+        now = time.monotonic()
+        if not self._rate or now - self._rate[-1][0] >= 0.5:
+            self._rate.append((now, frames))
+        start_time, start_frames = self._rate[0]
+        return round((frames - start_frames) / (now - start_time), 2) if now > start_time else 0.0
+
+    def status(self) -> dict[str, Any]:
+        d = self.daemon
+        card, stats, latest = d.model.card, d.pipeline.stats, d.sink.latest
+        result = None
+        if latest is not None:
+            p = latest.prediction
+            result = {"frame_id": latest.frame.id, "ts_ms": int(latest.frame.ts * 1000), "label": p.label,
+                      "score": round(p.score, 4), "defect": p.label not in d.model.good_outcomes,
+                      "anomaly_score": None if p.anomaly_score is None else round(p.anomaly_score, 4),
+                      "anomalous": p.anomalous}
+        return {
+            "device_id": d.cfg.device_id,
+            "model": {"name": card.name, "version": card.version, "task": card.task, "labels": d.model.labels,
+                      "outcomes": d.model.outcomes, "sha256": d.model.sha256, "architecture": card.architecture,
+                      "quantization": card.quantization, "metrics": card.metrics, "parity": card.parity},
+            "latest": result,
+            "view": {"roi": list(d.pipeline.roi) if d.pipeline.roi else None, "rotate": d.pipeline.rotate},
+            "stats": {"frames": stats.frames, "fps": self._fps(stats.frames), "dropped": stats.dropped,
+                      "source_state": stats.source_state, "paused": d.paused.is_set(), "broker": d.publisher.state,
+                      "spool_backlog": d.spool.backlog(), "cpu_temp_c": cpu_temperature(),
+                      "latency_ms_p50": {s: round(stats.percentile(s, 50), 3) for s in stats.timings_ms}},
+            "events": list(d.sink.recent_events),
+            "save_dir": str(self._save_dir()),
+        }
+
+    def latest_frame(self) -> tuple[int, np.ndarray] | None:
+        latest = self.daemon.sink.latest
+        return None if latest is None else (latest.frame.id, latest.frame.image)
+
+    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: int) -> dict[str, Any]:
+        """Apply to the next frame at once, and keep it in ``state_dir/setup.toml`` for the next start."""
+        d = self.daemon
+        d.cfg.source.roi, d.cfg.source.rotate = roi, rotate  # validated by the config model
+        d.pipeline.roi, d.pipeline.rotate = roi, rotate
+        logger.info("setup page: region of interest %s, rotation %d", roi, rotate)
+        answer: dict[str, Any] = {"roi": list(roi) if roi else None, "rotate": rotate, "saved_to": None}
+        try:
+            answer["saved_to"] = str(save_view(Path(d.cfg.state_dir), roi, rotate))
+        except OSError as exc:
+            answer["note"] = f"applied until the daemon restarts: cannot write in {d.cfg.state_dir} ({exc.strerror})"
+        if any(key in d.overrides or env_name(key) in os.environ for key in PAGE_KEYS):
+            answer["note"] = "a --roi or --rotate flag (or --set, or LINEWATCH_SOURCE_*) wins at the next start"
+        return answer
+
+    def _save_dir(self) -> Path:
+        review = self.daemon.cfg.review.dir
+        return Path(review) if review else Path(self.daemon.cfg.state_dir) / "collected"
+
+    def save_frame(self, label: str) -> str:
+        if not label or "/" in label or "\\" in label or label.startswith(".") or len(label) > 64:
+            raise ValueError(f"label '{label}' cannot be a folder name: use letters, digits, - or _")
+        latest = self.daemon.sink.latest
+        if latest is None:
+            raise ValueError("no frame yet")
+        path = self._save_dir() / label / f"{label}_{time.strftime('%Y%m%dT%H%M%S')}_{latest.frame.id:08d}.jpg"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, encode_jpeg(latest.frame.image))
+        except OSError as exc:
+            raise ValueError(f"cannot write {path} ({exc.strerror})") from None
+        return str(path)
+
+    def snapshot(self, name: str) -> bytes | None:
+        path = Path(self.daemon.cfg.state_dir) / "snapshots" / name
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+
+def save_view(state_dir: Path, roi: tuple[float, float, float, float] | None, rotate: int) -> Path:
+    """Keep the view in ``state_dir/setup.toml``, which ``config.load`` reads after the config file."""
+    path = state_dir / PAGE_SETTINGS
+    lines = ["# Set on the setup page; it wins over the config file (flags and LINEWATCH_* win over it).",
+             "# Delete this file to go back to the config file's view.", "[source]", f"rotate = {rotate}"]
+    if roi is not None:
+        lines.append(f"roi = [{', '.join(repr(float(v)) for v in roi)}]")
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path

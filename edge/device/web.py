@@ -1,0 +1,279 @@
+"""The setup page: aim the camera, draw the region of interest, watch results and label frames, from a phone.
+
+The standard library's ``ThreadingHTTPServer`` is enough for one page and a handful of people
+beside a line: no framework to install on the Pi. One static page (``page.html``, no build
+step) talks to a few JSON endpoints (docs/http.md). What it costs the daemon:
+
+- nothing while nobody watches: the frame loop only keeps a reference to its latest frame
+  (the result sink does that anyway); the JPEG is encoded in the viewer's own request thread,
+  at most ``fps`` times a second, and shared by every viewer;
+- with viewers, one JPEG encode per frame shown, and a status document a second per viewer.
+
+Security: everything but the page shell and its login needs the token, as
+``Authorization: Bearer TOKEN`` or the HttpOnly cookie ``POST /login`` sets; it is compared in
+constant time, never logged, and never sent to the page. Over TLS with a configured
+certificate, or behind a reverse proxy that terminates it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from linewatch.edge.model.images import encode_jpeg, parse_roi
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "linewatch_token"
+MAX_BODY = 16 * 1024
+LIVE_WIDTH = 640  # the live view is scaled down to this width: a phone shows no more, and it encodes faster
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.jpg$")
+
+
+class DeviceView(Protocol):
+    """What the page reads from and asks of the running daemon (``Daemon`` implements it)."""
+
+    def status(self) -> dict[str, Any]:
+        """Model card, latest result, view (ROI, rotation), stats and recent events: no secrets."""
+
+    def latest_frame(self) -> tuple[int, np.ndarray] | None:
+        """The newest classified frame, whole (before the ROI), with its id."""
+
+    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: int) -> dict[str, Any]:
+        """Apply a region of interest and rotation to the next frames, and keep it in the config file."""
+
+    def save_frame(self, label: str) -> str:
+        """Save the newest frame as a photo of ``label`` for the next training round; where it went."""
+
+    def snapshot(self, name: str) -> bytes | None:
+        """An event's snapshot JPEG by file name."""
+
+
+class LiveFrame:
+    """The newest frame as JPEG, encoded on demand at most ``fps`` times a second and shared by all viewers."""
+
+    def __init__(self, view: DeviceView, fps: float) -> None:
+        self.view = view
+        self.period = 1 / fps
+        self._lock = threading.Lock()
+        self._jpeg: bytes | None = None
+        self._made = 0.0
+        self._frame_id = -1
+        self.encoded = 0  # JPEGs made: a test and the bench read it
+
+    def jpeg(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            if self._jpeg is None or time.monotonic() - self._made >= self.period:
+                latest = self.view.latest_frame()
+                if latest is None:
+                    return None
+                frame_id, image = latest
+                if frame_id != self._frame_id or self._jpeg is None:
+                    height, width = image.shape[:2]
+                    if width > LIVE_WIDTH:
+                        image = cv2.resize(image, (LIVE_WIDTH, round(height * LIVE_WIDTH / width)),
+                                           interpolation=cv2.INTER_AREA)
+                    self._jpeg, self._frame_id = encode_jpeg(image, quality=80), frame_id
+                    self.encoded += 1
+                self._made = time.monotonic()
+            return self._frame_id, self._jpeg
+
+
+class SetupServer:
+    """The HTTP server in a thread of its own; ``start`` and ``stop`` follow the daemon's run."""
+
+    def __init__(self, view: DeviceView, host: str, port: int, token: str, fps: float = 4.0,
+                 cert_file: str | None = None, key_file: str | None = None) -> None:
+        self.view = view
+        self.host = host
+        self.token = token
+        self.live = LiveFrame(view, fps)
+        self.page = resources.files(__package__).joinpath("page.html").read_bytes()
+        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.server.daemon_threads = True
+        self.scheme = "http"
+        if cert_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert_file, key_file)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self._stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.server.server_port}/"
+
+    def start(self) -> None:
+        self._thread.start()
+        logger.info("setup page at %s (the token is in the config, or in state_dir/http-token)", self.url)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def authorized(self, headers: Any) -> bool:
+        given = ""
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+        else:
+            cookie = SimpleCookie(headers.get("Cookie", ""))
+            if COOKIE in cookie:
+                given = cookie[COOKIE].value
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def _handler(server: SetupServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "linewatch"
+        sys_version = ""  # no Python version in the Server header
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("http %s %s", self.address_string(), format % args)
+
+        # --- replies ---------------------------------------------------------------------------
+
+        def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, value: Any, extra: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps(value).encode(), "application/json", extra)
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(status, {"error": message})
+
+        def _body(self) -> dict[str, Any] | None:
+            """The request's JSON object, or None after answering 400 or 413."""
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"more than {MAX_BODY} bytes")
+                return None
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                body = None
+            if not isinstance(body, dict):
+                self._error(HTTPStatus.BAD_REQUEST, "send a JSON object")
+                return None
+            return body
+
+        # --- routes ----------------------------------------------------------------------------
+
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, server.page, "text/html; charset=utf-8")
+                return
+            if not server.authorized(self.headers):
+                self._error(HTTPStatus.UNAUTHORIZED, "log in with the device's token")
+                return
+            if path == "/api/status":
+                self._json(HTTPStatus.OK, server.view.status())
+            elif path == "/api/frame.jpg":
+                live = server.live.jpeg()
+                if live is None:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
+                else:
+                    self._send(HTTPStatus.OK, live[1], "image/jpeg", {"X-Frame-Id": str(live[0])})
+            elif path == "/api/config":
+                self._json(HTTPStatus.OK, server.view.status()["view"])
+            elif path == "/api/stream":
+                self._stream()
+            elif path.startswith("/api/snapshots/") and SNAPSHOT_NAME.match(path.rsplit("/", 1)[-1]):
+                jpeg = server.view.snapshot(path.rsplit("/", 1)[-1])
+                if jpeg is None:
+                    self._error(HTTPStatus.NOT_FOUND, "no such snapshot (it may have gone under the quota)")
+                else:
+                    self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+        def do_POST(self) -> None:
+            path = urlsplit(self.path).path
+            body = self._body()
+            if body is None:
+                return
+            if path == "/login":
+                token = str(body.get("token", ""))
+                if not token or not hmac.compare_digest(token.encode(), server.token.encode()):
+                    self._error(HTTPStatus.UNAUTHORIZED, "wrong token")
+                    return
+                secure = "; Secure" if server.scheme == "https" else ""
+                self._json(HTTPStatus.OK, {"ok": True},
+                           {"Set-Cookie": f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}"})
+                return
+            if not server.authorized(self.headers):
+                self._error(HTTPStatus.UNAUTHORIZED, "log in with the device's token")
+                return
+            try:
+                if path == "/api/config":
+                    self._json(HTTPStatus.OK, server.view.set_view(_roi(body.get("roi")), _rotation(body)))
+                elif path == "/api/label":
+                    label = body.get("label")
+                    if not isinstance(label, str):
+                        raise ValueError('send {"label": NAME}')
+                    self._json(HTTPStatus.OK, {"saved": server.view.save_frame(label)})
+                else:
+                    self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+            except ValueError as exc:
+                self._error(HTTPStatus.BAD_REQUEST, str(exc))
+
+        def _stream(self) -> None:
+            """Server-sent events: the status document once a second, while the viewer stays."""
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                while not server._stopping.is_set():
+                    self.wfile.write(b"data: " + json.dumps(server.view.status()).encode() + b"\n\n")
+                    self.wfile.flush()
+                    server._stopping.wait(1.0)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass  # the viewer left
+
+    return Handler
+
+
+def _roi(value: Any) -> tuple[float, float, float, float] | None:
+    """``[x, y, w, h]`` as fractions of the frame, checked as the config's ``source.roi``; None for all of it."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                for v in value)):
+        raise ValueError('"roi" is [x, y, w, h] as fractions of the frame, or null for all of it')
+    return parse_roi(",".join(f"{float(v):.4f}" for v in value))
+
+
+def _rotation(body: dict[str, Any]) -> int:
+    rotate = body.get("rotate", 0)
+    if rotate not in (0, 90, 180, 270) or isinstance(rotate, bool):
+        raise ValueError('"rotate" is 0, 90, 180 or 270 (clockwise)')
+    return int(rotate)
