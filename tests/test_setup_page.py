@@ -235,6 +235,12 @@ def test_a_person_in_chromium_draws_the_region_and_the_daemon_uses_it(tiny: Path
         after = _labels_after(sub, device, applied_at + 5)
         browser.wait_for("document.getElementById('verdict').textContent === 'empty'")
         browser.screenshot(ARTIFACTS / "setup-page.png")
+        # On a phone: one column, nothing wider than the screen, the live view across it.
+        browser.send("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2, mobile=True)
+        browser.wait_for("window.innerWidth === 390 && Array.from(document.querySelectorAll('section, button')).every("
+                         "e => e.getBoundingClientRect().right <= window.innerWidth) && "
+                         "document.getElementById('live').getBoundingClientRect().width >= 300")
+        browser.screenshot(ARTIFACTS / "setup-page-phone.png")
         stop_daemon(proc)
     finally:
         browser.close()
