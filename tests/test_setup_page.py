@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from linewatch.edge.device.config import Config
 from linewatch.edge.device.web import LiveFrame
 from tests.browser import Browser
 from tests.helpers import CLI, ENV, ROOT, Collector, stop_daemon
+from tests.test_contract import _certificates
 
 TOKEN = "page-token-for-tests"
 CORNER = [0.02, 0.02, 0.2, 0.2]  # empty belt: the tiny model says "empty" there
@@ -41,7 +43,8 @@ def _config(tmp_path: Path, model: Path, device: str) -> Path:
 
 
 def _start(config: Path, broker_url: str, port: int, *extra: str, token_file: Path | None = None) -> subprocess.Popen:
-    """The daemon with the page on ``port``, once the page answers (with TOKEN, or the one in ``token_file``)."""
+    """The daemon with the page on ``port``, once it answers (with TOKEN, or the one in ``token_file``) and has
+    classified a frame."""
     proc = subprocess.Popen([*CLI, "run", "--config", str(config), "--broker", broker_url,
                              "--http", f"127.0.0.1:{port}", *extra], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -49,7 +52,8 @@ def _start(config: Path, broker_url: str, port: int, *extra: str, token_file: Pa
     while time.monotonic() < deadline:
         try:
             token = token_file.read_text().strip() if token_file else TOKEN
-            if _get(port, "/api/status", token)[0] == 200:
+            status, page, _ = _get(port, "/api/status", token)
+            if status == 200 and page["latest"] is not None:  # a frame classified: the live view has a picture
                 return proc
         except (OSError, json.JSONDecodeError):
             pass
@@ -164,6 +168,34 @@ def test_without_a_configured_token_one_is_made_kept_private_and_never_logged(ti
     proc = _start(config, broker.url, port, token_file=token_file)  # the same token after a restart
     try:
         assert token_file.read_text().strip() == token
+        stop_daemon(proc)
+    finally:
+        proc.kill()
+
+
+def test_the_page_over_tls_with_a_configured_certificate(tiny: Path, broker, tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path / "tls")
+    port = _free_port()
+    config = _config(tmp_path, tiny, "page-tls")
+    proc = subprocess.Popen([*CLI, "run", "--config", str(config), "--broker", broker.url, "--http",
+                             f"127.0.0.1:{port}", "--http-token", TOKEN, "--set", f"http.cert_file={cert}",
+                             "--set", f"http.key_file={key}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    context = ssl.create_default_context(cafile=str(ca))
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/api/status", headers={"Authorization":
+                                                                                    f"Bearer {TOKEN}"})
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=5) as reply:
+                    answer = json.loads(reply.read())
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[1]
+                time.sleep(0.2)
+        assert answer is not None and answer["device_id"] == "page-tls"
+        with pytest.raises(OSError):  # plain http to a TLS port gets nothing
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5)
         stop_daemon(proc)
     finally:
         proc.kill()

@@ -109,7 +109,10 @@ class SetupServer:
         if cert_file:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert_file, key_file)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            # The handshake happens in the request's thread, at its first read: a client that stalls in it
+            # holds up its own thread only, never the accept loop.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
             self.scheme = "https"
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self._stopping = threading.Event()
