@@ -123,6 +123,36 @@ class Event(Payload):
                                              "kept in state_dir/snapshots.")
 
 
+class PartMessage(Payload):
+    """One part on a triggered line: its verdict and whether the reject gate took it. QoS 1 through the spool."""
+
+    model_config = ConfigDict(title="linewatch part (topic <prefix>/<device_id>/part)")
+
+    seq: int = Field(ge=1, description="The part number: per device, increasing by one per part, across restarts.")
+    external_id: str | None = Field(None, exclude_if=_absent_if_none, description="The id cmd/trigger gave it.")
+    trigger_ts: str = Field(description="When the trigger saw it, UTC, RFC 3339.")
+    trigger_ts_ms: int
+    frame_ts_ms: int | None = Field(description="Capture time of the frame that judged it; null for no-frame, late.")
+    frame_id: int | None
+    label: str | None
+    score: float | None = Field(ge=0, le=1)
+    anomaly_score: float | None = Field(None, ge=0, exclude_if=_absent_if_none)
+    verdict: Literal["good", "defect", "anomaly", "late", "no-frame"]
+    rejected: bool = Field(description="The reject output pulsed for it.")
+    reason: str | None = Field(description="Why it was rejected (its verdict); null when it passed.")
+    decision_ms: float | None = Field(description="From the trigger to its verdict; null when it had none in time.")
+
+
+class LineStats(_Part):
+    parts: int = Field(ge=0)
+    good: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+    rejected_by_reason: dict[str, int]
+    double_triggers: int = Field(ge=0)
+    late: int = Field(ge=0)
+    yield_: float | None = Field(alias="yield", description="good / parts")
+
+
 class Percentiles(_Part):
     p50: float
     p99: float
@@ -152,6 +182,7 @@ class Stats(Payload):
     acknowledged: int = Field(ge=0, description="Spooled messages the broker has acknowledged since start.")
     cpu_temp_c: float | None
     max_rss_mb: float
+    line: LineStats | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: part counts.")
 
 
 class Reply(Payload):
@@ -169,14 +200,14 @@ class Reply(Payload):
 
 
 TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,
-                                              "reply": Reply}
+                                              "reply": Reply, "part": PartMessage}
 
 
 def json_schema(model: type[Payload], name: str) -> dict[str, Any]:
     """The JSON Schema of a payload as published: every field required but those absent when unused."""
     schema = model.model_json_schema(by_alias=True, mode="serialization")
     parts: dict[str, type[BaseModel]] = {model.__name__: model, "Score": Score, "ModelRef": ModelRef,
-                                         "Percentiles": Percentiles, "SpoolStats": SpoolStats}
+                                         "Percentiles": Percentiles, "SpoolStats": SpoolStats, "LineStats": LineStats}
     for node_name, node in [(model.__name__, schema), *schema.get("$defs", {}).items()]:
         cls = parts[node_name]
         node["required"] = [f.alias or key for key, f in cls.model_fields.items() if f.exclude_if is None]

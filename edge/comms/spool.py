@@ -66,6 +66,7 @@ class Spool:
         self.recovered: list[str] = []  # spool files moved aside since start
         self.in_memory = False  # the disk was full at start
         self.lost = 0  # messages that could not be stored at all (disk full), since start
+        self.last_failed = False  # the newest message could not be stored
         self._dropped_logged, self._dropped_said = 0, 0.0  # oldest entries dropped since start, last said when
         self._lock = threading.Lock()
         self._reservation_path = path.with_name(path.name + ".seq.json")
@@ -182,12 +183,14 @@ class Spool:
             for make_room in (0, max(10, self._size // 20)):  # then a twentieth of the spool, oldest first
                 try:
                     dropped = self._insert(topic, payload, sequence, seq, retain, make_room)
+                    self.last_failed = False
                     break
                 except sqlite3.OperationalError as exc:
                     if not _disk_full(exc):
                         raise
             else:
                 self.lost += 1
+                self.last_failed = True
                 if self.lost == 1 or self.lost % 1000 == 0:
                     logger.error("spool %s is full and the disk too: %d message(s) lost so far; inspection goes "
                                  "on, and storing resumes by itself when space returns", self.path, self.lost)
@@ -220,6 +223,10 @@ class Spool:
         """The last ``seq`` handed out for ``sequence`` (0 before the first)."""
         with self._lock:
             return self._seq.get(sequence, 0)
+
+    def writable(self) -> bool:
+        """Messages are being kept on disk: not in memory after a full disk, and the newest one was stored."""
+        return not self.in_memory and not self.last_failed
 
     def backlog(self) -> int:
         """Messages waiting for the broker."""

@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from linewatch.edge import options
 from linewatch.edge.errors import UsageError
@@ -164,6 +164,47 @@ class HomeAssistantSection(Section):
     prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
 
 
+class LineSection(Section):
+    """Line I/O (docs/line-io.md): BCM pin numbers, times in milliseconds from the trigger's edge."""
+
+    mode: Literal["free", "gpio", "mqtt"] = Field(
+        "free", description="free: a result per frame, no parts; gpio: a photo-eye on trigger_pin marks each part; "
+                            "mqtt: cmd/trigger does", json_schema_extra=_flag("--line"))
+    trigger_pin: int | None = Field(None, ge=0, le=27, description="the photo-eye's input (mode gpio)")
+    trigger_edge: Literal["rising", "falling"] = Field("rising", description="the electrical edge that means a part")
+    trigger_pull: Literal["up", "down"] = Field("down", description="the input's pull resistor")
+    debounce_ms: float = Field(5.0, ge=0, description="edges closer than this to the last are contact bounce")
+    min_spacing_ms: float = Field(50.0, ge=0, description="a part closer than this to the last is a counted double "
+                                                          "trigger, not a new part")
+    capture_offset_ms: float = Field(0.0, description="the part is in view this long after its trigger")
+    window_ms: float = Field(100.0, gt=0, description="frames within half of this of trigger + offset are the part's")
+    pick: Literal["nearest", "worst"] = Field("nearest", description="the part's frame: the nearest to trigger + "
+                                                                    "offset, or the worst in the window")
+    reject_pin: int | None = Field(None, ge=0, le=27, description="the reject gate's output",
+                                   json_schema_extra=_flag("--reject-pin"))
+    reject_delay_ms: float = Field(1000.0, gt=0, description="from the trigger's edge to the reject pulse: the "
+                                                             "time the part takes to reach the gate",
+                                   json_schema_extra=_flag("--reject-delay-ms"))
+    reject_pulse_ms: float = Field(100.0, gt=0, description="how long the reject (and good) output is held")
+    active_high: bool = Field(True, description="outputs drive high when active (false: low, for sinking inputs)")
+    good_pin: int | None = Field(None, ge=0, le=27, description="optional: a pulse for each good part")
+    ready_pin: int | None = Field(None, ge=0, le=27, description="optional: held while the daemon inspects (frames "
+                                                                 "arriving, spool writable); the PLC watches it")
+    fail_safe: bool = Field(True, description="reject a part with no verdict by its deadline (late), never pass it")
+    pin_factory: Literal["default", "mock"] = Field("default", description="default: gpiozero's own (lgpio on a "
+                                                                           "Pi); mock: simulated pins (demo, tests)")
+
+    @model_validator(mode="after")
+    def _pins(self) -> LineSection:
+        if self.mode == "gpio" and self.trigger_pin is None:
+            raise ValueError("line.mode gpio needs line.trigger_pin (the photo-eye's input)")
+        if self.mode != "free" and self.reject_pin is None:
+            raise ValueError(f"line.mode {self.mode} needs line.reject_pin (the reject gate's output)")
+        if self.mode != "free" and self.reject_pulse_ms >= self.reject_delay_ms:
+            raise ValueError("line.reject_pulse_ms must be shorter than line.reject_delay_ms")
+        return self
+
+
 class HttpSection(Section):
     listen: str | None = Field(None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
                                                  "default; --http alone: 127.0.0.1:8080). docs/http.md",
@@ -212,6 +253,7 @@ class Config(Section):
     ota: OtaSection = OtaSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     http: HttpSection = HttpSection()
+    line: LineSection = LineSection()
 
 
 SECTIONS = tuple(name for name, field in Config.model_fields.items()

@@ -27,11 +27,12 @@ from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
 from linewatch.edge.device.config import Config
+from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, decision_latency_ms
 from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.setup import SetupView, page_token
-from linewatch.edge.device.sources import open_source
+from linewatch.edge.device.sources import Source, open_source
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
@@ -51,15 +52,16 @@ class Daemon:
     """One running device. ``run()`` returns the exit summary."""
 
     def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict[str, Any] | None = None,
-                 once: bool = False, max_frames: int | None = None) -> None:
+                 once: bool = False, max_frames: int | None = None, source: Source | None = None) -> None:
+        """``source`` replaces the configured one (the line demo's simulated conveyor and photo-eye)."""
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = overrides or {}
         self.once = once
         self.model = artifact.load(cfg.model.path, cfg.model.labels)
         self.engine = self._engine(self.model)
-        self.source = open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
-                                  camera_size=cfg.source.camera_size)
+        self.source = source or open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
+                                            camera_size=cfg.source.camera_size)
         state = Path(cfg.state_dir)
         try:
             self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries, cfg.spool.max_mb)
@@ -79,15 +81,20 @@ class Daemon:
             if cfg.events.snapshots else None
         self.paused = threading.Event()
         self.stop_event = threading.Event()
-        self.sink = ResultSink(cfg, self.model, self.publisher, self.paused, self.snapshots, self.review)
+        self.line = self._line() if cfg.line.mode != "free" else None
+        self.sink = ResultSink(cfg, self.model, self.publisher, self.paused, self.snapshots, self.review,
+                               self.line.on_result if self.line else None)
         self.updater = ModelUpdater(
             Path(cfg.model.path), state / "ota", self.install, self._engine, lambda: list(self.sink.reference),
             signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key else None, int(cfg.ota.max_mb * MB))
         handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
         if cfg.ota.enabled:
             handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
+        if self.line is not None and cfg.line.mode == "mqtt":
+            handlers["trigger"] = self._trigger
         self.commands = CommandRouter(cfg.device_id, handlers, self.publisher.reply)
-        self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s)
+        self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s,
+                                   self.line.counters.as_dict if self.line else None)
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
         self.notifier = ServiceNotifier(self._last_progress, self._status_line)
@@ -98,6 +105,25 @@ class Daemon:
         self.refusal: str | None = None
         self.interrupted = False
         self._finished = False  # the pipeline ended; the daemon only waits now
+
+    def _line(self) -> LineController:
+        """Line I/O, refused at start (exit 2) when the reject would come before the daemon can decide."""
+        line = self.cfg.line
+        needed = decision_latency_ms(self.engine, self.cfg.source.fps) + line.capture_offset_ms + line.window_ms / 2
+        if line.reject_delay_ms < needed + LATENCY_MARGIN_MS:
+            raise UsageError(f"line.reject_delay_ms {line.reject_delay_ms:g} is shorter than this device needs to "
+                             f"decide ({needed:.0f} ms measured, plus {LATENCY_MARGIN_MS} ms margin): move the reject "
+                             "gate further down the line, or shorten line.window_ms")
+        return LineController(line, self.publisher.spool_message, self.cfg.device_id,
+                              lambda: self.model.good_outcomes, self.spool.writable)
+
+    def _trigger(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``cmd/trigger``: a part is in front of the camera now, with an optional id of the PLC's."""
+        part = body.get("part")
+        if part is not None and not isinstance(part, (str, int)) or isinstance(part, bool):
+            raise ValueError('"part" is the PLC\'s id for the part: a string or a number')
+        assert self.line is not None
+        return self.line.trigger(None if part is None else str(part))
 
     def _setup_page(self, state: Path) -> SetupServer:
         """The setup page's server, bound now so that a port in use is a one-line error at start (exit 2)."""
@@ -232,6 +258,8 @@ class Daemon:
         self.stats.start(self.pipeline.stats)
         if self.web is not None:
             self.web.start()
+        if self.line is not None:
+            self.line.start()
         first = time.monotonic()
         try:
             stats = self.pipeline.run(self.stop_event)
@@ -248,6 +276,8 @@ class Daemon:
             self.notifier.stopping()
             if self.web is not None:
                 self.web.stop()
+            if self.line is not None:
+                self.line.stop()  # parts in transit are rejected at their deadlines, and their messages spooled
             self.stats.stop()
             self.publisher.stop()
             for archive in (self.review, self.snapshots):

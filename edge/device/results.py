@@ -83,12 +83,15 @@ class ResultSink:
     """
 
     def __init__(self, cfg: Config, model: ModelArtifact, publisher: DevicePublisher, paused: threading.Event,
-                 snapshots: JpegArchive | None, review: JpegArchive | None) -> None:
+                 snapshots: JpegArchive | None, review: JpegArchive | None,
+                 on_result: Callable[[Classified], None] | None = None) -> None:
+        """``on_result`` sees every frame, paused or not (line I/O judges parts from them)."""
         self.cfg = cfg
         self.publisher = publisher
         self.paused = paused
         self.snapshots = snapshots
         self.review = review
+        self.on_result = on_result
         self.latest: Classified | None = None
         self.on_first_result: Callable[[], None] | None = None
         self.cold_start_s = 0.0
@@ -124,6 +127,8 @@ class ResultSink:
             self.reference.append(result.frame.image)
         if result.model is not self.model:
             self._follow(result.model)
+        if self.on_result is not None:
+            self.on_result(result)
         if self.paused.is_set():
             return
         self._frames_seen += 1

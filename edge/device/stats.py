@@ -9,8 +9,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from linewatch.edge.comms.payloads import Percentiles, SpoolStats, Stats, rfc3339
+from linewatch.edge.comms.payloads import LineStats, Percentiles, SpoolStats, Stats, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.pipeline import PipelineStats
 from linewatch.edge.device.system import cpu_temperature, max_rss_mb
@@ -22,12 +23,13 @@ class StatsReporter:
     """A thread that reads the pipeline's counters and publishes them; ``stop`` ends it."""
 
     def __init__(self, device_id: str, publisher: DevicePublisher, paused: threading.Event,
-                 interval: Callable[[], float]) -> None:
-        """``interval`` is read before each wait, so a reloaded config takes effect."""
+                 interval: Callable[[], float], line: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``interval`` is read before each wait, so a reloaded config takes effect; ``line`` gives part counts."""
         self.device_id = device_id
         self.publisher = publisher
         self.paused = paused
         self.interval = interval
+        self.line = line
         self.started = time.time()
         self._stopping = False
         self._wake = threading.Event()
@@ -42,7 +44,8 @@ class StatsReporter:
             latency_ms={s: Percentiles(p50=round(stats.percentile(s, 50), 3), p99=round(stats.percentile(s, 99), 3))
                         for s in stats.timings_ms},
             spool=SpoolStats(backlog=spool.backlog(), dropped=spool.dropped(), recovered=len(spool.recovered)),
-            acknowledged=self.publisher.acked, cpu_temp_c=cpu_temperature(), max_rss_mb=max_rss_mb())
+            acknowledged=self.publisher.acked, cpu_temp_c=cpu_temperature(), max_rss_mb=max_rss_mb(),
+            line=LineStats.model_validate(self.line()) if self.line else None)
 
     def start(self, stats: PipelineStats) -> None:
         self._thread = threading.Thread(target=self._run, args=(stats,), name="stats", daemon=True)
