@@ -187,9 +187,19 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from linewatch.edge.demo.demo import run_demo
+    from linewatch.edge.demo.demo import run_demo, train_demo_model
 
-    return run_demo(args.workdir, per_class=args.per_class, epochs=args.epochs, frames=args.frames)
+    if not args.line:
+        return run_demo(args.workdir, per_class=args.per_class, epochs=args.epochs, frames=args.frames)
+    from linewatch.edge.demo.line import run_line_demo
+
+    model = args.model or Path(args.workdir) / "model.tflite"
+    if not args.model and not Path(model).is_file():
+        train_demo_model(Path(args.workdir), args.per_class, args.epochs)
+    summary = run_line_demo(str(model), parts=args.parts, rate=args.rate, reject_delay_ms=args.reject_delay_ms,
+                            broker_url=args.broker, workdir=str(Path(args.workdir) / "line"),
+                            summary_path=args.summary, stall_ms=args.stall_ms, camera_loss_s=args.camera_loss_s)
+    return 0 if summary["one_message_per_part"] and not summary["not_good_but_passed"] else 1
 
 
 def _edge_commands(sub: argparse._SubParsersAction) -> None:
@@ -297,6 +307,18 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--frames", type=int, default=400, help="conveyor frames for the daemon")
+    p.add_argument("--line", action="store_true", help="a line with a photo-eye and a reject gate on simulated "
+                                                       "GPIO pins, judged part by part (docs/line-io.md)")
+    p.add_argument("--model", help="with --line: the int8 model (default: the demo's, trained into --workdir "
+                                   "when it is not there)")
+    p.add_argument("--parts", type=int, default=300, help="with --line: parts to send down the line")
+    p.add_argument("--rate", type=float, default=5.0, help="with --line: parts a second")
+    p.add_argument("--reject-delay-ms", type=float, default=500.0, help="with --line: photo-eye to reject gate")
+    p.add_argument("--broker", help="with --line: publish here (default: a broker of its own)")
+    p.add_argument("--summary", help="with --line: write the summary (JSON) here too")
+    p.add_argument("--stall-ms", type=float, default=0.0, help="with --line: delay every inference this long")
+    p.add_argument("--camera-loss-s", type=float, default=0.0, help="with --line: blind the camera this long, "
+                                                                   "mid-run")
     p.set_defaults(handler=_cmd_demo)
 
 

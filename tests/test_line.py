@@ -188,3 +188,21 @@ def test_a_reject_delay_shorter_than_the_device_can_decide_is_refused_at_start(t
                      "--line", "gpio", "--reject-pin", "27", "--set", "line.trigger_pin=27", "--set",
                      "line.pin_factory=mock", check=False)
     assert proc.returncode == 2 and "used twice" in proc.stderr, proc.stderr
+
+
+def test_the_line_demo_pushes_off_every_part_not_known_good_on_time_and_fails_safe(tiny: Path,
+                                                                                  tmp_path: Path) -> None:
+    """`linewatch demo --line` on simulated pins, with a camera loss mid-run, then with inference stalled."""
+    summary = tmp_path / "line.json"
+    linewatch("demo", "--line", "--model", str(tiny), "--parts", "60", "--rate", "5", "--camera-loss-s", "1",
+              "--workdir", str(tmp_path / "demo"), "--summary", str(summary))
+    s = json.loads(summary.read_text())
+    assert s["parts"] == 60 and s["mqtt_parts"] == 60 and s["one_message_per_part"], s
+    assert s["not_good_but_passed"] == 0 and s["good_but_rejected"] == 0 and s["reject_pulses"] == s["rejected"]
+    assert s["verdicts"]["no-frame"] >= 3  # the parts that passed while the camera was lost: all pushed off
+    assert s["defects_caught"] >= 0.7 * s["defects_true"] and s["double_triggers"] == 0
+    assert s["timing_error_ms"]["max"] <= 25, s["timing_error_ms"]  # make bench-line measures it unloaded
+    linewatch("demo", "--line", "--model", str(tiny), "--parts", "15", "--rate", "5", "--stall-ms", "600",
+              "--workdir", str(tmp_path / "stalled"), "--summary", str(summary))
+    s = json.loads(summary.read_text())
+    assert s["late"] == 15 and s["rejected"] == 15 and s["mqtt_parts"] == 15, s  # none passes

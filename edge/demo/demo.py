@@ -56,14 +56,21 @@ def conveyor_accuracy(labels_by_frame: dict[int, str], seed: int) -> float | Non
     return round(sum(truth[i - 1] == label for i, label in labels_by_frame.items()) / len(labels_by_frame), 4)
 
 
-def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int = 400) -> int:
-    started = time.monotonic()
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+def train_demo_model(work: Path, per_class: int = 300, epochs: int = 30) -> Path:
+    """The demo's steps up to the device: render the line, train the default CNN, convert it to int8."""
     data, run, model = work / "data", work / "run", work / "model.tflite"
     _linewatch("demo-data", str(data), "--per-class", str(per_class), "--seed", "1")
     _linewatch("train", str(data), "-o", str(run), "--epochs", str(epochs))
     _linewatch("convert", str(run), "-o", str(model))
+    return model
+
+
+def run_demo(workdir: str, per_class: int = 300, epochs: int = 30, frames: int = 400) -> int:
+    started = time.monotonic()
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    model = train_demo_model(work, per_class, epochs)
     parity = json.loads(model.with_suffix(".report.json").read_text())["parity"]
 
     broker = local_broker(work / "broker")

@@ -265,6 +265,8 @@ class Daemon:
             stats = self.pipeline.run(self.stop_event)
             elapsed = time.monotonic() - first
             self._finished = True
+            if self.line is not None:
+                self.line.stop()  # no more frames: parts in transit are rejected at their deadlines, then spooled
             if self.pipeline.exhausted and self.once:
                 while self.spool.backlog() and not self.stop_event.wait(0.1):
                     pass  # --once: exit when the broker has acknowledged everything

@@ -186,7 +186,8 @@ class LineController:
             self.counters.parts += 1
             for result in self._history:
                 self._consider(part, result)
-            self._settle(time.time())
+            if self._history:  # the frames already classified may cover its whole window
+                self._settle(self._history[-1].frame.ts)
             self._at(now + self.cfg.reject_delay_ms / 1000, functools.partial(self._gate, part))
             return {"counted": True, "in_transit": len(self._in_transit)}
 
@@ -331,6 +332,8 @@ class LineController:
     def stop(self) -> None:
         """Drop ready, then reject the parts still in transit at their deadlines (fail-safe) before returning."""
         with self._wake:
+            if self._stopping:
+                return
             self._stopping = True
             in_transit = len(self._in_transit)
             self._wake.notify()
