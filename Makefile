@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train bench-anomaly broker browser clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,11 @@ bench-train: $(STAMP)
 bench-anomaly: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/anomaly.py --record
+	$(BIN)/python docs/generate.py
+
+# The simulated line with its photo-eye and reject gate: 300 parts, then inference stalled (about 2 minutes).
+bench-line: $(STAMP)
+	$(BIN)/python benchmarks/line.py --record
 	$(BIN)/python docs/generate.py
 
 clean:

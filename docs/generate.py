@@ -27,7 +27,7 @@ README_BLOCK = re.compile(r"(<!-- exit-codes:begin -->\n).*?(<!-- exit-codes:end
 # Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`, `make bench`.
 RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md",
             "bench": ROOT / "benchmarks" / "results.md", "bench-anomaly": ROOT / "docs" / "anomaly.md",
-            "setup-page": ROOT / "docs" / "http.md"}
+            "setup-page": ROOT / "docs" / "http.md", "line-demo": ROOT / "docs" / "line-io.md"}
 
 
 def recorded_block(name: str) -> re.Pattern[str]:

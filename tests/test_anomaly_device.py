@@ -96,9 +96,8 @@ def test_anomaly_threshold_moves_live_and_home_assistant_gets_an_anomaly_sensor(
     assert after and not any(r["anomalous"] for r in after) and {r["label"] for r in after} == {"normal"}
     configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config") and m.payload}
     sensor = configs["homeassistant/binary_sensor/linewatch_anomaly_live/anomaly/config"]
-    assert sensor["value_template"] == "{{ 'ON' if value_json.anomalous else 'OFF' }}"
-    assert sensor["state_topic"] == "linewatch/anomaly-live/result"
-    assert "homeassistant/sensor/linewatch_anomaly_live/anomaly_score/config" in configs
+    assert sensor["value_template"] == "{{ 'ON' if value_json.anomaly else 'OFF' }}"
+    assert sensor["state_topic"] == "linewatch/anomaly-live/state"  # an open anomaly event, not a frame
 
 
 def test_classify_prints_anomaly_scores_and_keeps_the_most_anomalous_to_review(tiny_anomaly: Path, holdout: Path,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from linewatch.edge.comms.payloads import Event, Reply, Result, Stats
+from linewatch.edge.comms.payloads import DeviceState, Event, Reply, Result, Stats
 from linewatch.edge.device import config
 from linewatch.edge.device.events import EventTracker
 from linewatch.edge.errors import UsageError
@@ -122,25 +123,45 @@ def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: 
     sub = Collector(broker.url, "homeassistant/+/linewatch_ha_dev/#")  # other tests' devices are retained too
     proc = start_daemon(tiny, broker.url, "ha-dev", tmp_path, "--ha-discovery")
     try:
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 5, 60)
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 7, 60)
         configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config") and m.payload}
         removed = {m.topic for m in sub.messages if m.topic.endswith("/config") and not m.payload}
         sub.client.publish("homeassistant/status", b"online", qos=1)
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 10, 30)
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 14, 30)
         stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
-    assert set(configs) == {"homeassistant/sensor/linewatch_ha_dev/label/config",
-                            "homeassistant/binary_sensor/linewatch_ha_dev/defect/config",
-                            "homeassistant/sensor/linewatch_ha_dev/fps/config"}
-    # a classifier: an anomaly model's entities are announced empty, which removes any left from one
-    assert removed == {"homeassistant/binary_sensor/linewatch_ha_dev/anomaly/config",
-                       "homeassistant/sensor/linewatch_ha_dev/anomaly_score/config"}
-    defect = configs["homeassistant/binary_sensor/linewatch_ha_dev/defect/config"]
-    assert defect["state_topic"] == "linewatch/ha-dev/result" and defect["device_class"] == "problem"
-    assert defect["availability_topic"] == "linewatch/ha-dev/status"
+    node = "homeassistant/{}/linewatch_ha_dev/{}/config"
+    assert set(configs) == {node.format("binary_sensor", "defect"), node.format("sensor", "events"),
+                            node.format("sensor", "fps")}
+    # a classifier in free mode: the anomaly and line entities are announced empty, which removes any left
+    assert removed == {node.format("binary_sensor", "anomaly"), node.format("sensor", "last_part"),
+                       node.format("sensor", "yield"), node.format("sensor", "rejected")}
+    defect = configs[node.format("binary_sensor", "defect")]
+    assert all(c["state_topic"] == "linewatch/ha-dev/state" for c in configs.values())  # never the per-frame result
+    assert defect["device_class"] == "problem" and defect["availability_topic"] == "linewatch/ha-dev/status"
     assert len({json.dumps(c["device"], sort_keys=True) for c in configs.values()}) == 1  # one device
+
+
+def test_the_state_topic_stays_a_few_messages_a_second_at_any_frame_rate(tiny: Path, broker, tmp_path: Path) -> None:
+    """Home Assistant's entities follow `state`: over 10 s of the unpaced conveyor, a few messages a second."""
+    sub = Collector(broker.url, "linewatch/state-dev/#")
+    proc = start_daemon(tiny, broker.url, "state-dev", tmp_path, "--stats-interval", "2", fps=None)
+    try:
+        assert sub.wait_for(lambda s: len(s.on("/result")) >= 100, 60), proc.stderr
+        start = len(sub.on("/state"))
+        time.sleep(10)
+        states = sub.on("/state")[start:]
+        results = len(sub.on("/result"))
+        stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
+    for payload in sub.on("/state"):
+        DeviceState.model_validate(payload, strict=True)
+    assert results > 1000 and 2 <= len(states) <= 25, (results, len(states))  # events open and close: it changes
+    assert max(s["fps"] for s in states) > 100 and max(s["events"] for s in states) > 0
 
 
 def _certificates(folder: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:

@@ -106,7 +106,7 @@ def test_the_setup_api_needs_the_token_applies_the_region_and_saves_frames(tiny:
     try:
         assert _get(port, "/")[0] == 200  # the page shell and its login need no token
         for token in (None, "wrong"):
-            for path in ("/api/status", "/api/frame.jpg", "/api/config", "/api/stream"):
+            for path in ("/api/status", "/api/frame.jpg", "/api/config", "/api/stream", "/metrics"):
                 assert _get(port, path, token)[0] == 401, (path, token)
         assert _post(port, "/api/config", b'{"roi": null}', token=None)[0] == 401
         assert _post(port, "/login", b'{"token": "wrong"}', token=None)[0] == 401
@@ -116,6 +116,8 @@ def test_the_setup_api_needs_the_token_applies_the_region_and_saves_frames(tiny:
         status, page, _ = _get(port, "/api/status", cookie=cookie)
         assert status == 200 and page["device_id"] == device and page["model"]["labels"][0] == "crack"
         assert TOKEN not in json.dumps(page) and page["view"] == {"roi": None, "rotate": 0}
+        status, metrics, _ = _get(port, "/metrics", TOKEN)
+        assert status == 200 and b'linewatch_frames_total{device_id="page-api"}' in metrics
         ids = set()
         for _ in range(3):
             status, jpeg, headers = _get(port, "/api/frame.jpg", TOKEN)

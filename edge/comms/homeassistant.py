@@ -1,9 +1,15 @@
-"""Home Assistant MQTT discovery: one device with a last-label sensor, a defect binary sensor and frames/s,
-and with an anomaly model an anomaly binary sensor and the anomaly score.
+"""Home Assistant MQTT discovery: one device whose entities follow the ``state`` topic, never ``result``.
+
+Home Assistant's recorder stores every state message; ``state`` changes only when an event
+opens or closes, a part is judged, or the stats come round (``edge/device/state.py``), so it gets
+a few messages a second at most, whatever the frame rate. Entities: a defect binary sensor (an
+event is open), the count of events, frames/s; with an anomaly model an anomaly binary sensor;
+with line I/O the last part's verdict, the yield and the rejected parts.
 
 Configs are retained and re-announced whenever Home Assistant says ``online`` on
 ``<discovery prefix>/status`` (it forgets them when it restarts without a retained copy).
-A classifier announces the anomaly entities empty, which removes them after a model change.
+Entities that do not apply to the running model or mode are announced empty, which removes them
+after a change.
 """
 
 from __future__ import annotations
@@ -14,35 +20,32 @@ from typing import Any
 
 
 def discovery_messages(prefix: str, device_id: str, topic: Callable[[str], str], model_name: str,
-                       version: str, anomaly: bool = False) -> list[tuple[str, bytes]]:
+                       version: str, anomaly: bool = False, line: bool = False) -> list[tuple[str, bytes]]:
     """(config topic, JSON payload) for each entity, as published (retained); ``topic(name)`` gives the
     device's own topics."""
     node = f"linewatch_{device_id}".replace("-", "_").replace(".", "_")
     device = {"identifiers": [node], "name": f"linewatch {device_id}", "manufacturer": "linewatch",
               "model": model_name, "sw_version": version}
-    availability = {"availability_topic": topic("status"),
-                    "availability_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}
-    configs: list[tuple[str, dict[str, Any]]] = [
-        (f"{prefix}/sensor/{node}/label/config",
-         {"name": "Last label", "unique_id": f"{node}_label", "state_topic": topic("result"),
-          "value_template": "{{ value_json.label }}", "icon": "mdi:eye", "device": device, **availability}),
-        (f"{prefix}/binary_sensor/{node}/defect/config",
-         {"name": "Defect", "unique_id": f"{node}_defect", "state_topic": topic("result"), "device_class": "problem",
-          "value_template": "{{ 'ON' if value_json.defect else 'OFF' }}", "device": device, **availability}),
-        (f"{prefix}/sensor/{node}/fps/config",
-         {"name": "Frames per second", "unique_id": f"{node}_fps", "state_topic": topic("stats"),
-          "value_template": "{{ value_json.fps }}", "unit_of_measurement": "frames/s", "state_class": "measurement",
-          "device": device, **availability}),
+    common = {"state_topic": topic("state"), "device": device, "availability_topic": topic("status"),
+              "availability_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}
+
+    def entity(kind: str, key: str, name: str, template: str, wanted: bool = True, **extra: Any) -> tuple[str, bytes]:
+        config = {"name": name, "unique_id": f"{node}_{key}", "value_template": template, **extra, **common}
+        return (f"{prefix}/{kind}/{node}/{key}/config",
+                json.dumps(config, separators=(",", ":")).encode() if wanted else b"")
+
+    return [
+        entity("binary_sensor", "defect", "Defect", "{{ 'ON' if value_json.defect else 'OFF' }}",
+               device_class="problem"),
+        entity("sensor", "events", "Defect events", "{{ value_json.events }}", state_class="total_increasing",
+               icon="mdi:alert-circle-outline"),
+        entity("sensor", "fps", "Frames per second", "{{ value_json.fps }}", unit_of_measurement="frames/s",
+               state_class="measurement"),
+        entity("binary_sensor", "anomaly", "Anomaly", "{{ 'ON' if value_json.anomaly else 'OFF' }}", anomaly,
+               device_class="problem"),
+        entity("sensor", "last_part", "Last part", "{{ value_json.last_verdict }}", line, icon="mdi:package-variant"),
+        entity("sensor", "yield", "Yield", "{{ (value_json.yield * 100) | round(1) }}", line,
+               unit_of_measurement="%", state_class="measurement"),
+        entity("sensor", "rejected", "Rejected parts", "{{ value_json.rejected }}", line,
+               state_class="total_increasing", icon="mdi:delete-sweep"),
     ]
-    anomaly_configs: list[tuple[str, dict[str, Any]]] = [
-        (f"{prefix}/binary_sensor/{node}/anomaly/config",
-         {"name": "Anomaly", "unique_id": f"{node}_anomaly", "state_topic": topic("result"), "device_class": "problem",
-          "value_template": "{{ 'ON' if value_json.anomalous else 'OFF' }}", "device": device, **availability}),
-        (f"{prefix}/sensor/{node}/anomaly_score/config",
-         {"name": "Anomaly score", "unique_id": f"{node}_anomaly_score", "state_topic": topic("result"),
-          "value_template": "{{ value_json.anomaly_score }}", "state_class": "measurement",
-          "icon": "mdi:chart-bell-curve", "device": device, **availability}),
-    ]
-    messages = [(config_topic, json.dumps(config, separators=(",", ":")).encode()) for config_topic, config in configs]
-    return messages + [(config_topic, json.dumps(config, separators=(",", ":")).encode() if anomaly else b"")
-                       for config_topic, config in anomaly_configs]

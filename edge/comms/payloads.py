@@ -153,6 +153,25 @@ class LineStats(_Part):
     yield_: float | None = Field(alias="yield", description="good / parts")
 
 
+class DeviceState(Payload):
+    """What dashboards show, changing slowly: published retained on change, at most a few times a second, and
+    again on every reconnect. Never a per-frame value: Home Assistant's entities follow this, not ``result``."""
+
+    model_config = ConfigDict(title="linewatch state (topic <prefix>/<device_id>/state, retained)")
+
+    ts: str
+    defect: bool = Field(description="A defect event is open (a defect class passed its threshold in k of n).")
+    anomaly: bool = Field(description="An anomaly event is open (anomaly models).")
+    open_events: list[str] = Field(description="The classes with an open event.")
+    events: int = Field(ge=0, description="Events started since the daemon started.")
+    fps: float = Field(ge=0, description="Frames a second, as of the last stats message.")
+    last_verdict: str | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: the last part's.")
+    parts: int | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: parts since start.")
+    rejected: int | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: parts pushed off.")
+    yield_: float | None = Field(None, alias="yield", exclude_if=_absent_if_none,
+                                 description="With line I/O: good parts / parts.")
+
+
 class Percentiles(_Part):
     p50: float
     p99: float
@@ -200,7 +219,7 @@ class Reply(Payload):
 
 
 TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,
-                                              "reply": Reply, "part": PartMessage}
+                                              "reply": Reply, "part": PartMessage, "state": DeviceState}
 
 
 def json_schema(model: type[Payload], name: str) -> dict[str, Any]:

@@ -233,6 +233,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class MetricsSection(Section):
+    listen: str | None = Field(None, description="serve Prometheus metrics alone at HOST:PORT, without a token (they "
+                                                 "are also at /metrics on the setup page, with its token)",
+                               json_schema_extra=_flag("--metrics"))
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 class Config(Section):
     """Everything ``linewatch run`` needs; see docs/configuration.md."""
 
@@ -254,6 +267,7 @@ class Config(Section):
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     http: HttpSection = HttpSection()
     line: LineSection = LineSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 SECTIONS = tuple(name for name, field in Config.model_fields.items()

@@ -28,11 +28,13 @@ from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
 from linewatch.edge.device.config import Config
 from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, decision_latency_ms
+from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.setup import SetupView, page_token
 from linewatch.edge.device.sources import Source, open_source
+from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
@@ -81,9 +83,11 @@ class Daemon:
             if cfg.events.snapshots else None
         self.paused = threading.Event()
         self.stop_event = threading.Event()
+        self.state = StateReporter(cfg.device_id, self.publisher)
+        self.metrics = Metrics(self)
         self.line = self._line() if cfg.line.mode != "free" else None
         self.sink = ResultSink(cfg, self.model, self.publisher, self.paused, self.snapshots, self.review,
-                               self.line.on_result if self.line else None)
+                               self.line.on_result if self.line else None, self.state.update)
         self.updater = ModelUpdater(
             Path(cfg.model.path), state / "ota", self.install, self._engine, lambda: list(self.sink.reference),
             signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key else None, int(cfg.ota.max_mb * MB))
@@ -94,7 +98,8 @@ class Daemon:
             handlers["trigger"] = self._trigger
         self.commands = CommandRouter(cfg.device_id, handlers, self.publisher.reply)
         self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s,
-                                   self.line.counters.as_dict if self.line else None)
+                                   self.line.counters.as_dict if self.line else None,
+                                   lambda fps: self.state.update(fps=fps))
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
         self.notifier = ServiceNotifier(self._last_progress, self._status_line)
@@ -115,7 +120,8 @@ class Daemon:
                              f"decide ({needed:.0f} ms measured, plus {LATENCY_MARGIN_MS} ms margin): move the reject "
                              "gate further down the line, or shorten line.window_ms")
         return LineController(line, self.publisher.spool_message, self.cfg.device_id,
-                              lambda: self.model.good_outcomes, self.spool.writable)
+                              lambda: self.model.good_outcomes, self.spool.writable, self.state.update,
+                              lambda seconds: self.metrics.decision.observe(seconds))
 
     def _trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         """``cmd/trigger``: a part is in front of the camera now, with an optional id of the PLC's."""
@@ -218,7 +224,7 @@ class Daemon:
         ha = self.cfg.homeassistant
         anomaly = self.model.card.task == "anomaly"
         for topic, payload in discovery_messages(ha.prefix, self.cfg.device_id, self.publisher.topic,
-                                                 self.model.name, self.model.version, anomaly):
+                                                 self.model.name, self.model.version, anomaly, self.line is not None):
             self.publisher.publish_now(topic, payload, qos=1, retain=True)
 
     def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:
@@ -256,10 +262,16 @@ class Daemon:
         self.publisher.start()
         logger.info("classifying %s with %s (%d threads)", self.source.name, self.model.path, self.engine.num_threads)
         self.stats.start(self.pipeline.stats)
+        self.state.start()
         if self.web is not None:
             self.web.start()
         if self.line is not None:
             self.line.start()
+        if self.cfg.metrics.listen:
+            try:
+                self.metrics.serve(*config_module.parse_listen(self.cfg.metrics.listen))
+            except OSError as exc:
+                raise UsageError(f"metrics.listen {self.cfg.metrics.listen}: {exc.strerror or exc}") from None
         first = time.monotonic()
         try:
             stats = self.pipeline.run(self.stop_event)
@@ -281,6 +293,7 @@ class Daemon:
             if self.line is not None:
                 self.line.stop()  # parts in transit are rejected at their deadlines, and their messages spooled
             self.stats.stop()
+            self.state.stop()
             self.publisher.stop()
             for archive in (self.review, self.snapshots):
                 if archive is not None:

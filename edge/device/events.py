@@ -54,6 +54,11 @@ class EventTracker:
             raise ValueError(f"events need 1 <= k <= n (k={self.k}, n={self.n})")
         self._windows = {c: deque(maxlen=self.n) for c in self.labels if c not in self.good}
 
+    @property
+    def open_labels(self) -> list[str]:
+        """The classes with an event open now."""
+        return sorted(self._open)
+
     def set_threshold(self, label: str, value: float) -> None:
         if label not in self.labels:
             raise KeyError(label)

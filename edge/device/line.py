@@ -143,12 +143,18 @@ class LineController:
     """Triggers in, verdicts matched from results, reject pulses out on time, one ``part`` message each."""
 
     def __init__(self, cfg: LineSection, publish: Callable[[str, Callable[[int], bytes]], int], device_id: str,
-                 good_outcomes: Callable[[], list[str]], spool_writable: Callable[[], bool]) -> None:
+                 good_outcomes: Callable[[], list[str]], spool_writable: Callable[[], bool],
+                 on_part: Callable[..., None] | None = None,
+                 on_decision: Callable[[float], None] | None = None) -> None:
+        """``on_part(**facts)`` hears each part's verdict and the counts (the ``state`` topic), ``on_decision`` its
+        decision latency in seconds (the metrics' histogram)."""
         self.cfg = cfg
         self.publish = publish
         self.device_id = device_id
         self.good_outcomes = good_outcomes
         self.spool_writable = spool_writable
+        self.on_part = on_part
+        self.on_decision = on_decision
         self.counters = LineCounters()
         self._lock = threading.RLock()  # re-entrant: a trigger schedules its gate while it holds the lock
         self._wake = threading.Condition(self._lock)
@@ -263,6 +269,12 @@ class LineController:
             if outputs is not None and outputs.good is not None:
                 self._pulse(outputs.good)
         self.publish("part", lambda seq: self._message(part, verdict, rejected, seq))
+        if self.on_decision is not None and part.decided_mono is not None:
+            self.on_decision(part.decided_mono - part.trigger_mono)
+        if self.on_part is not None:
+            counts = self.counters.as_dict()
+            self.on_part(last_verdict=verdict, parts=counts["parts"], rejected=counts["rejected"],
+                         **{"yield": counts["yield"]})
 
     def _pulse(self, device: Any) -> None:
         device.on()

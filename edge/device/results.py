@@ -84,14 +84,18 @@ class ResultSink:
 
     def __init__(self, cfg: Config, model: ModelArtifact, publisher: DevicePublisher, paused: threading.Event,
                  snapshots: JpegArchive | None, review: JpegArchive | None,
-                 on_result: Callable[[Classified], None] | None = None) -> None:
-        """``on_result`` sees every frame, paused or not (line I/O judges parts from them)."""
+                 on_result: Callable[[Classified], None] | None = None,
+                 on_events: Callable[..., None] | None = None) -> None:
+        """``on_result`` sees every frame, paused or not (line I/O judges parts from them); ``on_events(**facts)``
+        hears when events open or close (the ``state`` topic)."""
         self.cfg = cfg
         self.publisher = publisher
         self.paused = paused
         self.snapshots = snapshots
         self.review = review
         self.on_result = on_result
+        self.on_events = on_events
+        self.events_started = 0
         self.latest: Classified | None = None
         self.on_first_result: Callable[[], None] | None = None
         self.cold_start_s = 0.0
@@ -149,6 +153,12 @@ class ResultSink:
             self.publisher.spool_message("event", lambda seq, a=alarm, s=snapshot: self._event(a, seq, s).encode())
             self.recent_events.appendleft({"type": alarm.type, "class": alarm.label, "event_id": alarm.event_id,
                                            "ts_ms": alarm.ts_ms, "peak_score": alarm.peak_score, "snapshot": snapshot})
+            self.events_started += alarm.type == "start"
+            if self.on_events is not None:
+                open_labels = self.tracker.open_labels
+                self.on_events(open_events=open_labels, events=self.events_started,
+                               defect=any(label != "anomaly" for label in open_labels),
+                               anomaly="anomaly" in open_labels and self.model.card.task == "anomaly")
         if self.review is not None and prediction.score < self.cfg.review.below:
             self.review.add(f"{prediction.label}/{time.strftime('%Y%m%dT%H%M%S')}_{result.frame.id:08d}_"
                             f"{prediction.score:.2f}.jpg", result.frame.image)

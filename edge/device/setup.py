@@ -122,6 +122,9 @@ class SetupView:
             raise ValueError(f"cannot write {path} ({exc.strerror})") from None
         return str(path)
 
+    def metrics(self) -> bytes:
+        return self.daemon.metrics.text()
+
     def snapshot(self, name: str) -> bytes | None:
         path = Path(self.daemon.cfg.state_dir) / "snapshots" / name
         try:

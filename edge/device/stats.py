@@ -23,13 +23,15 @@ class StatsReporter:
     """A thread that reads the pipeline's counters and publishes them; ``stop`` ends it."""
 
     def __init__(self, device_id: str, publisher: DevicePublisher, paused: threading.Event,
-                 interval: Callable[[], float], line: Callable[[], dict[str, Any]] | None = None) -> None:
+                 interval: Callable[[], float], line: Callable[[], dict[str, Any]] | None = None,
+                 on_fps: Callable[[float], None] | None = None) -> None:
         """``interval`` is read before each wait, so a reloaded config takes effect; ``line`` gives part counts."""
         self.device_id = device_id
         self.publisher = publisher
         self.paused = paused
         self.interval = interval
         self.line = line
+        self.on_fps = on_fps  # the state topic shows frames/s as of the last stats message
         self.started = time.time()
         self._stopping = False
         self._wake = threading.Event()
@@ -58,7 +60,10 @@ class StatsReporter:
                 self._wake.clear()  # stopping, or a new interval: count it from the last message
                 continue
             now = time.monotonic()
-            payload = self.payload(stats, (stats.frames - last_frames) / (now - last_time))
+            fps = (stats.frames - last_frames) / (now - last_time)
+            payload = self.payload(stats, fps)
+            if self.on_fps is not None:
+                self.on_fps(round(fps, 1))
             last_frames, last_time = stats.frames, now  # drops are logged by the spool itself, and counted here
             self.publisher.publish_now(self.publisher.topic("stats"), payload.encode())
 

@@ -62,6 +62,9 @@ class DeviceView(Protocol):
     def snapshot(self, name: str) -> bytes | None:
         """An event's snapshot JPEG by file name."""
 
+    def metrics(self) -> bytes:
+        """Prometheus's text format."""
+
 
 class LiveFrame:
     """The newest frame as JPEG, encoded on demand at most ``fps`` times a second and shared by all viewers."""
@@ -206,6 +209,8 @@ def _handler(server: SetupServer) -> type[BaseHTTPRequestHandler]:
                     self._send(HTTPStatus.OK, live[1], "image/jpeg", {"X-Frame-Id": str(live[0])})
             elif path == "/api/config":
                 self._json(HTTPStatus.OK, server.view.status()["view"])
+            elif path == "/metrics":
+                self._send(HTTPStatus.OK, server.view.metrics(), "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/api/stream":
                 self._stream()
             elif path.startswith("/api/snapshots/") and SNAPSHOT_NAME.match(path.rsplit("/", 1)[-1]):
