@@ -1,6 +1,6 @@
 """What the setup page costs the daemon: frames/s without it, with it and nobody watching, and with a viewer.
 
-    .venv/bin/python benchmarks/setup_page.py [MODEL.tflite] [--frames 4000] [--repeats 3] [--json]
+    .venv/bin/python benchmarks/setup_page.py [MODEL.tflite] [--frames 4000] [--repeats 3] [--json] [--record]
 
 The daemon runs on the unpaced simulated conveyor (every core busy: the worst case for a
 page that takes CPU) against a real mosquitto on loopback, ``--max-frames`` frames, three ways,
@@ -11,23 +11,27 @@ alternated and repeated, the best of each kept (this machine is shared and noisy
 - ``viewer``: one viewer, as the page behaves: the live JPEG fetched again as soon as it has
   loaded plus 250 ms, and the server-sent status stream open.
 
-It prints frames/s and the ratios to ``off``.
+It prints frames/s and the ratios to ``off``; ``--record`` writes them into docs/http.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.recording import record  # noqa: E402
 from linewatch.edge.demo.brokers import MosquittoBroker, free_port  # noqa: E402
 
 TOKEN = "bench"
@@ -80,6 +84,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write the figures into docs/http.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linewatch-page-bench-"))
     broker = MosquittoBroker(workdir=work / "broker")
@@ -97,6 +102,16 @@ def main() -> None:
     print(json.dumps(result) if args.json else
           f"setup page idle: {result['idle_ratio']:.1%} of the frames/s without it; one viewer: "
           f"{result['viewer_ratio']:.1%}")
+    if args.record:
+        record(ROOT / "docs" / "http.md", "setup-page", "\n".join([
+            f"Measured {date.today().isoformat()} on {os.cpu_count()} cores of {platform.machine()}: "
+            f"`python benchmarks/setup_page.py` ({args.frames:,} frames, best of {args.repeats}).", "",
+            "| the page | frames/s | of the frames/s without it |", "| --- | --- | --- |",
+            f"| off | {best['off']:.0f} | 100% |",
+            f"| on, nobody watching | {best['idle']:.0f} | {result['idle_ratio']:.1%} |",
+            f"| one viewer (live view every 250 ms, status stream) | {best['viewer']:.0f} | "
+            f"{result['viewer_ratio']:.1%} |", "",
+            "Differences of a few percent either way are this shared machine's noise between runs.", ""]))
 
 
 if __name__ == "__main__":
