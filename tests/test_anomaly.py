@@ -29,7 +29,7 @@ def anomaly_model(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactor
     """The session's photos, learned from their good parts and empty belt only, converted to int8: (run, model)."""
     base = tmp_path_factory.mktemp("anomaly")
     run, model = base / "run", base / "anomaly.tflite"
-    linewatch("train", str(trained.data), "-o", str(run), "--task", "anomaly", "--good", "ok,empty", "--epochs", "20")
+    linewatch("train", str(trained.data), "-o", str(run), "--task", "anomaly", "--good", "ok,empty", "--epochs", "30")
     linewatch("convert", str(run), "-o", str(model))
     return run, model
 
