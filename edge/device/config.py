@@ -19,9 +19,9 @@ import contextlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from linewatch.edge import options
 from linewatch.edge.errors import UsageError
@@ -164,6 +164,23 @@ class HomeAssistantSection(Section):
     prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port)."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"'{value}' is not HOST:PORT, e.g. 0.0.0.0:8080")
+    return host, int(port)
+
+
+def _checked_listen(value: str | None) -> str | None:
+    if value is not None:
+        parse_listen(value)
+    return value
+
+
+Listen = Annotated[str | None, AfterValidator(_checked_listen)]  # HOST:PORT to listen on, or off
+
+
 class LineSection(Section):
     """Line I/O (docs/line-io.md): BCM pin numbers, times in milliseconds from the trigger's edge."""
 
@@ -206,9 +223,9 @@ class LineSection(Section):
 
 
 class HttpSection(Section):
-    listen: str | None = Field(None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
-                                                 "default; --http alone: 127.0.0.1:8080). docs/http.md",
-                               json_schema_extra=_flag("--http", const="127.0.0.1:8080"))
+    listen: Listen = Field(None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
+                                             "default; --http alone: 127.0.0.1:8080). docs/http.md",
+                           json_schema_extra=_flag("--http", const="127.0.0.1:8080"))
     token: str | None = Field(None, description="the page's access token (a secret: the config file or "
                                                 "LINEWATCH_HTTP_TOKEN); when unset, one is made at the first start "
                                                 "and kept in state_dir/http-token",
@@ -217,33 +234,11 @@ class HttpSection(Section):
     cert_file: str | None = Field(None, description="TLS certificate (PEM) for https; or put a reverse proxy in front")
     key_file: str | None = Field(None, description="its private key")
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_listen(value)
-        return value
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port)."""
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"'{value}' is not HOST:PORT, e.g. 0.0.0.0:8080")
-    return host.strip("[]"), int(port)
-
 
 class MetricsSection(Section):
-    listen: str | None = Field(None, description="serve Prometheus metrics alone at HOST:PORT, without a token (they "
-                                                 "are also at /metrics on the setup page, with its token)",
-                               json_schema_extra=_flag("--metrics"))
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_listen(value)
-        return value
+    listen: Listen = Field(None, description="serve Prometheus metrics alone at HOST:PORT, without a token (they "
+                                             "are also at /metrics on the setup page, with its token)",
+                           json_schema_extra=_flag("--metrics"))
 
 
 class Config(Section):
