@@ -160,8 +160,9 @@ class DeviceState(Payload):
     model_config = ConfigDict(title="linewatch state (topic <prefix>/<device_id>/state, retained)")
 
     ts: str
-    defect: bool = Field(description="A defect event is open (a defect class passed its threshold in k of n).")
-    anomaly: bool = Field(description="An anomaly event is open (anomaly models).")
+    defect: bool = Field(description="An event is open: a defect class (or an anomaly model's score) passed its "
+                                     "threshold in k of the last n frames.")
+    anomaly: bool = Field(description="An anomaly model's event is open.")
     open_events: list[str] = Field(description="The classes with an open event.")
     events: int = Field(ge=0, description="Events started since the daemon started.")
     fps: float = Field(ge=0, description="Frames a second, as of the last stats message.")

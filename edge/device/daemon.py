@@ -110,6 +110,11 @@ class Daemon:
         self.refusal: str | None = None
         self.interrupted = False
         self._finished = False  # the pipeline ended; the daemon only waits now
+        if cfg.metrics.listen:  # bound now: a port in use is a one-line error at start
+            try:
+                self.metrics.serve(*config_module.parse_listen(cfg.metrics.listen))
+            except OSError as exc:
+                raise UsageError(f"metrics.listen {cfg.metrics.listen}: {exc.strerror or exc}") from None
 
     def _line(self) -> LineController:
         """Line I/O, refused at start (exit 2) when the reject would come before the daemon can decide."""
@@ -126,7 +131,7 @@ class Daemon:
     def _trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         """``cmd/trigger``: a part is in front of the camera now, with an optional id of the PLC's."""
         part = body.get("part")
-        if part is not None and not isinstance(part, (str, int)) or isinstance(part, bool):
+        if isinstance(part, bool) or not isinstance(part, (str, int, type(None))):
             raise ValueError('"part" is the PLC\'s id for the part: a string or a number')
         assert self.line is not None
         return self.line.trigger(None if part is None else str(part))
@@ -267,11 +272,6 @@ class Daemon:
             self.web.start()
         if self.line is not None:
             self.line.start()
-        if self.cfg.metrics.listen:
-            try:
-                self.metrics.serve(*config_module.parse_listen(self.cfg.metrics.listen))
-            except OSError as exc:
-                raise UsageError(f"metrics.listen {self.cfg.metrics.listen}: {exc.strerror or exc}") from None
         first = time.monotonic()
         try:
             stats = self.pipeline.run(self.stop_event)

@@ -156,9 +156,8 @@ class ResultSink:
             self.events_started += alarm.type == "start"
             if self.on_events is not None:
                 open_labels = self.tracker.open_labels
-                self.on_events(open_events=open_labels, events=self.events_started,
-                               defect=any(label != "anomaly" for label in open_labels),
-                               anomaly="anomaly" in open_labels and self.model.card.task == "anomaly")
+                self.on_events(open_events=open_labels, events=self.events_started, defect=bool(open_labels),
+                               anomaly=bool(open_labels) and self.model.card.task == "anomaly")
         if self.review is not None and prediction.score < self.cfg.review.below:
             self.review.add(f"{prediction.label}/{time.strftime('%Y%m%dT%H%M%S')}_{result.frame.id:08d}_"
                             f"{prediction.score:.2f}.jpg", result.frame.image)
