@@ -41,8 +41,9 @@ def test_same_seed_same_model(photos: Path, tmp_path: Path) -> None:
 
 def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
+    # 96 pixels: epochs of a few tenths of a second, so the run cannot finish before the Ctrl-C lands
     proc = subprocess.Popen([*CLI, "train", str(photos), "-o", str(run), "--epochs", "60",
-                             "--patience", "60", "--size", "32"], cwd=ROOT, env=ENV,
+                             "--patience", "60", "--size", "96"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = run / "checkpoint.json"
     deadline = time.monotonic() + 300
