@@ -115,7 +115,8 @@ class LineSimulation:
                     self._lost = True
                     raise DataError("camera lost (simulated)")
                 continue
-            yield Captured(image)
+            # stamped with when the belt was there, as a camera stamps its frames, however late it arrives
+            yield Captured(image, ts=time.time() - (time.monotonic() - self.due(frame)))
         self.done.wait()  # the belt is empty: the daemon is told to stop, not that the camera failed
 
     def close(self) -> None:

@@ -216,7 +216,7 @@ class Pipeline:
                     filling = None
                 if filling is None:
                     filling = _Filling(engine, self._block_size(engine))
-                filling.add(Frame(self._next_id, time.time(), captured.image, captured.path),
+                filling.add(Frame(self._next_id, captured.ts or time.time(), captured.image, captured.path),
                             self._pixels(engine, captured.image))
                 t1 = time.perf_counter()
                 timings["capture"].append(1000 * (t0 - started))

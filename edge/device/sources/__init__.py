@@ -35,10 +35,15 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".webm"}
 
 @dataclass(frozen=True)
 class Captured:
-    """One image from a source, with the file it came from (folder and file sources)."""
+    """One image from a source, with the file it came from (folder and file sources).
+
+    ``ts`` is when the source says it was captured (epoch seconds), where it knows better than
+    the moment the frame reaches the pipeline; line I/O matches parts to frames by it.
+    """
 
     image: np.ndarray
     path: str | None = None
+    ts: float | None = None
 
 
 class Source(Protocol):
