@@ -160,10 +160,10 @@ def test_the_state_topic_stays_a_few_messages_a_second_at_any_frame_rate(tiny: P
         sub.close()
     for payload in sub.on("/state"):
         DeviceState.model_validate(payload, strict=True)
-    # tens to hundreds of frames a second (an emulated Pi is slower), events opening and closing, and yet a
-    # handful of state messages: at most two a second
-    assert results >= 300 and 2 <= len(states) <= 25, (results, len(states))
-    assert max(s["fps"] for s in states) > 30 and max(s["events"] for s in states) > 0
+    # tens to hundreds of frames a second (an emulated Pi under load: about 25), events opening and closing, and
+    # yet a handful of state messages: at most two a second
+    assert results >= 150 and results >= 10 * len(states) and 2 <= len(states) <= 25, (results, len(states))
+    assert max(s["fps"] for s in states) > 10 and max(s["events"] for s in states) > 0
 
 
 def _certificates(folder: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
