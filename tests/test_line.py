@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from linewatch.edge.comms.payloads import PartMessage, Stats
 from linewatch.edge.demo.brokers import free_port
+from linewatch.edge.demo.line import pin_history
 from linewatch.edge.device.config import LineSection
 from linewatch.edge.device.line import LineController
 from linewatch.edge.device.pipeline import Frame, Result
@@ -65,13 +66,11 @@ def _edge(line: LineController) -> float:
 
 def _highs(line: LineController, number: int, base: float) -> list[tuple[float, float]]:
     """(start, length) in seconds after ``base`` of each time the output pin was high."""
-    pin = line.outputs.factory.pin(number)  # type: ignore[union-attr]
-    t, pulses, start = pin._last_change - sum(s.timestamp for s in pin.states), [], None
-    for state in pin.states:
-        t += state.timestamp
-        if state.state and start is None:
+    pulses, start = [], None
+    for t, high in pin_history(line.outputs.factory.pin(number)):  # type: ignore[union-attr]
+        if high and start is None:
             start = t
-        elif not state.state and start is not None:
+        elif not high and start is not None:
             pulses.append((start - base, t - start))
             start = None
     return pulses

@@ -123,15 +123,19 @@ class LineSimulation:
         pass
 
 
-def _pin_times(pin: Any, rising: bool) -> list[float]:
-    """Monotonic times of a mock pin's rising (or falling) edges, from its own state history."""
+def pin_history(pin: Any) -> list[tuple[float, bool]]:
+    """A mock pin's changes as (monotonic time, new state), from its own history of time deltas."""
     t = pin._last_change - sum(state.timestamp for state in pin.states)
-    times = []
+    changes = []
     for state in pin.states:
         t += state.timestamp
-        if bool(state.state) == rising:
-            times.append(t)
-    return times
+        changes.append((t, bool(state.state)))
+    return changes
+
+
+def _pin_times(pin: Any, rising: bool) -> list[float]:
+    """Monotonic times of a mock pin's rising (or falling) edges."""
+    return [t for t, state in pin_history(pin) if state == rising]
 
 
 class PartCounter:

@@ -233,15 +233,19 @@ class LineController:
             return "anomaly" if prediction.anomalous else "good"
         return "good" if prediction.label in self.good_outcomes() else "defect"
 
+    def _badness(self, result: Result) -> tuple[int, float]:
+        """For ``pick = "worst"``: a defect over an anomaly over a good frame, then the surest of its kind."""
+        verdict = self._judge(result)
+        score = result.prediction.score
+        return {"good": 0, "anomaly": 1, "defect": 2}[verdict], -score if verdict == "good" else score
+
     def _decide(self, part: Part) -> None:
         part.decided_mono = time.monotonic()
         if not part.candidates:
             part.verdict = "no-frame"
             return
         if self.cfg.pick == "worst":
-            order = {"good": 0, "anomaly": 1, "defect": 2}
-            part.result = max(part.candidates, key=lambda r: (order[self._judge(r)], -r.prediction.score
-                                                             if self._judge(r) == "good" else r.prediction.score))
+            part.result = max(part.candidates, key=self._badness)
         else:
             target = self._target(part)
             part.result = min(part.candidates, key=lambda r: abs(r.frame.ts - target))
