@@ -68,13 +68,17 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20) -> Any:
-        deadline = time.monotonic() + timeout
+        """The first truthy value; an error counts as not yet (a reload leaves no elements for a moment)."""
+        deadline, error = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as exc:
+                value, error = None, f" (last error: {str(exc)[-300:]})"
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"never true in the page: {expression}")
+        raise AssertionError(f"never true in the page: {expression}{error}")
 
     def goto(self, url: str) -> None:
         self.send("Page.enable")

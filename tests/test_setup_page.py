@@ -250,12 +250,14 @@ def test_a_person_in_chromium_draws_the_region_and_the_daemon_uses_it(tiny: Path
         browser.wait_for("!document.getElementById('app').classList.contains('hidden') && "
                          "document.getElementById('live').naturalWidth > 0 && "
                          "document.getElementById('conn').textContent === 'live'")
+        # A sample of the shown picture's pixels; null while the next one loads (no size then).
         fingerprint = ("(() => { const img = document.getElementById('live'), c = document.createElement('canvas');"
+                       " if (!img.complete || img.naturalWidth === 0) return null;"
                        " c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d');"
                        " x.drawImage(img, 0, 0); return Array.from(x.getImageData(0, 0, c.width, c.height).data"
                        ".filter((_, i) => i % 97 === 0)).join(','); })()")
-        first = browser.evaluate(fingerprint)
-        browser.wait_for(f"{fingerprint} !== {json.dumps(first)}")  # the picture moves with the line
+        first = browser.wait_for(fingerprint)
+        browser.wait_for(f"((now) => now !== null && now !== {json.dumps(first)})({fingerprint})")  # it moves
         before = _labels_after(sub, device, 0)
 
         left, top, width, height = browser.evaluate(
