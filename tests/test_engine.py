@@ -13,6 +13,7 @@ from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.errors import ModelError
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine, find_runtime
+from linewatch.edge.model.images import prepare
 from tests.helpers import linewatch
 
 
@@ -34,6 +35,7 @@ def test_quantization_uses_each_tensors_scale_and_zero_point(tiny: Path, tiny_ui
     assert q.dtype == np.dtype(which)
     expected = np.clip(np.round(pixels / scale + zero), np.iinfo(which).min, np.iinfo(which).max)
     assert np.array_equal(q[0], expected.astype(which))
+    assert engine._flip_top_bit == (which == "int8" and (scale, zero) == (1.0, -128))  # the XOR path is the one tested
     out_scale, out_zero = engine._out["quantization"]
     raw = np.array([out_zero, out_zero + 10], dtype=which)
     assert np.allclose(engine.dequantize(raw), [0.0, 10 * out_scale])
@@ -41,6 +43,22 @@ def test_quantization_uses_each_tensors_scale_and_zero_point(tiny: Path, tiny_ui
     prediction = engine.predict(image)
     assert prediction.scores.sum() == pytest.approx(1.0, abs=0.02)
     assert prediction.label == "stain" and [label for label, _ in prediction.top(3)][0] == "stain"
+
+
+@pytest.mark.parametrize("mode", ["stretch", "crop", "letterbox"])
+@pytest.mark.parametrize("size", [(96, 128), (120, 160), (60, 200)])
+def test_prepare_into_a_block_row_gives_what_training_saw(mode: str, size: tuple[int, int]) -> None:
+    """The device's fast paths (into a given row, no resize at the model's size) change no pixel."""
+    bgr = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
+    if mode == "stretch":
+        reference = cv2.cvtColor(cv2.resize(bgr, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    else:
+        reference = prepare(bgr, 96, 128, mode)
+    block = np.zeros((3, 96, 128, 3), np.uint8)
+    returned = prepare(bgr, 96, 128, mode, out=block[1])
+    assert np.array_equal(block[1], reference) and np.array_equal(returned, reference)
+    assert not block[0].any() and not block[2].any()
+    assert np.array_equal(prepare(bgr, 96, 128, mode, "BGR"), cv2.cvtColor(reference, cv2.COLOR_RGB2BGR))
 
 
 def test_missing_delegate_fails_clearly_or_falls_back(tiny: Path) -> None:
@@ -95,6 +113,10 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert cpu["outside_invoke"] == pytest.approx(max(0.0, cpu["pipeline"] - cpu["bare_in_blocks"]), abs=0.2)
     assert cpu["outside_share_of_invoke"] == pytest.approx(cpu["outside_invoke"] / cpu["bare_in_blocks"], rel=0.05,
                                                            abs=0.002)
+    parts = cpu["outside_parts"]  # each step timed alone; what they do not explain is the rest
+    assert set(parts) == {"prepare", "quantize", "predictions", "json", "rest"} and parts["prepare"] > 0
+    assert parts["json"] > 0 and parts["rest"] == pytest.approx(
+        max(0.0, cpu["outside_invoke"] - sum(v for k, v in parts.items() if k != "rest")), abs=0.3)
     assert result["serial_fps"] > 0 and result["serial_ratio"] == pytest.approx(
         result["serial_fps"] / result["bare_fps"], rel=0.01)
     live = result["live"]  # paced as a camera at half the bare rate: every frame classified or counted as dropped

@@ -64,7 +64,10 @@ class SourceSection(Section):
         json_schema_extra=_flag("--roi"))
     rotate: Literal[0, 90, 180, 270] = Field(0, description="clockwise, after the ROI",
                                              json_schema_extra=_flag("--rotate"))
-    camera_size: tuple[int, int] = Field((320, 240), description="picamera: the lores stream fed to the model (w, h)")
+    camera_size: tuple[int, int] = Field(
+        (320, 240), description="picamera: the lores stream fed to the model (w, h); the model's own input size "
+        "leaves nothing to resize on the device (the ISP scales for free), at the cost of a smaller live view and "
+        "snapshots")
 
     @field_validator("roi", mode="before")
     @classmethod

@@ -150,8 +150,9 @@ class _Filling:
     def full(self) -> bool:
         return len(self.frames) == len(self.pixels)
 
-    def add(self, frame: Frame, pixels: np.ndarray) -> None:
-        self.pixels[len(self.frames)] = pixels
+    def add(self, frame: Frame, prepare: Callable[[Engine, np.ndarray, np.ndarray | None], np.ndarray]) -> None:
+        """``frame``, prepared by ``prepare`` straight into its row of the block."""
+        prepare(self.engine, frame.image, self.pixels[len(self.frames)])
         self.frames.append(frame)
 
     def block(self) -> Block:
@@ -192,8 +193,8 @@ class Pipeline:
     def _block_size(self, engine: Engine) -> int:
         return max(1, min(self.block, BLOCK_BYTES // (engine.height * engine.width * 3)))
 
-    def _pixels(self, engine: Engine, image: np.ndarray) -> np.ndarray:
-        return engine.prepare(crop_rotate(image, self.roi, self.rotate))
+    def _pixels(self, engine: Engine, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return engine.prepare(crop_rotate(image, self.roi, self.rotate), out)
 
     def _frames(self, stop: Callable[[], bool]) -> None:
         """Read the source once through, handing blocks over; raises ``DataError`` as the source does.
@@ -217,7 +218,7 @@ class Pipeline:
                 if filling is None:
                     filling = _Filling(engine, self._block_size(engine))
                 filling.add(Frame(self._next_id, captured.ts or time.time(), captured.image, captured.path),
-                            self._pixels(engine, captured.image))
+                            self._pixels)
                 t1 = time.perf_counter()
                 timings["capture"].append(1000 * (t0 - started))
                 timings["preprocess"].append(1000 * (t1 - t0))

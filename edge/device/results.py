@@ -64,7 +64,10 @@ class ResultEncoder:
 
 
 def _json(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # as pydantic writes strings: UTF-8, not \u escapes
+    """A JSON string as pydantic writes it (UTF-8, not \\u escapes); a plain one (a file path) without json.dumps."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing in it that JSON escapes: quotes, backslashes and control characters
+    return json.dumps(text, ensure_ascii=False)
 
 
 def model_ref(model: ModelArtifact) -> ModelRef:

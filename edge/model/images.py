@@ -53,8 +53,14 @@ def crop_rotate(bgr: np.ndarray, roi: tuple[float, float, float, float] | None =
 
 
 def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = "stretch",
-            color_order: str = "RGB") -> np.ndarray:
-    """Resize a BGR (or grey, or BGRA) OpenCV image to ``height x width`` uint8, in ``color_order``."""
+            color_order: str = "RGB", out: np.ndarray | None = None) -> np.ndarray:
+    """Resize a BGR (or grey, or BGRA) OpenCV image to ``height x width`` uint8, in ``color_order``.
+
+    ``out`` (contiguous ``height x width x 3`` uint8), when given, receives the pixels: the
+    device prepares frames straight into the block it hands the interpreter. A frame already
+    at the model's size (a camera stream set to it) is not resized, only reordered: that is
+    exactly what OpenCV's resize to the same size gives, a copy.
+    """
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     elif bgr.shape[2] == 4:
@@ -62,24 +68,33 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
     if bgr.dtype != np.uint8:
         # 16-bit images: keep the top 8 bits, as a camera's 8-bit output would.
         bgr = (bgr.astype(np.float32) * (255.0 / np.iinfo(bgr.dtype).max)).astype(np.uint8)
+    if out is None:
+        out = np.empty((height, width, 3), np.uint8)
     h, w = bgr.shape[:2]
+    if resize_mode == "letterbox":
+        scale = min(width / w, height / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        x0, y0 = (width - nw) // 2, (height - nh) // 2
+        out[:] = 0
+        out[y0 : y0 + nh, x0 : x0 + nw] = _resized(bgr, nh, nw, color_order)
+        return out
     if resize_mode == "crop":
         scale = max(width / w, height / h)
         cw, ch = round(width / scale), round(height / scale)
         x0, y0 = (w - cw) // 2, (h - ch) // 2
         bgr = bgr[y0 : y0 + ch, x0 : x0 + cw]
-        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
-    elif resize_mode == "letterbox":
-        scale = min(width / w, height / h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        out = np.zeros((height, width, 3), np.uint8)
-        x0, y0 = (width - nw) // 2, (height - nh) // 2
-        out[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
-    else:
-        out = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    if bgr.shape[:2] != (height, width):
+        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     if color_order == "RGB":
-        out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(out)
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
+    else:
+        out[:] = bgr
+    return out
+
+
+def _resized(bgr: np.ndarray, height: int, width: int, color_order: str) -> np.ndarray:
+    resized = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB) if color_order == "RGB" else resized
 
 
 def read_image(path: str) -> np.ndarray | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.edge.device.pipeline import Pipeline, PipelineStats, Result
+from linewatch.edge.device.pipeline import Frame, Pipeline, PipelineStats, Result
 from linewatch.edge.device.results import ResultEncoder
 from linewatch.edge.device.sources import Captured, open_source
 from linewatch.edge.device.sources.pacing import Pacer
@@ -70,6 +70,31 @@ def _read_frames(spec: str, count: int) -> list[Captured]:
     if not frames:
         raise DataError(f"source {spec} gave no frames to benchmark with")
     return frames
+
+
+def _parts_us(engine: Engine, captured: list[Captured], per_call: int, repeats: int) -> dict[str, float]:
+    """Microseconds a frame of each step the pipeline adds to ``invoke()``, timed alone (best of ``repeats``)."""
+    pixels = np.empty((len(captured), engine.height, engine.width, 3), np.uint8)
+    raw = np.concatenate([engine.invoke(engine.quantize(pixels[i : i + per_call]))
+                          for i in range(0, len(pixels), per_call)])
+    frames = [Frame(i, time.time(), c.image, c.path) for i, c in enumerate(captured, 1)]
+    results = [Result(f, p, engine.model) for f, p in zip(frames, engine.predictions(raw))]
+    encode = ResultEncoder("bench", engine.model, top_k=3)
+    steps: dict[str, Callable[[], object]] = {
+        "prepare": lambda: [engine.prepare(c.image, row) for c, row in zip(captured, pixels)],
+        "quantize": lambda: [engine.quantize(pixels[i : i + per_call]) for i in range(0, len(pixels), per_call)],
+        "predictions": lambda: [Result(f, p, engine.model) for f, p in zip(frames, engine.predictions(raw))],
+        "json": lambda: [encode(r, r.frame.id) for r in results],
+    }
+    timed = {}
+    for name, run in steps.items():
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.process_time()
+            run()
+            best = min(best, time.process_time() - started)
+        timed[name] = round(1e6 * best / len(captured), 1)
+    return timed
 
 
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
@@ -127,6 +152,8 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     # The interpreter's own cost in blocks of the pipeline's mean size: what is left is the pipeline's.
     per_call = max(1, round(stats.frames / max(1, stats.blocks)))
     block_cpu = min(bare(per_call)[1] for _ in range(repeats))
+    outside_us = 1e6 * max(0.0, pipeline_cpu - block_cpu)
+    parts = _parts_us(engine, captured, per_call, repeats)
     return {
         "model": str(model_path),
         "source": source_spec,
@@ -144,9 +171,12 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         # overhead.
         "cpu_us_per_frame": {"bare": round(1e6 * bare_cpu, 1), "bare_in_blocks": round(1e6 * block_cpu, 1),
                              "pipeline": round(1e6 * pipeline_cpu, 1),
-                             "outside_invoke": round(1e6 * max(0.0, pipeline_cpu - block_cpu), 1),
-                             "outside_share_of_invoke": round(max(0.0, pipeline_cpu - block_cpu) / block_cpu, 3)
-                             if block_cpu > 0 else None},
+                             "outside_invoke": round(outside_us, 1),
+                             "outside_share_of_invoke": round(outside_us / (1e6 * block_cpu), 3)
+                             if block_cpu > 0 else None,
+                             # Where it goes: each step timed alone on one thread; the rest is hand-offs between
+                             # the threads, per-frame objects and the interpreter's threads waking.
+                             "outside_parts": {**parts, "rest": round(max(0.0, outside_us - sum(parts.values())), 1)}},
         "frames_per_call": round(stats.frames / max(1, stats.blocks), 1),
         "stage_ms_p50": {s: round(stats.percentile(s, 50), 3) for s in stats.timings_ms},
         "model_loaded_s": round(first_result_s, 3),
