@@ -43,8 +43,12 @@ def test_picamera_lores_stream_arrives_as_bgr(fake_picamera2, monkeypatch, board
 
     monkeypatch.setattr(platform, "CURRENT", platform.Platform[board])
     source = open_source("picamera:1", fps=15, camera_size=(320, 240))
-    frame = next(source.frames()).image
+    captured = next(source.frames())
+    frame = captured.image
     camera = fake_picamera2.instances[-1]
+    assert camera.requests_out == 0  # every request handed back to the camera
+    # Stamped when the sensor exposed it (40 ms before the request completed), not on arrival.
+    assert captured.ts is not None and abs(time.time() - fake_picamera2.SENSOR_LAG_NS / 1e9 - captured.ts) < 0.02
     assert camera.camera_num == 1
     assert camera.config["lores"] == {"size": (320, 240), "format": fmt}
     assert camera.config["controls"] == {"FrameRate": 15.0}
@@ -53,6 +57,20 @@ def test_picamera_lores_stream_arrives_as_bgr(fake_picamera2, monkeypatch, board
     assert r > 200 and g < 60 and b < 60, (b, g, r)  # the fake shows pure red either way
     source.close()
     assert camera.closed
+
+
+def test_picamera_frames_take_the_wall_clock_libcamera_gives(fake_picamera2, monkeypatch) -> None:
+    from linewatch.edge.device.sources.picamera import capture_time
+
+    monkeypatch.setattr(fake_picamera2, "WALL_CLOCK", True)
+    source = open_source("picamera:0")
+    before = time.time()
+    captured = next(source.frames())
+    assert before - 0.04 - 0.02 < captured.ts <= time.time() - 0.04 + 1e-3
+    source.close()
+    assert capture_time({"FrameWallClock": 1_800_000_000_123_000_000, "SensorTimestamp": 5}) == pytest.approx(
+        1_800_000_000.123, abs=1e-6)
+    assert capture_time({}) is None  # an old libcamera without either: stamped on arrival
 
 
 def test_picamera_errors_name_the_fix(fake_picamera2, monkeypatch) -> None:

@@ -2,12 +2,14 @@
 
 Kept thin on purpose: no camera is attached where the tests run, so this is tested against
 a fake ``picamera2`` module. The model is fed from the small ``lores`` stream; a Pi 5 gives
-it as RGB, a Pi 4 and earlier only as YUV420, which is converted here.
+it as RGB, a Pi 4 and earlier only as YUV420, which is converted here. Each frame carries the
+sensor's own timestamp from the request's metadata.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import cv2
@@ -26,6 +28,20 @@ def _is_pisp() -> bool:
     except ImportError:  # an old picamera2: those only ran on VC4 boards
         return False
     return get_platform() == Platform.PISP
+
+
+def capture_time(metadata: dict) -> float | None:
+    """When the sensor made the frame (epoch seconds), so line I/O matches parts to frames without the
+    camera's own lag: libcamera's ``FrameWallClock`` (ns since the epoch) where it gives one, else
+    ``SensorTimestamp`` (ns on the monotonic clock) moved onto the wall clock; both mark the end of
+    the exposure. None when neither is there (the pipeline then stamps the frame on arrival)."""
+    wall = metadata.get("FrameWallClock")
+    if wall:
+        return wall / 1e9
+    sensor = metadata.get("SensorTimestamp")
+    if sensor:
+        return time.time() - (time.monotonic_ns() - sensor) / 1e9
+    return None
 
 
 class PicameraSource:
@@ -75,7 +91,12 @@ class PicameraSource:
     def frames(self) -> Iterator[Captured]:
         self._picam = picam = self._start()
         while True:
-            yield Captured(self.to_bgr(picam.capture_array("lores")))
+            request = picam.capture_request()
+            try:
+                array, metadata = request.make_array("lores"), request.get_metadata()
+            finally:
+                request.release()  # back to the camera at once: it has only a few buffers
+            yield Captured(self.to_bgr(array), ts=capture_time(metadata))
 
     def close(self) -> None:
         if self._picam is not None:
