@@ -75,15 +75,24 @@ def _read_frames(spec: str, count: int) -> list[Captured]:
 def _parts_us(engine: Engine, captured: list[Captured], per_call: int, repeats: int) -> dict[str, float]:
     """Microseconds a frame of each step the pipeline adds to ``invoke()``, timed alone (best of ``repeats``)."""
     pixels = np.empty((len(captured), engine.height, engine.width, 3), np.uint8)
-    raw = np.concatenate([engine.invoke(engine.quantize(pixels[i : i + per_call]))
-                          for i in range(0, len(pixels), per_call)])
     frames = [Frame(i, time.time(), c.image, c.path) for i, c in enumerate(captured, 1)]
-    results = [Result(f, p, engine.model) for f, p in zip(frames, engine.predictions(raw))]
     encode = ResultEncoder("bench", engine.model, top_k=3)
+
+    def prepare() -> None:
+        for c, row in zip(captured, pixels):
+            engine.prepare(c.image, row)
+
+    def quantize() -> list[np.ndarray]:
+        return [engine.quantize(pixels[i : i + per_call]) for i in range(0, len(pixels), per_call)]
+
+    def describe() -> list[Result]:
+        return [Result(f, p, engine.model) for f, p in zip(frames, engine.predictions(raw))]
+
+    prepare()  # the frames' own pixels, so the predictions and their JSON are the real ones
+    raw = np.concatenate([engine.invoke(block) for block in quantize()])
+    results = describe()
     steps: dict[str, Callable[[], object]] = {
-        "prepare": lambda: [engine.prepare(c.image, row) for c, row in zip(captured, pixels)],
-        "quantize": lambda: [engine.quantize(pixels[i : i + per_call]) for i in range(0, len(pixels), per_call)],
-        "predictions": lambda: [Result(f, p, engine.model) for f, p in zip(frames, engine.predictions(raw))],
+        "prepare": prepare, "quantize": quantize, "predictions": describe,
         "json": lambda: [encode(r, r.frame.id) for r in results],
     }
     timed = {}
