@@ -344,7 +344,8 @@ def markdown(results: dict[str, Any], reference: str) -> str:
     lines += ["", "What limits the ratio on this host:", "",
               f"- At {cores} threads the interpreter takes every core, so whatever else the pipeline does (resize, "
               "quantize, JSON) is taken from it: the ratio can only be invoke's CPU over the total. Preparing a frame "
-              f"of the line (160x120 to 128x96, area averaging as in training) takes {prepare_us:.0f} us, against "
+              f"of the line (160x120 to 128x96, area averaging as in training, by a two-tap remap at that 5/4 ratio) "
+              f"takes {prepare_us:.0f} us, against "
               f"{invoke_us:.0f} us for the default CNN's invoke at 1 thread. A Raspberry Pi 4 or 5 has 4 cores and "
               "runs 3 interpreter threads by default, leaving one to capture and MQTT: the 1-thread rows are the "
               "ones that compare.",

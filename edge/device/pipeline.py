@@ -93,8 +93,8 @@ class Handoff:
     Live: capture never waits; a frame more than ``LIVE_LAG_S`` older than the newest is
     dropped (and counted), so inference never works on a stale view of the belt, while a burst
     shorter than that is classified, in one block, rather than lost. Finite: capture waits for
-    room, so every image is classified. ``empty`` tells capture that inference is about to wait,
-    so what it has prepared should go now.
+    room, so every image is classified. ``waiting`` tells capture that inference has nothing to
+    do, so what it has prepared should go now; while inference is busy, capture fills its block.
     """
 
     END = None
@@ -102,12 +102,9 @@ class Handoff:
     def __init__(self, live: bool) -> None:
         self.live = live
         self.dropped = 0  # frames
+        self.waiting = False  # inference is waiting for a block
         self._items: deque = deque()
         self._cond = threading.Condition()
-
-    @property
-    def empty(self) -> bool:
-        return not self._items
 
     def put(self, block: Block | None, stop: Callable[[], bool]) -> None:
         with self._cond:
@@ -127,7 +124,9 @@ class Handoff:
             while not self._items:
                 if stop():
                     return self.END
+                self.waiting = True
                 self._cond.wait(0.1)
+            self.waiting = False
             items = self._items
             if items[0] is None:
                 return items.popleft()
@@ -222,7 +221,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 timings["capture"].append(1000 * (t0 - started))
                 timings["preprocess"].append(1000 * (t1 - t0))
-                if filling.full or handoff.empty:
+                if filling.full or handoff.waiting:
                     handoff.put(filling.block(), stop)
                     filling = None
                 if stop():
