@@ -122,6 +122,35 @@ def at_model_size(line: Path, model: str, out: Path) -> tuple[Path, str]:
     return out, size
 
 
+CAMERA_SIZES = ((160, 120), (320, 240), (640, 480), (1280, 720), (1920, 1080))
+
+
+def prepare_costs(photo: Path, model: str) -> list[dict[str, Any]]:
+    """Microseconds on one core to prepare a frame for ``model`` (resize, colour order), by the camera's frame size:
+    what choosing ``source.camera_size`` (or a region of interest) costs the device a frame."""
+    import timeit
+
+    import cv2
+    import numpy as np
+
+    from linewatch.edge.model import artifact
+    from linewatch.edge.model.images import prepare
+
+    card = artifact.load(model).card
+    assert card.input is not None
+    height, width = card.input.height, card.input.width
+    cv2.setNumThreads(1)  # as the device's pipeline runs it
+    photo_bgr, out = cv2.imread(str(photo)), np.empty((height, width, 3), np.uint8)
+    rows = []
+    for w, h in ((width, height), *CAMERA_SIZES):
+        frame = cv2.resize(photo_bgr, (w, h), interpolation=cv2.INTER_CUBIC)
+        number = max(10, 2_000_000 // (w * h))
+        timer = timeit.Timer(lambda frame=frame: prepare(frame, height, width, out=out))
+        best = min(timer.repeat(number=number, repeat=5)) / number
+        rows.append({"frame": f"{w}x{h}", "model": f"{width}x{height}", "us": round(1e6 * best, 1)})
+    return rows
+
+
 def device_loop(model: str, source: Path, threads: int) -> dict[str, Any]:
     return json.loads(linewatch("bench", model, "--source", str(source), "--threads", str(threads), "--json",
                                 "--frames", "600"))
@@ -271,6 +300,10 @@ def markdown(results: dict[str, Any], reference: str) -> str:
         f"| CPU outside `invoke()`, default CNN, {cores} threads (1 thread) | "
         f"{by_name['cnn']['cpu_us_per_frame']['outside_share_of_invoke']:.0%} "
         f"({by_name_1['cnn']['cpu_us_per_frame']['outside_share_of_invoke']:.0%}) of invoke's | `make bench` |",
+        f"| the daemon's spool (a result stored, then forgotten once acknowledged), CPU a frame, default CNN | "
+        f"{by_name_1['cnn']['spool_us_per_frame']['in_blocks']} us in blocks of "
+        f"{by_name_1['cnn']['frames_per_call']} frames, one transaction each "
+        f"({by_name_1['cnn']['spool_us_per_frame']['one_by_one']} us a message at a time) | `make bench` |",
         f"| capture to subscriber through mosquitto, conveyor at {lat['fps']} frames/s | p50 {lat['p50_ms']} ms, "
         f"p99 {lat['p99_ms']} ms | `make bench` |",
         f"| daemon cold start to first result; peak memory; edge imports | {lat['cold_start_s']} s; "
@@ -324,11 +357,13 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "![pipeline](pipeline.png)", "",
               "bare: `invoke()` on frames prepared beforehand; pipeline: the daemon's, from the decoded frame to "
               "the result's JSON bytes; serial: resize, invoke and JSON in turn on one thread, as a tutorial "
-              "writes it. Live: the pipeline fed as a camera at half the bare loop's rate.", "",
+              "writes it. Live: the pipeline fed as a camera at half the bare loop's rate. The daemon's spool (SQLite: "
+              "each result stored until the broker acknowledges it, then forgotten) is timed apart, a block of "
+              "frames in one transaction as the daemon does, and a message at a time as it did before.", "",
               "| model | threads | bare, frames/s | pipeline | ratio | serial | ratio | frames a call | "
               "CPU outside invoke, us a frame (share of invoke's) | of which prepare / quantize / results / JSON / "
-              "rest | live: frames, dropped |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "rest | live: frames, dropped | the daemon's spool besides, us a frame: in blocks (one by one) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["pipeline"]:
         cpu = r["cpu_us_per_frame"]
         parts = " / ".join(str(cpu["outside_parts"][k]) for k in ("prepare", "quantize", "predictions", "json",
@@ -336,7 +371,8 @@ def markdown(results: dict[str, Any], reference: str) -> str:
         lines.append(f"| {r['name']} | {r['threads']} | {r['bare_fps']:,.0f} | {r['pipeline_fps']:,.0f} | "
                      f"**{r['ratio']}** | {r['serial_fps']:,.0f} | {r['serial_ratio']} | {r['frames_per_call']} | "
                      f"{cpu['outside_invoke']} ({cpu['outside_share_of_invoke']:.0%}) | {parts} | "
-                     f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s, {r['live']['dropped']} dropped |")
+                     f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s, {r['live']['dropped']} dropped | "
+                     f"{r['spool_us_per_frame']['in_blocks']} ({r['spool_us_per_frame']['one_by_one']}) |")
     small_1, cnn_1 = by_name_1["small"], by_name_1["cnn"]
     prepare_us, invoke_us = 1000 * cnn_1["stage_ms_p50"]["preprocess"], 1e6 / cnn_1["bare_fps"]
     framed_1 = by_name_1[framed]
@@ -360,7 +396,15 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               f"{1e6 / small_1['bare_fps']:.0f} us, about as long as the Python a frame needs "
               f"({small_1['cpu_us_per_frame']['outside_invoke']} us of CPU outside invoke: preparing, the result "
               "object, its JSON), and Python runs one thread at a time.",
-              "- The serial loop is what the pipeline replaces: it pays every step in turn on one core."]
+              "- The serial loop is what the pipeline replaces: it pays every step in turn on one core.",
+              "", f"Preparing one frame for the default CNN ({results['prepare_us'][0]['model']}: resize and colour "
+              "order, one core), by the camera's frame size; `source.camera_size` (or a region of interest) chooses "
+              "it. Area averaging, as in training, is cheap at whole factors (640x480 is 5 times 128x96) and for "
+              "frames a little bigger than the model's (160x120: each output pixel within two source pixels an axis); "
+              "other ratios take OpenCV's general path (1280x720 is 7.5 times 96 high).", "",
+              "| frame | " + " | ".join(row["frame"] for row in results["prepare_us"]) + " |",
+              "| --- |" + " --- |" * len(results["prepare_us"]),
+              "| us a frame | " + " | ".join(str(row["us"]) for row in results["prepare_us"]) + " |"]
     lines += ["", "## The daemon through a loopback mosquitto", "", "![latency](latency.png)", "",
               f"- {lat['frames']} conveyor frames at {lat['fps']} frames/s, QoS 1 through the spool, {lat['received']} "
               f"received: capture to subscriber p50 **{lat['p50_ms']} ms**, p99 **{lat['p99_ms']} ms** (invoke p99 of "
@@ -410,6 +454,7 @@ def main() -> None:
             pipeline.append({"name": name, **row})
             print(f"  {name} at {threads} thread(s): pipeline {row['ratio']} of bare, serial {row['serial_ratio']}",
                   flush=True)
+    prepare_us = prepare_costs(next((work / "line" / "ok").glob("*.jpg")), converted["cnn"]["path"])
     step(7, "the daemon through a loopback mosquitto: latency, cold start, memory")
     daemon = daemon_latency(str(work / "cnn.tflite"), work)
     step(8, "import time of the edge modules")
@@ -419,7 +464,7 @@ def main() -> None:
         "host": {"cores": cores, "machine": platform.machine(), "processor": processor(),
                  "python": platform.python_version()},
         "training": training, "quantization": quantization, "rejected_by_gate": gate, "pipeline": pipeline,
-        "daemon": daemon,
+        "prepare_us": prepare_us, "daemon": daemon,
         "import_s": import_seconds(python),
         "import_python": "device venv, no TensorFlow" if python == EDGE_PYTHON else "this venv",
         "seconds": round(time.monotonic() - _started, 1),

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
-from linewatch.edge.comms.spool import Spool
+from linewatch.edge.comms.mqtt import parse_broker
+from linewatch.edge.comms.publisher import DevicePublisher
+from linewatch.edge.comms.spool import Outgoing, Spool
+from linewatch.edge.device import config
+from linewatch.edge.device.pipeline import Frame, Result
+from linewatch.edge.device.results import ResultSink
+from linewatch.edge.model import artifact
+from linewatch.edge.model.engine import Engine
+from linewatch.edge.model.images import read_image
 from tests.helpers import Collector, spool_backlog, start_daemon, stop_daemon, summary, wait_until
 
 
@@ -77,3 +88,54 @@ def test_full_spool_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     assert reopened.append("t", lambda seq: b"x", "result") == 26  # seq survives a restart
     assert reopened.append("t", lambda seq: b"x", "event") == 1  # each topic has its own sequence
     assert reopened.dropped() == 17  # two more appended to a full spool
+
+
+def _transactions(spool: Spool) -> list[str]:
+    """The COMMITs the spool's database runs from now on."""
+    commits: list[str] = []
+    spool._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    return commits
+
+
+def test_a_block_of_messages_is_one_transaction_with_seqs_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite")
+    commits = _transactions(spool)
+    block = [Outgoing("r", lambda seq: b"r%d" % seq, "result") for _ in range(5)]
+    block.insert(2, Outgoing("e", lambda seq: b"e%d" % seq, "event"))
+    assert spool.append_many(block) == [1, 2, 1, 3, 4, 5]  # each topic its own sequence
+    assert len(commits) == 1
+    entries = spool.after(0, 100)
+    assert [e.payload for e in entries] == [b"r1", b"r2", b"e1", b"r3", b"r4", b"r5"]  # in the order given
+    spool.remove([e.id for e in entries[:4]])  # acknowledged together: one transaction too
+    assert len(commits) == 2 and spool.backlog() == 2 and [e.payload for e in spool.after(0, 9)] == [b"r4", b"r5"]
+    spool.close()
+    assert Spool(tmp_path / "s.sqlite").append("r", lambda seq: b"", "result") == 6  # the seqs were kept with it
+
+
+def test_a_block_of_results_is_spooled_at_once_each_with_its_own_model(tiny: Path, tiny_uint8: Path, holdout: Path,
+                                                                       tmp_path: Path) -> None:
+    """The publish thread gets a block of frames: one transaction for their messages, and a model replaced
+    in the middle of the block (an over-the-air update) names the model that classified each frame."""
+    cfg = config.load(None, {"device_id": "blocks", "state_dir": str(tmp_path), "model.path": str(tiny),
+                             "mqtt.broker": "mqtt://127.0.0.1:1", "source.spec": "conveyor", "events.k": 1,
+                             "events.n": 1})
+    spool = Spool(tmp_path / "spool.sqlite")
+    publisher = DevicePublisher(parse_broker("mqtt://127.0.0.1:1"), "blocks", spool)  # never started: spool only
+    old, new = artifact.load(tiny), artifact.load(tiny_uint8)
+    sink = ResultSink(cfg, old, publisher, threading.Event(), None, None)
+    photos = sorted((holdout / "crack").glob("*.jpg"))[:3] + sorted((holdout / "ok").glob("*.jpg"))[:3]
+    frames = [Frame(i, time.time(), read_image(str(photo))) for i, photo in enumerate(photos, 1)]
+    results = [Result(frame, Engine(model).predict(frame.image), model)
+               for frame, model in zip(frames, [old] * 3 + [new] * 3)]
+    commits = _transactions(spool)
+    sink(results)
+    assert len(commits) == 1
+    entries = spool.after(0, 100)
+    published = [json.loads(e.payload) for e in entries if e.topic.endswith("/result")]
+    assert [r["seq"] for r in published] == [1, 2, 3, 4, 5, 6]
+    assert [r["frame_id"] for r in published] == [1, 2, 3, 4, 5, 6]
+    assert [r["model"]["sha256"] for r in published] == [old.sha256] * 3 + [new.sha256] * 3
+    assert old.sha256 != new.sha256
+    assert [json.loads(e.payload)["type"] for e in entries if e.topic.endswith("/event")][0] == "start"  # k = n = 1
+    assert [e.topic.rsplit("/", 1)[1] for e in entries][:2] == ["result", "event"]  # in the order they happened
+    spool.close()

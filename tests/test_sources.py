@@ -124,7 +124,7 @@ def test_live_source_that_fails_is_reopened_with_backoff(tmp_path: Path, tiny: P
     video = _video(tmp_path / "cam.avi", frames=6)
     results: list = []
     pipeline = Pipeline(VideoSource(str(video), live=True), Engine(artifact.load(tiny)),
-                        results.append, max_frames=14)
+                        results.extend, max_frames=14)
     with caplog.at_level(logging.WARNING):
         stats = pipeline.run(threading.Event())
     assert stats.frames == 14 and len(results) == 14
@@ -222,7 +222,7 @@ def test_looped_file_or_folder_that_vanishes_is_reopened_when_it_returns(kind: s
     assert source.reopens
     results: list = []
     stop = threading.Event()
-    pipeline = Pipeline(source, Engine(artifact.load(tiny)), results.append)
+    pipeline = Pipeline(source, Engine(artifact.load(tiny)), results.extend)
     runner = threading.Thread(target=pipeline.run, args=(stop,))
     with caplog.at_level(logging.WARNING):
         runner.start()
@@ -288,7 +288,7 @@ def test_a_fast_finite_source_is_classified_in_blocks_in_order_and_as_frame_by_f
 
     engine.invoke = busy_at_first  # type: ignore[method-assign]
     results: list = []
-    stats = Pipeline(ReplaySource(frames), engine, results.append).run(threading.Event())
+    stats = Pipeline(ReplaySource(frames), engine, results.extend).run(threading.Event())
     assert stats.frames == len(frames) == len(results) == sum(calls) and stats.dropped == 0
     assert [r.frame.id for r in results] == list(range(1, len(frames) + 1))
     assert all(np.array_equal(r.prediction.scores, expected[r.frame.path]) for r in results)

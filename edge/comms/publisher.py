@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 
 from linewatch.edge.comms.mqtt import BrokerAddress, Credentials, connect, make_client, tls_context, tls_problem
 from linewatch.edge.comms.payloads import Status, rfc3339
-from linewatch.edge.comms.spool import Spool
+from linewatch.edge.comms.spool import Outgoing, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +192,15 @@ class DevicePublisher:
 
     # --- spooled messages (results, events) ----------------------------------------------------
 
-    def spool_message(self, name: str, build: Callable[[int], bytes], sequence: str | None = None) -> int:
+    def spool_message(self, name: str, build: Callable[[int], bytes]) -> int:
         """Store a QoS 1 message for ``<prefix>/<device>/<name>``; returns its ``seq``."""
-        seq = self.spool.append(self.topic(name), build, sequence or name)
+        return self.spool_messages([(name, build)])[0]
+
+    def spool_messages(self, messages: list[tuple[str, Callable[[int], bytes]]]) -> list[int]:
+        """Store ``(name, build)`` messages in one transaction, in order (a block's results and events); their seqs."""
+        seqs = self.spool.append_many([Outgoing(self.topic(name), build, name) for name, build in messages])
         self._nudge()
-        return seq
+        return seqs
 
     def _nudge(self) -> None:
         """Wake the drain thread: a message was spooled or acknowledged, the link is up, or we stop."""
@@ -222,6 +226,7 @@ class DevicePublisher:
                 time.sleep(1.0)
 
     def _drain_step(self, inflight: dict[int, mqtt.MQTTMessageInfo]) -> None:
+        acknowledged = []
         for entry_id, info in list(inflight.items()):
             try:
                 published = info.is_published()  # set by paho on PUBACK, as on_publish is called
@@ -231,8 +236,10 @@ class DevicePublisher:
                 continue
             if published:
                 del inflight[entry_id]
-                self.spool.remove(entry_id)
-                self.acked += 1
+                acknowledged.append(entry_id)
+        if acknowledged:
+            self.spool.remove(acknowledged)
+            self.acked += len(acknowledged)
         room = self.window - len(inflight)
         entries = self.spool.after(self._last_sent, room) if self.connected.is_set() and room > 0 else []
         for entry in entries:

@@ -48,6 +48,16 @@ MB = 2**20
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A message to store: ``build(seq)`` makes its payload once its ``seq`` of ``sequence`` is known."""
+
+    topic: str
+    build: Callable[[int], bytes]
+    sequence: str
+    retain: bool = False
+
+
+@dataclass(frozen=True)
 class Entry:
     id: int
     topic: str
@@ -148,60 +158,69 @@ class Spool:
         self._db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
                          "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
-    def _insert(self, topic: str, payload: bytes, sequence: str, seq: int, retain: bool, make_room: int) -> int:
-        """One transaction: drop ``make_room`` + overflow oldest entries, store the message and its seq."""
+    def _insert(self, rows: list[tuple[str, bytes, int]], seqs: dict[str, int], make_room: int) -> int:
+        """One transaction: drop ``make_room`` + overflow oldest entries, store the messages and their seqs."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            excess = max(self._size + 1 - self.max_entries, 0) + make_room
+            excess = max(self._size + len(rows) - self.max_entries, 0) + make_room
             if excess:
                 excess = self._db.execute("DELETE FROM messages WHERE id IN "
                                           "(SELECT id FROM messages ORDER BY id LIMIT ?)", (excess,)).rowcount
                 self._set_counter("dropped", self._counter("dropped") + excess)
-            self._set_counter(f"seq:{sequence}", seq)
-            self._db.execute("INSERT INTO messages(topic, payload, retain) VALUES (?, ?, ?)",
-                             (topic, payload, int(retain)))
+            for sequence, seq in seqs.items():
+                self._set_counter(f"seq:{sequence}", seq)
+            self._db.executemany("INSERT INTO messages(topic, payload, retain) VALUES (?, ?, ?)", rows)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite rolls back by itself after some errors, SQLITE_FULL among them
                 self._db.execute("ROLLBACK")
             raise
-        self._size += 1 - excess
+        self._size += len(rows) - excess
         return excess
 
     def append(self, topic: str, build: Callable[[int], bytes], sequence: str, retain: bool = False) -> int:
-        """Store one message; ``build(seq)`` makes its payload with the next ``seq`` of ``sequence``.
+        """Store one message; ``build(seq)`` makes its payload with the next ``seq`` of ``sequence``."""
+        return self.append_many([Outgoing(topic, build, sequence, retain)])[0]
+
+    def append_many(self, messages: list[Outgoing]) -> list[int]:
+        """Store messages in one transaction (a block of frames' results: one commit, not one a frame); their seqs.
 
         Never raises for a full disk: the oldest entries make room, and when even that fails the
-        message is counted in ``lost`` (its seq is used up, so subscribers see a gap).
+        messages are counted in ``lost`` (their seqs are used up, so subscribers see a gap).
         """
         with self._lock:
-            seq = self._seq.get(sequence, 0) + 1
-            self._seq[sequence] = seq
-            self._reserve(sequence, seq)
-            payload = build(seq)
+            seqs: list[int] = []
+            last: dict[str, int] = {}
+            rows = []
+            for message in messages:
+                seq = self._seq.get(message.sequence, 0) + 1
+                self._seq[message.sequence] = last[message.sequence] = seq
+                self._reserve(message.sequence, seq)
+                seqs.append(seq)
+                rows.append((message.topic, message.build(seq), int(message.retain)))
             dropped = 0
             for make_room in (0, max(10, self._size // 20)):  # then a twentieth of the spool, oldest first
                 try:
-                    dropped = self._insert(topic, payload, sequence, seq, retain, make_room)
+                    dropped = self._insert(rows, last, make_room)
                     self.last_failed = False
                     break
                 except sqlite3.OperationalError as exc:
                     if not _disk_full(exc):
                         raise
             else:
-                self.lost += 1
+                self.lost += len(rows)
                 self.last_failed = True
-                if self.lost == 1 or self.lost % 1000 == 0:
+                if self.lost <= len(rows) or self.lost // 1000 > (self.lost - len(rows)) // 1000:
                     logger.error("spool %s is full and the disk too: %d message(s) lost so far; inspection goes "
                                  "on, and storing resumes by itself when space returns", self.path, self.lost)
-                return seq
+                return seqs
         if dropped:
             self._dropped_logged += dropped
             if self._dropped_logged == dropped or time.monotonic() - self._dropped_said >= 10:  # not once per message
                 logger.warning("spool full (%d entries, %s MB or its disk): dropped the oldest, %d since start",
                                self.max_entries, self.max_mb, self._dropped_logged)
                 self._dropped_said = time.monotonic()
-        return seq
+        return seqs
 
     def after(self, last_id: int, limit: int) -> list[Entry]:
         """Up to ``limit`` entries newer than ``last_id``, oldest first."""
@@ -210,11 +229,20 @@ class Spool:
                                     "ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
         return [Entry(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
-    def remove(self, entry_id: int) -> None:
-        """The broker acknowledged it: forget it (on a full disk it stays, and is sent again later)."""
+    def remove(self, entry_ids: list[int]) -> None:
+        """The broker acknowledged them: forget them, in one transaction (on a full disk they stay, sent again)."""
         with self._lock:
             try:
-                self._size -= self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,)).rowcount
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    removed = self._db.executemany("DELETE FROM messages WHERE id = ?",
+                                                   [(entry_id,) for entry_id in entry_ids]).rowcount
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._size -= removed
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
                     raise

@@ -3,7 +3,7 @@
 1. capture: reads the source and prepares each frame (region of interest, rotation, resize,
    quantization), so the interpreter never waits on decoding or resizing;
 2. inference (the caller's thread): ``invoke()`` and nothing else of note;
-3. publish: hands each ``Result`` to the sink (JSON, MQTT, review frames), in frame order.
+3. publish: hands the ``Result``s to the sink (JSON, MQTT, review frames) a block at a time, in frame order.
 
 Work crosses threads a ``Block`` at a time, never a frame at a time: the hand-offs, the
 locks and the Python objects around a call cost tens of microseconds, as much as invoking a
@@ -159,13 +159,13 @@ class _Filling:
 
 
 class Pipeline:
-    """Runs ``source`` through ``engine`` and hands each ``Result`` to ``sink``, in frame order.
+    """Runs ``source`` through ``engine`` and hands the ``Result``s to ``sink`` a block at a time, in frame order.
 
     ``block`` bounds the frames of one interpreter call for a finite source (1 turns blocks off);
     a block's input is also kept under ``BLOCK_BYTES``.
     """
 
-    def __init__(self, source: Source, engine: Engine, sink: Callable[[Result], None],
+    def __init__(self, source: Source, engine: Engine, sink: Callable[[list[Result]], None],
                  max_frames: int | None = None, max_backoff: float = 30.0,
                  roi: tuple[float, float, float, float] | None = None, rotate: int = 0, block: int = BLOCK) -> None:
         self.source = source
@@ -265,11 +265,11 @@ class Pipeline:
             if results is None:
                 return
             t = time.perf_counter()
-            for result in results:
-                try:
-                    self.sink(result)
-                except Exception:  # the sink is the daemon's own code: log it, keep inspecting
-                    logger.exception("publishing result of frame %d failed", result.frame.id)
+            try:
+                self.sink(results)
+            except Exception:  # the sink is the daemon's own code: log it, keep inspecting
+                logger.exception("publishing the results of frames %d to %d failed", results[0].frame.id,
+                                 results[-1].frame.id)
             timings.append(1000 * (time.perf_counter() - t) / len(results))
 
     def _classify(self, blocks: list[Block]) -> list[Result]:

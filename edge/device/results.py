@@ -1,8 +1,9 @@
 """What happens to each classified frame: a result message, defect events, snapshots, review frames.
 
 The pipeline calls ``ResultSink`` from its publish thread, never from the inference loop.
-Results and events are spooled (``DevicePublisher.spool_message``) so none is lost while the
-broker is away; their payloads are built inside the spool's transaction, with their ``seq``.
+Results and events are spooled (``DevicePublisher.spool_messages``) so none is lost while the
+broker is away, a block of frames' in one transaction; their payloads are built inside it,
+with their ``seq``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,19 @@ class ResultSink:
             return (self._frames_seen - 1) % self.cfg.results.sample_every == 0
         return True
 
-    def __call__(self, result: Classified) -> None:
+    def __call__(self, results: list[Classified]) -> None:
+        """A block of results, in frame order; their messages are spooled together, in one transaction."""
+        messages: list[tuple[str, Callable[[int], bytes]]] = []
+        for result in results:
+            try:
+                self._judge(result, messages)
+            except Exception:  # our own code: log it, keep inspecting
+                logger.exception("publishing the result of frame %d failed", result.frame.id)
+        if messages:
+            self.publisher.spool_messages(messages)
+
+    def _judge(self, result: Classified, messages: list[tuple[str, Callable[[int], bytes]]]) -> None:
+        """One frame: its result message, events and snapshots (added to ``messages``), review frames."""
         self.latest = result
         if result.frame.id % REFERENCE_EVERY == 1:
             self.reference.append(result.frame.image)
@@ -145,15 +158,16 @@ class ResultSink:
             if self.on_first_result is not None:
                 self.on_first_result()
         if self._wanted(result):
-            self.publisher.spool_message("result", lambda seq: self._encode(result, seq))
+            encode = self._encode  # this frame's model's, though the block is spooled after a model change
+            messages.append(("result", lambda seq: encode(result, seq)))
         prediction = result.prediction
         scores = dict(zip(self.model.outcomes, prediction.scores.tolist()))
         for alarm in self.tracker.update(scores, result.frame.id, result.frame.ts):
             snapshot = None
             if alarm.type == "start" and self.snapshots is not None:
                 snapshot = f"{alarm.event_id}.jpg"
-                self.publish_snapshot(result, snapshot)
-            self.publisher.spool_message("event", lambda seq, a=alarm, s=snapshot: self._event(a, seq, s).encode())
+                messages.append(("snapshot", self._snapshot(result, snapshot)))
+            messages.append(("event", self._event_message(alarm, snapshot)))
             self.recent_events.appendleft({"type": alarm.type, "class": alarm.label, "event_id": alarm.event_id,
                                            "ts_ms": alarm.ts_ms, "peak_score": alarm.peak_score, "snapshot": snapshot})
             self.events_started += alarm.type == "start"
@@ -166,7 +180,11 @@ class ResultSink:
                             f"{prediction.score:.2f}.jpg", result.frame.image)
 
     def publish_snapshot(self, result: Classified, name: str) -> None:
-        """The frame as JPEG: kept under the snapshot quota and published (spooled) on ``snapshot``.
+        """The frame as JPEG, kept under the snapshot quota and spooled on ``snapshot`` at once (``cmd/snapshot``)."""
+        self.publisher.spool_message("snapshot", self._snapshot(result, name))
+
+    def _snapshot(self, result: Classified, name: str) -> Callable[[int], bytes]:
+        """The frame as JPEG, kept under the snapshot quota; the message to spool on ``snapshot``.
 
         An anomaly model's heat map is blended over the region it looked at, to show where.
         """
@@ -177,7 +195,10 @@ class ResultSink:
             image = heat_map_overlay(crop_rotate(image, self.cfg.source.roi, self.cfg.source.rotate), heat)
         jpeg = encode_jpeg(image)
         self.snapshots.add(name, jpeg)
-        self.publisher.spool_message("snapshot", lambda seq: jpeg)
+        return lambda seq: jpeg
+
+    def _event_message(self, alarm: Alarm, snapshot: str | None) -> Callable[[int], bytes]:
+        return lambda seq: self._event(alarm, seq, snapshot).encode()
 
     def _event(self, alarm: Alarm, seq: int, snapshot: str | None) -> Event:
         return Event(device_id=self.cfg.device_id, seq=seq, ts=rfc3339(alarm.ts_ms / 1000), ts_ms=alarm.ts_ms,

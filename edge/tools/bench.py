@@ -5,8 +5,9 @@ hold on a noisy shared machine where absolute frames/s do not:
 
 - bare: ``invoke()`` on frames prepared beforehand, one at a time: the interpreter's limit;
 - pipeline: what the daemon runs, from the decoded frame to the result's JSON bytes (the
-  sink builds each result message as the daemon does; only the spool and the network are
-  left out: ``make bench`` measures those through a real broker);
+  sink builds each result message as the daemon does; the spool and the network are left
+  out: the spool's CPU a frame is measured beside it, and ``make bench`` measures the
+  network through a real broker);
 - serial: the loop a tutorial writes, resize, invoke and JSON in turn on one thread.
 
 Then the pipeline is fed as a live camera at half the bare loop's rate, where it must not
@@ -16,13 +17,16 @@ drop a frame.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from linewatch.edge.comms.spool import Outgoing, Spool
 from linewatch.edge.device.pipeline import Frame, Pipeline, PipelineStats, Result
 from linewatch.edge.device.results import ResultEncoder
 from linewatch.edge.device.sources import Captured, open_source
@@ -106,6 +110,30 @@ def _parts_us(engine: Engine, captured: list[Captured], per_call: int, repeats: 
     return timed
 
 
+def _spool_us(payloads: list[bytes], per_call: int, repeats: int) -> dict[str, float]:
+    """Microseconds of CPU a frame the daemon adds for the spool (storing a result, forgetting it once the broker
+    acknowledged it), a message at a time and in blocks of ``per_call``, as the daemon does now."""
+    timed = {}
+    with tempfile.TemporaryDirectory() as folder:
+        spool = Spool(Path(folder) / "spool.sqlite")
+        try:
+            for name, size in (("one_by_one", 1), ("in_blocks", per_call)):
+                best = float("inf")
+                for _ in range(repeats):
+                    started = time.process_time()
+                    for i in range(0, len(payloads), size):
+                        spool.append_many([Outgoing("bench/result", lambda seq, p=p: p, "result")
+                                           for p in payloads[i : i + size]])
+                    ids = [entry.id for entry in spool.after(0, len(payloads))]
+                    for i in range(0, len(ids), size):
+                        spool.remove(ids[i : i + size])
+                    best = min(best, time.process_time() - started)
+                timed[name] = round(1e6 * best / len(payloads), 1)
+        finally:
+            spool.close()
+    return timed
+
+
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
           labels: str | None = None, repeats: int = 3) -> dict[str, Any]:
     """Frames/s of the bare, pipeline and serial loops (alternated ``repeats`` times, best of each), CPU per frame,
@@ -129,8 +157,9 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     def pipeline(fps: float | None = None) -> tuple[float, float, PipelineStats]:
         encode = ResultEncoder("bench", model, top_k=3)
 
-        def sink(result: Result) -> None:
-            encode(result, result.frame.id)
+        def sink(results: list[Result]) -> None:
+            for result in results:
+                encode(result, result.frame.id)
 
         stop = threading.Event()
         run = Pipeline(ReplaySource(captured, fps, stop.set), engine, sink)
@@ -163,6 +192,10 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     block_cpu = min(bare(per_call)[1] for _ in range(repeats))
     outside_us = 1e6 * max(0.0, pipeline_cpu - block_cpu)
     parts = _parts_us(engine, captured, per_call, repeats)
+    encode = ResultEncoder("bench", model, top_k=3)
+    spool_us = _spool_us([encode(Result(Frame(i, time.time(), c.image, c.path), p, model), i)
+                          for i, (c, p) in enumerate(zip(captured, engine.predictions(engine.invoke(blocks))), 1)],
+                         per_call, repeats)
     return {
         "model": str(model_path),
         "source": source_spec,
@@ -186,6 +219,8 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
                              # Where it goes: each step timed alone on one thread; the rest is hand-offs between
                              # the threads, per-frame objects and the interpreter's threads waking.
                              "outside_parts": {**parts, "rest": round(max(0.0, outside_us - sum(parts.values())), 1)}},
+        # Not in the pipeline above: the daemon's spool, a frame's result stored and forgotten once acknowledged.
+        "spool_us_per_frame": spool_us,
         "frames_per_call": round(stats.frames / max(1, stats.blocks), 1),
         "stage_ms_p50": {s: round(stats.percentile(s, 50), 3) for s in stats.timings_ms},
         "model_loaded_s": round(first_result_s, 3),
