@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -122,7 +123,7 @@ def at_model_size(line: Path, model: str, out: Path) -> tuple[Path, str]:
     return out, size
 
 
-CAMERA_SIZES = ((160, 120), (320, 240), (640, 480), (1280, 720), (1920, 1080))
+CAMERA_SIZES = ((160, 120), (256, 192), (320, 240), (640, 480), (1280, 720), (1920, 1080))
 
 
 def prepare_costs(photo: Path, model: str) -> list[dict[str, Any]]:
@@ -158,8 +159,11 @@ def device_loop(model: str, source: Path, threads: int) -> dict[str, Any]:
 
 # --- 4. the daemon through a broker --------------------------------------------------------------
 
-def daemon_latency(model: str, work: Path, frames: int = 600, fps: int = 60) -> dict[str, Any]:
-    """Run the daemon on the conveyor at ``fps`` against a loopback mosquitto; a subscriber times each result."""
+def daemon_latency(model: str, work: Path, framed: Path, frames: int = 600, fps: int = 60) -> dict[str, Any]:
+    """Run the daemon on the conveyor at ``fps`` against a loopback mosquitto; a subscriber times each result.
+
+    Then its throughput, everything included (the spool, MQTT, mosquitto on the same cores): the
+    daemon on ``framed`` (photos at the model's size) looped, unpaced, at its default threads."""
     import paho.mqtt.client as mqtt
 
     from linewatch.edge.demo.brokers import MosquittoBroker, find_mosquitto
@@ -186,6 +190,11 @@ def daemon_latency(model: str, work: Path, frames: int = 600, fps: int = 60) -> 
                         "--broker", broker.url, "--max-frames", str(frames), "--state-dir", str(work / "state"),
                         "--stats-interval", "3600", "--json", log=work / "daemon.log")
         done.wait(30)
+        shutil.rmtree(work / "state-throughput", ignore_errors=True)
+        throughput = json.loads(linewatch("run", "--model", model, "--source", str(framed), "--loop", "--device-id",
+                                          "throughput", "--broker", broker.url, "--max-frames", "20000",
+                                          "--state-dir", str(work / "state-throughput"), "--stats-interval", "3600",
+                                          "--json").strip().splitlines()[-1])
         cold = [json.loads(linewatch("run", "--model", model, "--source", str(work / "line" / "ok"), "--device-id",
                                      "cold", "--broker", broker.url, "--max-frames", "1", "--state-dir",
                                      str(work / "state-cold"), "--json").strip().splitlines()[-1])["cold_start_s"]
@@ -197,7 +206,7 @@ def daemon_latency(model: str, work: Path, frames: int = 600, fps: int = 60) -> 
     summary = json.loads(out.strip().splitlines()[-1])
     return {"frames": frames, "fps": fps, "received": len(latencies), "latencies_ms": latencies,
             "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
-            "daemon": summary, "cold_start_s": sorted(cold)[1], "cold_starts_s": cold}
+            "daemon": summary, "cold_start_s": sorted(cold)[1], "cold_starts_s": cold, "throughput": throughput}
 
 
 def import_seconds(python: Path) -> float:
@@ -304,6 +313,9 @@ def markdown(results: dict[str, Any], reference: str) -> str:
         f"{by_name_1['cnn']['spool_us_per_frame']['in_blocks']} us in blocks of "
         f"{by_name_1['cnn']['frames_per_call']} frames, one transaction each "
         f"({by_name_1['cnn']['spool_us_per_frame']['one_by_one']} us a message at a time) | `make bench` |",
+        f"| the whole daemon (spool, MQTT, mosquitto on the same cores), default CNN, {framed[5:-7]} frames, "
+        f"{cores} threads | {lat['throughput']['fps']:,.0f} frames/s, "
+        f"{lat['throughput']['fps'] / by_name[framed]['bare_fps']:.2f} of the bare invoke loop | `make bench` |",
         f"| capture to subscriber through mosquitto, conveyor at {lat['fps']} frames/s | p50 {lat['p50_ms']} ms, "
         f"p99 {lat['p99_ms']} ms | `make bench` |",
         f"| daemon cold start to first result; peak memory; edge imports | {lat['cold_start_s']} s; "
@@ -380,8 +392,7 @@ def markdown(results: dict[str, Any], reference: str) -> str:
     lines += ["", "What limits the ratio on this host:", "",
               f"- At {cores} threads the interpreter takes every core, so whatever else the pipeline does (resize, "
               "quantize, JSON) is taken from it: the ratio can only be invoke's CPU over the total. Preparing a frame "
-              f"of the line (160x120 to 128x96, area averaging as in training, by a two-tap remap at that 5/4 ratio) "
-              f"takes {prepare_us:.0f} us, against "
+              f"of the line (160x120 to 128x96, area averaging as in training) takes {prepare_us:.0f} us, against "
               f"{invoke_us:.0f} us for the default CNN's invoke at 1 thread. A Raspberry Pi 4 or 5 has 4 cores and "
               "runs 3 interpreter threads by default, leaving one to capture and MQTT: the 1-thread rows are the "
               "ones that compare.",
@@ -399,9 +410,9 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "- The serial loop is what the pipeline replaces: it pays every step in turn on one core.",
               "", f"Preparing one frame for the default CNN ({results['prepare_us'][0]['model']}: resize and colour "
               "order, one core), by the camera's frame size; `source.camera_size` (or a region of interest) chooses "
-              "it. Area averaging, as in training, is cheap at whole factors (640x480 is 5 times 128x96) and for "
-              "frames a little bigger than the model's (160x120: each output pixel within two source pixels an axis); "
-              "other ratios take OpenCV's general path (1280x720 is 7.5 times 96 high).", "",
+              "it. Area averaging, as in training, is cheap where the frame is a whole multiple of the model's input "
+              "on both axes (256x192 and 640x480 are 2 and 5 times 128x96); any other ratio takes OpenCV's general "
+              "path, several times slower (320x240 is 2.5 times, 1280x720 7.5 times 96 high).", "",
               "| frame | " + " | ".join(row["frame"] for row in results["prepare_us"]) + " |",
               "| --- |" + " --- |" * len(results["prepare_us"]),
               "| us a frame | " + " | ".join(str(row["us"]) for row in results["prepare_us"]) + " |"]
@@ -456,7 +467,7 @@ def main() -> None:
                   flush=True)
     prepare_us = prepare_costs(next((work / "line" / "ok").glob("*.jpg")), converted["cnn"]["path"])
     step(7, "the daemon through a loopback mosquitto: latency, cold start, memory")
-    daemon = daemon_latency(str(work / "cnn.tflite"), work)
+    daemon = daemon_latency(str(work / "cnn.tflite"), work, framed)
     step(8, "import time of the edge modules")
     python = EDGE_PYTHON if EDGE_PYTHON.is_file() else Path(sys.executable)
     results = {

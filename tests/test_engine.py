@@ -13,7 +13,7 @@ from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.errors import ModelError
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine, find_runtime
-from linewatch.edge.model.images import _two_tap_maps, area_resize, prepare
+from linewatch.edge.model.images import prepare
 from tests.helpers import linewatch
 
 
@@ -51,7 +51,7 @@ def test_prepare_into_a_block_row_gives_what_training_saw(mode: str, size: tuple
     """The device's fast paths (into a given row, no resize at the model's size) change no pixel."""
     bgr = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
     if mode == "stretch":
-        reference = cv2.cvtColor(area_resize(bgr, 96, 128), cv2.COLOR_BGR2RGB)
+        reference = cv2.cvtColor(cv2.resize(bgr, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     else:
         reference = prepare(bgr, 96, 128, mode)
     block = np.zeros((3, 96, 128, 3), np.uint8)
@@ -59,26 +59,6 @@ def test_prepare_into_a_block_row_gives_what_training_saw(mode: str, size: tuple
     assert np.array_equal(block[1], reference) and np.array_equal(returned, reference)
     assert not block[0].any() and not block[2].any()
     assert np.array_equal(prepare(bgr, 96, 128, mode, "BGR"), cv2.cvtColor(reference, cv2.COLOR_RGB2BGR))
-
-
-@pytest.mark.parametrize(("size", "two_tap"), [((120, 160), True), ((100, 129), True), ((108, 144), True),
-                                             ((96, 250), False), ((240, 320), False), ((480, 640), False),
-                                             ((60, 200), False)])
-def test_area_resize_is_area_averaging(size: tuple[int, int], two_tap: bool, holdout: Path) -> None:
-    """Where two taps an axis do, OpenCV's INTER_AREA to within its weights' rounding (1/32); elsewhere exactly it."""
-    assert (_two_tap_maps(*size, 96, 128) is not None) == two_tap
-    noise = np.random.default_rng(sum(size)).integers(0, 256, (*size, 3), dtype=np.uint8)
-    scratch = cv2.imread(str(next((holdout / "scratch").glob("*.jpg"))))
-    photo = cv2.resize(scratch, size[::-1], interpolation=cv2.INTER_CUBIC)
-    for image, mean_within in ((noise, 1.0), (photo, 0.2)):
-        area = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)
-        difference = np.abs(area_resize(image, 96, 128).astype(int) - area)
-        if two_tap:  # two taps of weights off by at most 1/64 each: 255 * 2 / 64 = 8 levels at the very worst
-            assert difference.max() <= 8 and difference.mean() < mean_within, (difference.max(), difference.mean())
-        else:
-            assert not difference.any()
-    flat = np.full((*size, 3), 77, np.uint8)  # each output pixel's weights add up to one, at the edges too
-    assert np.array_equal(area_resize(flat, 96, 128), np.full((96, 128, 3), 77, np.uint8))
 
 
 def test_missing_delegate_fails_clearly_or_falls_back(tiny: Path) -> None:

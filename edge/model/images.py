@@ -8,7 +8,6 @@ that encodes JPEGs (snapshots, review frames, collected photos, the synthetic li
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -85,7 +84,7 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
         x0, y0 = (w - cw) // 2, (h - ch) // 2
         bgr = bgr[y0 : y0 + ch, x0 : x0 + cw]
     if bgr.shape[:2] != (height, width):
-        bgr = area_resize(bgr, height, width)
+        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     if color_order == "RGB":
         cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=out)
     else:
@@ -94,44 +93,8 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
 
 
 def _resized(bgr: np.ndarray, height: int, width: int, color_order: str) -> np.ndarray:
-    resized = area_resize(bgr, height, width)
+    resized = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB) if color_order == "RGB" else resized
-
-
-def area_resize(bgr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``bgr`` averaged over areas (OpenCV's ``INTER_AREA``) to ``height x width``, cheaply where it is slow.
-
-    Where every output pixel overlaps at most two source pixels an axis (a frame a little
-    bigger than the model's input, as 160x120 for 128x96, or a region of interest cut to about
-    that size), area averaging is a two-tap filter, and sampling bilinearly at the right point
-    gives it. OpenCV's remap does that about 2.4 times faster than its resize's general area
-    path (29 vs 69 us for 160x120 to 128x96), with weights rounded to 1/32: within 5 levels of
-    it, 0.07 on average on the line's photos. Anything else keeps OpenCV's area resize, fast
-    already at whole factors (tests/test_engine.py checks both).
-    """
-    maps = _two_tap_maps(*bgr.shape[:2], height, width)
-    if maps is None:
-        return cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.remap(bgr, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-@lru_cache(maxsize=16)
-def _two_tap_maps(h: int, w: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The remap tables of ``area_resize``, or None where some output pixel overlaps three source pixels."""
-
-    def sample_at(size: int, target: int) -> np.ndarray | None:
-        scale = size / target  # output i covers source [a0, a1): part of pixel p, part of p + 1, no more
-        a0 = np.arange(target) * scale
-        a1, p = a0 + scale, np.floor(a0)
-        if scale < 1 or np.any(np.ceil(a1 - 1e-9) - p > 2):
-            return None
-        in_p, in_next = np.minimum(a1, p + 1) - a0, np.maximum(a1 - (p + 1), 0.0)
-        return (p + in_next / (in_p + in_next)).astype(np.float32)
-
-    xs, ys = sample_at(w, width), sample_at(h, height)
-    if xs is None or ys is None:
-        return None
-    return cv2.convertMaps(np.tile(xs, (height, 1)), np.tile(ys[:, None], (1, width)), cv2.CV_16SC2)
 
 
 def read_image(path: str) -> np.ndarray | None:
