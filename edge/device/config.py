@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from linewatch.edge import options
+from linewatch.edge.device.sources import CAMERA_SIZE
 from linewatch.edge.errors import UsageError
 
 DEFAULT_PATH = Path("/etc/linewatch/linewatch.toml")
@@ -65,9 +66,9 @@ class SourceSection(Section):
     rotate: Literal[0, 90, 180, 270] = Field(0, description="clockwise, after the ROI",
                                              json_schema_extra=_flag("--rotate"))
     camera_size: tuple[int, int] = Field(
-        (320, 240), description="picamera: the lores stream fed to the model (w, h); the model's own input size "
+        CAMERA_SIZE, description="picamera: the lores stream fed to the model (w, h); the model's own input size "
         "leaves nothing to resize on the device (the ISP scales for free), at the cost of a smaller live view and "
-        "snapshots")
+        "snapshots; a whole multiple of it on both axes resizes cheaply, other ratios several times slower")
 
     @field_validator("roi", mode="before")
     @classmethod

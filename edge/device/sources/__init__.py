@@ -31,6 +31,9 @@ import numpy as np
 from linewatch.edge.errors import UsageError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".webm"}
+# The Pi camera's lores stream (w, h): twice the default models' 128x96, so area averaging to them is a whole
+# factor, 13 times cheaper than from 320x240 (2.5 times; benchmarks/results.md, "by the camera's frame size").
+CAMERA_SIZE = (256, 192)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Source(Protocol):
 
 
 def open_source(spec: str, fps: float | None = None, loop: bool = False,
-                camera_size: tuple[int, int] = (320, 240)) -> Source:
+                camera_size: tuple[int, int] = CAMERA_SIZE) -> Source:
     """The source that ``spec`` names; ``fps`` paces finite sources (and sets a Pi camera's
     frame rate), ``loop`` repeats them, ``camera_size`` is the Pi camera's lores stream (w, h)."""
     if spec.startswith("conveyor"):

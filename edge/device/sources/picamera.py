@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from linewatch.edge.device.sources import Captured
+from linewatch.edge.device.sources import CAMERA_SIZE, Captured
 from linewatch.edge.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PicameraSource:
     reopens = True
 
     def __init__(self, camera: int = 0, fps: float | None = None, main_size: tuple[int, int] = (1280, 960),
-                 lores_size: tuple[int, int] = (320, 240)) -> None:
+                 lores_size: tuple[int, int] = CAMERA_SIZE) -> None:
         self.name = f"picamera:{camera}"
         self.camera = camera
         self.fps = fps
