@@ -21,12 +21,13 @@ It heals itself, because nobody is there to help a Pi on a line:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,10 +159,22 @@ class Spool:
         self._db.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
                          "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
-    def _insert(self, rows: list[tuple[str, bytes, int]], seqs: dict[str, int], make_room: int) -> int:
-        """One transaction: drop ``make_room`` + overflow oldest entries, store the messages and their seqs."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error (unless SQLite already did, as after
+        SQLITE_FULL)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _insert(self, rows: list[tuple[str, bytes, int]], seqs: dict[str, int], make_room: int) -> int:
+        """One transaction: drop ``make_room`` + overflow oldest entries, store the messages and their seqs."""
+        with self._transaction():
             excess = max(self._size + len(rows) - self.max_entries, 0) + make_room
             if excess:
                 excess = self._db.execute("DELETE FROM messages WHERE id IN "
@@ -170,11 +183,6 @@ class Spool:
             for sequence, seq in seqs.items():
                 self._set_counter(f"seq:{sequence}", seq)
             self._db.executemany("INSERT INTO messages(topic, payload, retain) VALUES (?, ?, ?)", rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite rolls back by itself after some errors, SQLITE_FULL among them
-                self._db.execute("ROLLBACK")
-            raise
         self._size += len(rows) - excess
         return excess
 
@@ -233,15 +241,9 @@ class Spool:
         """The broker acknowledged them: forget them, in one transaction (on a full disk they stay, sent again)."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     removed = self._db.executemany("DELETE FROM messages WHERE id = ?",
                                                    [(entry_id,) for entry_id in entry_ids]).rowcount
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
                 self._size -= removed
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
