@@ -76,8 +76,10 @@ def _read_frames(spec: str, count: int) -> list[Captured]:
     return frames
 
 
-def _parts_us(engine: Engine, captured: list[Captured], per_call: int, repeats: int) -> dict[str, float]:
-    """Microseconds a frame of each step the pipeline adds to ``invoke()``, timed alone (best of ``repeats``)."""
+def _parts_us(engine: Engine, captured: list[Captured], per_call: int,
+              repeats: int) -> tuple[dict[str, float], list[bytes]]:
+    """Microseconds a frame of each step the pipeline adds to ``invoke()``, timed alone (best of ``repeats``),
+    and the frames' result messages (for timing the spool with real payloads)."""
     pixels = np.empty((len(captured), engine.height, engine.width, 3), np.uint8)
     frames = [Frame(i, time.time(), c.image, c.path) for i, c in enumerate(captured, 1)]
     encode = ResultEncoder("bench", engine.model, top_k=3)
@@ -107,7 +109,7 @@ def _parts_us(engine: Engine, captured: list[Captured], per_call: int, repeats: 
             run()
             best = min(best, time.process_time() - started)
         timed[name] = round(1e6 * best / len(captured), 1)
-    return timed
+    return timed, [encode(r, r.frame.id) for r in results]
 
 
 def _spool_us(payloads: list[bytes], per_call: int, repeats: int) -> dict[str, float]:
@@ -191,11 +193,8 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     per_call = max(1, round(stats.frames / max(1, stats.blocks)))
     block_cpu = min(bare(per_call)[1] for _ in range(repeats))
     outside_us = 1e6 * max(0.0, pipeline_cpu - block_cpu)
-    parts = _parts_us(engine, captured, per_call, repeats)
-    encode = ResultEncoder("bench", model, top_k=3)
-    spool_us = _spool_us([encode(Result(Frame(i, time.time(), c.image, c.path), p, model), i)
-                          for i, (c, p) in enumerate(zip(captured, engine.predictions(engine.invoke(blocks))), 1)],
-                         per_call, repeats)
+    parts, payloads = _parts_us(engine, captured, per_call, repeats)
+    spool_us = _spool_us(payloads, per_call, repeats)
     return {
         "model": str(model_path),
         "source": source_spec,
