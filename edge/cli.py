@@ -73,7 +73,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from linewatch.edge.tools.bench import bench
 
-    result = bench(args.model, args.source, frames=args.frames, threads=args.threads, labels=args.labels)
+    result = bench(args.model, args.source, frames=args.frames, threads=args.threads, labels=args.labels,
+                   seconds=args.seconds)
     if args.json:
         print(json.dumps(result))
     else:
@@ -241,7 +242,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="frames/s of the full pipeline against a bare invoke loop")
     p.add_argument("model", help="a .tflite")
     p.add_argument("--source", required=True, help="as for run; frames are read once and replayed")
-    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--frames", type=int, default=300, help="distinct frames read from the source")
+    p.add_argument("--seconds", type=float, default=0.5, help="each loop replays the frames for at least this long")
     p.add_argument("--threads", type=int)
     p.add_argument("--labels")
     p.add_argument("--json", action="store_true", help="JSON with pipeline_fps, bare_fps and ratio")

@@ -150,6 +150,11 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
     for block in burst:  # frames closer together than the staleness bound: all kept, handed over at once
         live.put(block, never)
     assert live.get(never) == burst and live.dropped == 4
+    flood = [Block([Frame(i, 20 + i * LIVE_LAG_S / 100, np.zeros(1))], np.zeros((1, 1)), None)  # type: ignore[arg-type]
+             for i in range(10, 50)]
+    for block in flood:  # 40 frames within the staleness bound, faster than a call takes: none lost either
+        live.put(block, never)
+    assert live.get(never, 32) == flood[:32] and live.get(never, 32) == flood[32:] and live.dropped == 4
 
     finite = Handoff(live=False)
     waits = threading.Semaphore(0)

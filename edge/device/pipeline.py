@@ -12,7 +12,7 @@ source (a folder, a file) is classified in blocks of up to ``BLOCK`` frames, one
 call each, while a paced source, whose frames come slower than inference, goes one frame at
 a time with no wait. A live source (a camera) hands over every frame at once; its ``Handoff``
 drops frames gone stale (``LIVE_LAG_S``), so inference never works on an old view of the belt,
-and gives inference whatever waits as one block, so a burst is not lost. For a finite source
+and gives inference whatever waits (up to a block) as one block, so a burst is not lost. For a finite source
 it blocks instead, so every image is classified.
 """
 
@@ -92,7 +92,7 @@ class Handoff:
 
     Live: capture never waits; a frame more than ``LIVE_LAG_S`` older than the newest is
     dropped (and counted), so inference never works on a stale view of the belt, while a burst
-    shorter than that is classified, in one block, rather than lost. Finite: capture waits for
+    shorter than that is classified, in blocks, rather than lost. Finite: capture waits for
     room, so every image is classified. ``waiting`` tells capture that inference has nothing to
     do, so what it has prepared should go now; while inference is busy, capture fills its block.
     """
@@ -113,13 +113,14 @@ class Handoff:
                     self._cond.wait(0.1)
             elif block is not None:
                 items, newest = self._items, block.frames[-1].ts
-                while items and (len(items) >= BLOCK or newest - items[0].frames[-1].ts > LIVE_LAG_S):
+                while items and newest - items[0].frames[-1].ts > LIVE_LAG_S:
                     self.dropped += len(items.popleft().frames)
             self._items.append(block)
             self._cond.notify_all()
 
-    def get(self, stop: Callable[[], bool]) -> list[Block] | None:
-        """The next block, or for a live source every block waiting (``END`` when the source is done)."""
+    def get(self, stop: Callable[[], bool], most: int = BLOCK) -> list[Block] | None:
+        """The next block, or for a live source the blocks waiting, up to ``most`` frames (``END`` when the source
+        is done)."""
         with self._cond:
             while not self._items:
                 if stop():
@@ -131,7 +132,9 @@ class Handoff:
             if items[0] is None:
                 return items.popleft()
             taken = [items.popleft()]
-            while self.live and items and items[0] is not None:
+            frames = len(taken[0].frames)
+            while self.live and items and items[0] is not None and frames + len(items[0].frames) <= most:
+                frames += len(items[0].frames)
                 taken.append(items.popleft())
             self._cond.notify_all()
             return taken
@@ -189,8 +192,10 @@ class Pipeline:
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._done.is_set()
 
-    def _block_size(self, engine: Engine) -> int:
-        return max(1, min(self.block, BLOCK_BYTES // (engine.height * engine.width * 3)))
+    @staticmethod
+    def _most_frames(engine: Engine) -> int:
+        """The most frames one interpreter call takes: ``BLOCK``, and no more input than ``BLOCK_BYTES``."""
+        return max(1, min(BLOCK, BLOCK_BYTES // (engine.height * engine.width * 3)))
 
     def _pixels(self, engine: Engine, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return engine.prepare(crop_rotate(image, self.roi, self.rotate), out)
@@ -215,7 +220,7 @@ class Pipeline:
                     handoff.put(filling.block(), stop)
                     filling = None
                 if filling is None:
-                    filling = _Filling(engine, self._block_size(engine))
+                    filling = _Filling(engine, min(self.block, self._most_frames(engine)))
                 filling.add(Frame(self._next_id, captured.ts or time.time(), captured.image, captured.path),
                             self._pixels)
                 t1 = time.perf_counter()
@@ -302,7 +307,7 @@ class Pipeline:
         stats = self.stats
         try:
             while True:
-                blocks = self._handoff.get(stop.is_set)
+                blocks = self._handoff.get(stop.is_set, self._most_frames(self.engine))
                 if blocks is Handoff.END:
                     break
                 results = self._classify(blocks)

@@ -1,7 +1,10 @@
 """``linewatch bench``: the full pipeline against a bare ``invoke()`` loop, in one run.
 
 Three loops run on the same model and the same frames, one after the other, so their ratios
-hold on a noisy shared machine where absolute frames/s do not:
+hold on a noisy shared machine where absolute frames/s do not. Each runs for at least
+``seconds`` (the frames replayed as often as that takes): the pipeline starts its threads and
+fills and drains once a run, which the daemon pays once a start and a run of a few dozen
+milliseconds would count as a cost of every frame.
 
 - bare: ``invoke()`` on frames prepared beforehand, one at a time: the interpreter's limit;
 - pipeline: what the daemon runs, from the decoded frame to the result's JSON bytes (the
@@ -17,6 +20,7 @@ drop a frame.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import threading
 import time
@@ -137,7 +141,7 @@ def _spool_us(payloads: list[bytes], per_call: int, repeats: int) -> dict[str, f
 
 
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
-          labels: str | None = None, repeats: int = 3) -> dict[str, Any]:
+          labels: str | None = None, repeats: int = 3, seconds: float = 0.5) -> dict[str, Any]:
     """Frames/s of the bare, pipeline and serial loops (alternated ``repeats`` times, best of each), CPU per frame,
     and the frames a live-paced pipeline drops.
 
@@ -149,12 +153,15 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     first_result_s = process_age()
     captured = _read_frames(source_spec, frames)
     blocks = engine.quantize(np.stack([engine.prepare(c.image) for c in captured]))
+    replays = 1  # passes over the frames a loop makes, set from the first bare loop to last ``seconds``
 
     def bare(block: int = 1) -> tuple[float, float]:
         started, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(blocks), block):
-            engine.invoke(blocks[i : i + block])
-        return len(blocks) / (time.perf_counter() - started), (time.process_time() - cpu) / len(blocks)
+        for _ in range(replays):
+            for i in range(0, len(blocks), block):
+                engine.invoke(blocks[i : i + block])
+        count = replays * len(blocks)
+        return count / (time.perf_counter() - started), (time.process_time() - cpu) / count
 
     def pipeline(fps: float | None = None) -> tuple[float, float, PipelineStats]:
         encode = ResultEncoder("bench", model, top_k=3)
@@ -164,20 +171,21 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
                 encode(result, result.frame.id)
 
         stop = threading.Event()
-        run = Pipeline(ReplaySource(captured, fps, stop.set), engine, sink)
+        # A finite source ends by itself; stopping at its end could cut its last block short.
+        run = Pipeline(ReplaySource(captured * replays, fps, None if fps is None else stop.set), engine, sink)
         started, cpu = time.perf_counter(), time.process_time()
         stats = run.run(stop)
         return stats.frames / (time.perf_counter() - started), (time.process_time() - cpu) / stats.frames, stats
 
     def serial() -> float:
         started = time.perf_counter()
-        for frame in captured:
+        for frame in captured * replays:
             prediction = engine.predict(frame.image)  # prepare, quantize, invoke, dequantize
             json.dumps({"label": prediction.label, "score": prediction.score, "ts": time.time(),
                         "scores": dict(zip(prediction.labels, prediction.scores.tolist()))}).encode()
-        return len(captured) / (time.perf_counter() - started)
+        return replays * len(captured) / (time.perf_counter() - started)
 
-    bare()  # warm-up: caches, XNNPACK packing
+    replays = math.ceil(seconds * bare()[0] / len(captured))  # and a warm-up: caches, XNNPACK packing
     bare_fps, bare_cpu = bare()
     pipeline_fps, pipeline_cpu, stats = pipeline()
     serial_fps = serial()
@@ -199,6 +207,7 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         "model": str(model_path),
         "source": source_spec,
         "frames": len(captured),
+        "frames_a_loop": replays * len(captured),
         "threads": engine.num_threads,
         "bare_fps": round(bare_fps, 1),
         "pipeline_fps": round(pipeline_fps, 1),
