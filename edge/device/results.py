@@ -45,23 +45,25 @@ class ResultEncoder:
         good = set(model.good_outcomes)
         self.top_k = top_k
         self._labels = [_json(label) for label in model.outcomes]
+        self._tops = [f'{{"label":{label},"score":' for label in self._labels]  # a top entry, but its score
         self._defect = ["true" if good and label not in good else "false" for label in model.outcomes]
         self._head = f'{{"schema":{SCHEMA},"device_id":{_json(device_id)},"seq":'
         self._model = ',"model":' + model_ref(model).model_dump_json() + ',"latency_ms":'
 
     def __call__(self, result: Classified, seq: int) -> bytes:
-        frame, labels, prediction = result.frame, self._labels, result.prediction
+        frame, tops, prediction = result.frame, self._tops, result.prediction
         scores = prediction.scores.tolist()
         order = best_first(scores, self.top_k)  # as Prediction.top; the first is argmax
-        best = order[0]
-        top = ",".join(f'{{"label":{labels[i]},"score":{round(scores[i], 4)!r}}}' for i in order)
+        best, ts = order[0], frame.ts
+        rounded = [round(scores[i], 4) for i in order]
+        top = "},".join([f"{tops[i]}{score!r}" for i, score in zip(order, rounded)])
         path = "" if frame.path is None else f',"path":{_json(frame.path)}'
         anomaly = "" if prediction.anomaly_score is None else \
             f',"anomaly_score":{round(prediction.anomaly_score, 4)!r},"anomalous":{self._defect[best]}'
-        return (f'{self._head}{seq},"ts":"{rfc3339(frame.ts)}","ts_ms":{int(frame.ts * 1000)},'
-                f'"frame_id":{frame.id}{path},"label":{labels[best]},"score":{round(scores[best], 4)!r},'
-                f'"defect":{self._defect[best]},"top":[{top}]{self._model}'
-                f'{round(1000 * max(0.0, time.time() - frame.ts), 2)!r}{anomaly}}}').encode()
+        return (f'{self._head}{seq},"ts":"{rfc3339(ts)}","ts_ms":{int(ts * 1000)},'
+                f'"frame_id":{frame.id}{path},"label":{self._labels[best]},"score":{rounded[0]!r},'
+                f'"defect":{self._defect[best]},"top":[{top}}}]{self._model}'
+                f'{round(1000 * max(0.0, time.time() - ts), 2)!r}{anomaly}}}').encode()
 
 
 def _json(text: str) -> str:
