@@ -80,7 +80,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         cpu = result["cpu_us_per_frame"]
         print(f"bare invoke loop   {result['bare_fps']:>8.1f} frames/s\n"
-              f"full pipeline      {result['pipeline_fps']:>8.1f} frames/s  ({result['ratio']:.1%} of bare)\n"
+              f"full pipeline      {result['pipeline_fps']:>8.1f} frames/s  ({result['ratio']:.1%} of bare, "
+              f"{result['cores_busy']:.0%} of the cores busy)\n"
               f"CPU per frame      bare {cpu['bare']} us, pipeline {cpu['pipeline']} us: {cpu['outside_invoke']} us "
               f"outside invoke ({cpu['outside_share_of_invoke']:.0%} of invoke)\n"
               f"stage p50 ms       " + ", ".join(f"{k} {v}" for k, v in result["stage_ms_p50"].items()) + "\n"

@@ -109,6 +109,7 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     replayed = result["frames_a_loop"]  # the 40 frames as often as a loop of 0.05 s takes
     assert replayed % 40 == 0 and replayed >= max(40, 0.05 * result["bare_fps"] / 4)
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)
+    assert 0 < result["cores_busy"] <= 1.01  # every thread's CPU over the run's time, a share of the cores
     assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}
     cpu = result["cpu_us_per_frame"]
     assert cpu["bare"] > 0 and cpu["bare_in_blocks"] > 0
