@@ -371,12 +371,14 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "the result's JSON bytes; serial: resize, invoke and JSON in turn on one thread, as a tutorial "
               "writes it. Cores busy: the pipeline's CPU (every thread's) over its run's time, a share of all the "
               "cores; near 1, no core ever waits, and only less CPU a frame can make it faster. "
-              "Live: the pipeline fed as a camera at half the bare loop's rate. The daemon's spool (SQLite: "
+              "Live: the pipeline fed as a camera at half the bare loop's rate (held: the rate it kept; a replayed "
+              "camera that cannot deliver on time falls behind rather than dropping). The daemon's spool (SQLite: "
               "each result stored until the broker acknowledges it, then forgotten) is timed apart, a block of "
               "frames in one transaction as the daemon does, and a message at a time as it did before.", "",
               "| model | threads | bare, frames/s | pipeline | ratio | cores busy | serial | ratio | frames a call | "
               "CPU outside invoke, us a frame (share of invoke's) | of which prepare / quantize / results / JSON / "
-              "rest | live: frames, dropped | the daemon's spool besides, us a frame: in blocks (one by one) |",
+              "rest | live: frames at the rate asked (held), dropped | the daemon's spool besides, us a frame: in "
+              "blocks (one by one) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["pipeline"]:
         cpu = r["cpu_us_per_frame"]
@@ -386,7 +388,8 @@ def markdown(results: dict[str, Any], reference: str) -> str:
                      f"**{r['ratio']}** | {r['cores_busy']} | {r['serial_fps']:,.0f} | {r['serial_ratio']} | "
                      f"{r['frames_per_call']} | "
                      f"{cpu['outside_invoke']} ({cpu['outside_share_of_invoke']:.0%}) | {parts} | "
-                     f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s, {r['live']['dropped']} dropped | "
+                     f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s ({r['live']['held_fps']:,.0f}), "
+                     f"{r['live']['dropped']} dropped | "
                      f"{r['spool_us_per_frame']['in_blocks']} ({r['spool_us_per_frame']['one_by_one']}) |")
     small_1, cnn_1 = by_name_1["small"], by_name_1["cnn"]
     prepare_us, invoke_us = 1000 * cnn_1["stage_ms_p50"]["preprocess"], 1e6 / cnn_1["bare_fps"]
