@@ -16,6 +16,7 @@ import pytest
 from linewatch.edge.device.pipeline import LIVE_LAG_S, Block, Frame, Handoff, Pipeline
 from linewatch.edge.device.sources import Captured, open_source
 from linewatch.edge.device.sources.folder import FolderSource
+from linewatch.edge.device.sources.pacing import Pacer
 from linewatch.edge.device.sources.video import VideoSource
 from linewatch.edge.errors import DataError, UsageError
 from linewatch.edge.model import artifact
@@ -181,6 +182,21 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
         got.append(items[0].frames[0].id)
     thread.join(10)
     assert got == [1, 2, 3, 4] and put == [1, 2, 3, 4] and finite.dropped == 0
+
+
+def test_pacing_holds_the_rate_at_thousands_of_frames_a_second_and_does_not_burst_after_a_stall() -> None:
+    fast = Pacer(20_000)
+    started = time.monotonic()
+    for _ in range(4_000):  # 0.2 s of frames: sleeping 50 us at a time would overshoot by a quarter
+        fast.wait()
+    assert 0.198 <= time.monotonic() - started < 0.24
+    slow = Pacer(100)
+    slow.wait()
+    time.sleep(0.05)  # five frames late
+    started = time.monotonic()
+    for _ in range(3):
+        slow.wait()
+    assert time.monotonic() - started >= 0.019  # starts afresh: the late one at once, then 10 ms apart
 
 
 def test_region_of_interest_and_rotation() -> None:
