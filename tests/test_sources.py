@@ -199,6 +199,21 @@ def test_pacing_holds_the_rate_at_thousands_of_frames_a_second_and_does_not_burs
     assert time.monotonic() - started >= 0.019  # starts afresh: the late one at once, then 10 ms apart
 
 
+@pytest.mark.parametrize("fps", [None, 100.0])
+def test_a_folder_read_as_fast_as_it_goes_is_classified_in_full_blocks_a_paced_one_frame_by_frame(
+        tiny: Path, holdout: Path, fps: float | None) -> None:
+    engine = Engine(artifact.load(tiny))
+    sizes: list[int] = []
+    stats = Pipeline(open_source(str(holdout / "ok"), fps=fps), engine,
+                     lambda results: sizes.append(len(results))).run(threading.Event())
+    assert stats.frames == sum(sizes) == 12 and stats.blocks == len(sizes)
+    if fps is None:  # the fewest interpreter calls: every block full but the last
+        most = Pipeline._most_frames(engine)
+        assert sizes == [most] * (12 // most) + ([12 % most] if 12 % most else [])
+    else:  # frames 10 ms apart, each classified in well under that: none waits for the next
+        assert len(sizes) >= 10, sizes
+
+
 def test_region_of_interest_and_rotation() -> None:
     image = np.zeros((40, 100, 3), np.uint8)
     image[:, 50:] = 255  # right half white

@@ -53,6 +53,7 @@ class ReplaySource:
                  on_end: Callable[[], None] | None = None) -> None:
         self._frames = frames
         self.live = fps is not None
+        self.fps = fps
         self._pacer = Pacer(fps)
         self._on_end = on_end  # a live source never ends by itself: this stops the pipeline instead
 

@@ -56,6 +56,10 @@ class Source(Protocol):
     live: bool
     reopens: bool
 
+    @property
+    def fps(self) -> float | None:
+        """The rate it delivers frames at; None for a finite source read as fast as it goes."""
+
     def frames(self) -> Iterator[Captured]:
         """Captured images until the source ends; raises ``DataError`` when it fails."""
 
