@@ -188,7 +188,8 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
                         "scores": dict(zip(prediction.labels, prediction.scores.tolist()))}).encode()
         return replays * len(captured) / (time.perf_counter() - started)
 
-    replays = math.ceil(seconds * bare()[0] / len(captured))  # and a warm-up: caches, XNNPACK packing
+    bare()  # warm-up: caches, XNNPACK packing
+    replays = math.ceil(seconds * bare()[0] / len(captured))
     bare_fps, bare_cpu = bare()
     pipeline_fps, pipeline_cpu, stats = pipeline()
     busy = pipeline_fps * pipeline_cpu  # cores the fastest pipeline run kept busy, every thread's CPU over its time
