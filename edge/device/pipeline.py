@@ -9,13 +9,14 @@ Work crosses threads a ``Block`` at a time, never a frame at a time: the hand-of
 locks and the Python objects around a call cost tens of microseconds, as much as invoking a
 small model. A finite source read as fast as it goes (a folder, a file) is classified in full
 blocks of up to ``BLOCK`` frames, one interpreter call each: handing inference whatever was
-ready whenever it waited gave it blocks a quarter the size, and the small model half the
-throughput, at two interpreter threads of two cores (``linewatch bench``). A paced source,
-whose frames come slower than inference, hands over what it has as soon as inference waits,
-so no result waits for the frames after it. A live source (a camera) hands over every frame at once; its ``Handoff``
-drops frames gone stale (``LIVE_LAG_S``), so inference never works on an old view of the belt,
-and gives inference whatever waits (up to a block) as one block, so a burst is not lost. For a finite source
-it blocks instead, so every image is classified.
+ready whenever it waited gave it blocks a quarter the size, and the small model three quarters
+the throughput, at two interpreter threads of two cores (``linewatch bench``). A paced
+source, whose frames come slower than inference, hands over what it has as soon as inference
+waits, so no result waits for the frames after it. A live source (a camera) hands over every
+frame at once; its ``Handoff`` drops frames gone stale (``LIVE_LAG_S``), so inference never
+works on an old view of the belt, and gives inference whatever waits (up to a call's worth)
+as one block, so a burst is not lost. For a finite source it blocks instead, so every image
+is classified.
 """
 
 from __future__ import annotations
