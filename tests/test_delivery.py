@@ -77,6 +77,19 @@ def test_kill_9_with_spooled_results_then_restart_delivers_them(tiny: Path, make
     assert sorted(set(_seqs(sub))) == list(range(1, produced + 1))  # nothing lost across the crash
 
 
+def test_max_frames_ends_the_run_though_the_folder_ended_first(tiny: Path, holdout: Path, broker,
+                                                              tmp_path: Path) -> None:
+    """A small folder is read to its end in one block before the first frame is classified: ``--max-frames``
+    must still end the run, not wait for SIGTERM as a folder without it does."""
+    proc = start_daemon(tiny, broker.url, "counted", tmp_path, "--json", "--max-frames", "1",
+                        source=str(holdout / "ok"), fps=None)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and summary(out)["frames"] == 1, err[-2000:]
+
+
 def test_full_spool_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite", max_entries=10)
     for _ in range(25):

@@ -279,10 +279,12 @@ class Daemon:
             self._finished = True
             if self.line is not None:
                 self.line.stop()  # no more frames: parts in transit are rejected at their deadlines, then spooled
+            # --max-frames: done when they are, though the source may have ended while they were classified
+            counted = stats.frames >= (self.pipeline.max_frames or float("inf"))
             if self.pipeline.exhausted and self.once:
                 while self.spool.backlog() and not self.stop_event.wait(0.1):
                     pass  # --once: exit when the broker has acknowledged everything
-            elif self.pipeline.exhausted:
+            elif self.pipeline.exhausted and not counted:
                 logger.info("source %s ended; waiting for SIGTERM (use --once to exit at the end)", self.source.name)
                 self.stop_event.wait()
         finally:
