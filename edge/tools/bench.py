@@ -156,7 +156,7 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     first_result_s = process_age()
     captured = _read_frames(source_spec, frames)
     blocks = engine.quantize(np.stack([engine.prepare(c.image) for c in captured]))
-    replays = 1  # passes over the frames a loop makes, set from the first bare loop to last ``seconds``
+    replays = 1  # passes over the frames a loop makes: set after the warm-up, for loops of ``seconds``
 
     def bare(block: int = 1) -> tuple[float, float]:
         started, cpu = time.perf_counter(), time.process_time()
