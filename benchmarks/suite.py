@@ -370,7 +370,9 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "bare: `invoke()` on frames prepared beforehand; pipeline: the daemon's, from the decoded frame to "
               "the result's JSON bytes; serial: resize, invoke and JSON in turn on one thread, as a tutorial "
               "writes it. Cores busy: the pipeline's CPU (every thread's) over its run's time, a share of all the "
-              "cores; near 1, no core ever waits, and only less CPU a frame can make it faster. "
+              "cores; near 1, no core ever waits, and only less CPU a frame can make it faster. CPU outside invoke: "
+              "what the pipeline's threads spent outside their `invoke()` calls, read from each thread's own clock; "
+              "its parts are each step timed alone, and the rest is what running among threads adds. "
               "Live: the pipeline fed as a camera at half the bare loop's rate (held: the rate it kept; a replayed "
               "camera that cannot deliver on time falls behind rather than dropping). The daemon's spool (SQLite: "
               "each result stored until the broker acknowledges it, then forgotten) is timed apart, a block of "
@@ -406,8 +408,10 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "(`source.camera_size`; the ISP scales for free), the pipeline has nothing to resize: preparing is "
               f"{rest['prepare']} us (colour order only), quantizing {rest['quantize']} us. What is left is Python a "
               f"frame: the result objects ({rest['predictions']} us), the result's JSON ({rest['json']} us) and "
-              f"{rest['rest']} us of hand-offs between threads and per-frame bookkeeping, spread over many small "
-              "steps; no one of them would bring the share under 5%.",
+              f"{rest['rest']} us that running among threads adds: hand-offs, per-frame bookkeeping, and threads "
+              "woken from sleep, each wake-up tens of microseconds of CPU on a virtual machine's cores (so capture "
+              "prepares several blocks a wake-up, and results go to the publish thread 32 frames at a time when "
+              "nobody waits for them).",
               f"- With a core left (1 thread), the pipeline's Python work runs beside `invoke()` on the other core, "
               "and only the inference thread's own share (taking a block, the result objects) slows the interpreter. "
               f"The small 32x32 CNN invokes in {1e6 / small_1['bare_fps']:.0f} us, about as long as the Python a "

@@ -36,6 +36,9 @@ def test_quantization_uses_each_tensors_scale_and_zero_point(tiny: Path, tiny_ui
     expected = np.clip(np.round(pixels / scale + zero), np.iinfo(which).min, np.iinfo(which).max)
     assert np.array_equal(q[0], expected.astype(which))
     assert engine._flip_top_bit == (which == "int8" and (scale, zero) == (1.0, -128))  # the XOR path is the one tested
+    block = pixels[None].copy()  # the pipeline's way: the same bytes, written over its block
+    in_place = engine.quantize(block, in_place=True)
+    assert np.array_equal(in_place, q) and np.shares_memory(in_place, block)
     out_scale, out_zero = engine._out["quantization"]
     raw = np.array([out_zero, out_zero + 10], dtype=which)
     assert np.allclose(engine.dequantize(raw), [0.0, 10 * out_scale])
@@ -113,7 +116,7 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}
     cpu = result["cpu_us_per_frame"]
     assert cpu["bare"] > 0 and cpu["bare_in_blocks"] > 0
-    assert cpu["outside_invoke"] == pytest.approx(max(0.0, cpu["pipeline"] - cpu["bare_in_blocks"]), abs=0.2)
+    assert 0 < cpu["outside_invoke"] < cpu["pipeline"]  # preparing, results and JSON at least; never the whole
     assert cpu["outside_share_of_invoke"] == pytest.approx(cpu["outside_invoke"] / cpu["bare_in_blocks"], rel=0.05,
                                                            abs=0.002)
     parts = cpu["outside_parts"]  # each step timed alone; what they do not explain is the rest

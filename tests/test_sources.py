@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.edge.device.pipeline import LIVE_LAG_S, Block, Frame, Handoff, Pipeline
+from linewatch.edge.device.pipeline import AHEAD, BLOCK, LIVE_LAG_S, Block, Frame, Handoff, Pipeline
 from linewatch.edge.device.sources import Captured, open_source
 from linewatch.edge.device.sources.folder import FolderSource
 from linewatch.edge.device.sources.pacing import MIN_SLEEP_S, Pacer
@@ -166,22 +166,32 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
         return False
 
     def writer() -> None:
-        for i in range(1, 5):
+        for i in range(1, 7):
             finite.put(_block(i), waiting)
             put.append(i)
+
+    got = []
+
+    def take() -> None:
+        items = finite.get(never)
+        assert items is not None and len(items) == 1
+        got.append(items[0].frames[0].id)
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     for _ in range(3):  # a finite source waits for room instead of dropping: seen waiting, three times
         assert waits.acquire(timeout=10)
-    assert put == [1, 2] and finite.dropped == 0
-    got = []
-    for _ in range(4):
-        items = finite.get(never)
-        assert items is not None and len(items) == 1
-        got.append(items[0].frames[0].id)
+    assert put == list(range(1, AHEAD + 1)) and finite.dropped == 0  # it prepares AHEAD blocks before it waits
+    for _ in range(AHEAD - 2):
+        take()
+    for _ in range(2):  # two blocks left: it waits on, to wake once for several blocks rather than for each
+        assert waits.acquire(timeout=10)
+    assert put == list(range(1, AHEAD + 1))
+    take()  # one left: it goes on
     thread.join(10)
-    assert got == [1, 2, 3, 4] and put == [1, 2, 3, 4] and finite.dropped == 0
+    while len(got) < 6:
+        take()
+    assert got == [1, 2, 3, 4, 5, 6] and put == [1, 2, 3, 4, 5, 6] and finite.dropped == 0
 
 
 def test_pacing_holds_the_rate_at_thousands_of_frames_a_second_and_does_not_burst_after_a_stall(
@@ -208,15 +218,17 @@ def test_pacing_holds_the_rate_at_thousands_of_frames_a_second_and_does_not_burs
 def test_a_folder_read_as_fast_as_it_goes_is_classified_in_full_blocks_a_paced_one_frame_by_frame(
         tiny: Path, holdout: Path, fps: float | None) -> None:
     engine = Engine(artifact.load(tiny))
-    sizes: list[int] = []
-    stats = Pipeline(open_source(str(holdout / "ok"), fps=fps), engine,
-                     lambda results: sizes.append(len(results))).run(threading.Event())
-    assert stats.frames == sum(sizes) == 12 and stats.blocks == len(sizes)
-    if fps is None:  # the fewest interpreter calls: every block full but the last
-        most = Pipeline._most_frames(engine)
-        assert sizes == [most] * (12 // most) + ([12 % most] if 12 % most else [])
+    sizes: list[int] = []  # frames a call of the interpreter
+    handed: list[int] = []  # frames a call of the sink
+    invoke = engine.invoke
+    engine.invoke = lambda tensor: sizes.append(len(tensor)) or invoke(tensor)  # type: ignore[method-assign]
+    stats = Pipeline(open_source(str(holdout / "ok"), fps=fps), engine, lambda results: handed.append(len(results)),
+                     block=5).run(threading.Event())
+    assert stats.frames == sum(sizes) == sum(handed) == 12 and stats.blocks == len(sizes)
+    if fps is None:  # the fewest interpreter calls: every block full but the last; their results handed over at once
+        assert sizes == [5, 5, 2] and handed == [12] and BLOCK > 12
     else:  # frames 50 ms apart, each classified in well under that (emulated too): none waits for the next
-        assert len(sizes) >= 10, sizes
+        assert len(sizes) >= 10 and handed == sizes, (sizes, handed)
 
 
 def test_region_of_interest_and_rotation() -> None:

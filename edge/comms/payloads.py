@@ -20,7 +20,12 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def rfc3339(epoch: float) -> str:
     """UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T23:12:56.042Z``."""
-    return _seconds(int(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+    return rfc3339_ms(int(epoch * 1000))
+
+
+def rfc3339_ms(ms: int) -> str:
+    """``rfc3339`` of a time in epoch milliseconds, as the messages' ``ts_ms`` carry it (the same instant)."""
+    return f"{_seconds(ms // 1000)}.{ms % 1000:03d}Z"
 
 
 @functools.lru_cache(maxsize=4)  # one result a frame, hundreds a second: format each second once

@@ -48,7 +48,7 @@ SEQ_BLOCK = 1000  # seq numbers reserved on disk at a time, so losing the spool 
 MB = 2**20
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one a frame: slotted, not frozen (pipeline.Frame says why)
 class Outgoing:
     """A message to store: ``build(seq)`` makes its payload once its ``seq`` of ``sequence`` is known."""
 
@@ -58,7 +58,7 @@ class Outgoing:
     retain: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one a message: slotted, not frozen (pipeline.Frame says why)
 class Entry:
     id: int
     topic: str

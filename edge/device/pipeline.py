@@ -17,6 +17,12 @@ frame at once; its ``Handoff`` drops frames gone stale (``LIVE_LAG_S``), so infe
 works on an old view of the belt, and gives inference whatever waits (up to a call's worth)
 as one block, so a burst is not lost. For a finite source it blocks instead, so every image
 is classified.
+
+A thread that sleeps and is woken pays for it in CPU: tens of microseconds a wake-up on a
+shared virtual machine's cores (``linewatch bench`` reads each thread's CPU), as much as a
+frame's preparing and JSON. So where nobody waits for a frame's result, the threads wake
+seldom: capture prepares ``AHEAD`` blocks before it waits, and waits until inference has taken
+all but one; inference hands results over ``BLOCK`` frames at a time.
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ STAGES = ("capture", "preprocess", "invoke", "postprocess", "publish")
 BLOCK = 32  # most frames in one interpreter call; beyond that XNNPACK gains little (benchmarks/results.md)
 BLOCK_BYTES = 256 * 1024  # and no more input than a core's L2 cache: bigger blocks of large frames run slower
 LIVE_LAG_S = 0.05  # a live frame this much older than the newest is dropped as stale
+AHEAD = 4  # blocks a finite source's capture prepares before waiting for inference
 
 
-@dataclass(frozen=True)
+# Records made a frame at a time (here, ``Captured``, ``Prediction``, the spool's ``Outgoing``) are slotted,
+# not frozen: a frozen dataclass sets each field through ``object.__setattr__``, 1.5 us a record against 0.4,
+# and a frame makes several. Nothing changes them once made.
+@dataclass(slots=True)
 class Frame:
     """A captured image with a monotonic id and its capture time (epoch seconds)."""
 
@@ -56,7 +66,7 @@ class Frame:
     path: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Block:
     """Consecutive frames and their prepared, quantized inputs (one row each), for ``engine``."""
 
@@ -65,7 +75,7 @@ class Block:
     engine: Engine
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """A frame's prediction by ``model`` (stage timings are kept in ``PipelineStats``)."""
 
@@ -84,6 +94,9 @@ class PipelineStats:
     source_state: str = "starting"
     timings_ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=1000) for s in STAGES})
     last_progress: float = field(default_factory=time.monotonic)  # a frame done, a reopen tried, the source ended
+    # CPU seconds each thread spent outside invoke() (the interpreter's own threads are invoke's), once it ended:
+    # what the pipeline costs besides the interpreter, read directly rather than as a difference of two loops.
+    outside_cpu_s: dict[str, float] = field(default_factory=dict)
 
     def percentile(self, stage: str, q: float) -> float:
         values = list(self.timings_ms[stage])
@@ -95,9 +108,10 @@ class Handoff:
 
     Live: capture never waits; a frame more than ``LIVE_LAG_S`` older than the newest is
     dropped (and counted), so inference never works on a stale view of the belt, while a burst
-    shorter than that is classified, in blocks, rather than lost. Finite: capture waits for
-    room, so every image is classified. ``waiting`` tells capture of a paced source that
-    inference has nothing to do, so what it has prepared should go now.
+    shorter than that is classified, in blocks, rather than lost. Finite: capture waits, once
+    ``AHEAD`` blocks wait, until one is left, so every image is classified and capture wakes
+    once for several blocks. ``waiting`` tells capture of a paced source that inference has
+    nothing to do, so what it has prepared should go now.
     """
 
     END = None
@@ -112,8 +126,9 @@ class Handoff:
     def put(self, block: Block | None, stop: Callable[[], bool]) -> None:
         with self._cond:
             if not self.live:
-                while len(self._items) >= 2 and not stop():
-                    self._cond.wait(0.1)
+                if len(self._items) >= AHEAD:
+                    while len(self._items) > 1 and not stop():
+                        self._cond.wait(0.1)
             elif block is not None:
                 items, newest = self._items, block.frames[-1].ts
                 while items and newest - items[0].frames[-1].ts > LIVE_LAG_S:
@@ -139,7 +154,8 @@ class Handoff:
             while self.live and items and items[0] is not None and frames + len(items[0].frames) <= most:
                 frames += len(items[0].frames)
                 taken.append(items.popleft())
-            self._cond.notify_all()
+            if len(items) <= 1:  # what a waiting capture waits for: waking it sooner would only put it back to sleep
+                self._cond.notify_all()
             return taken
 
 
@@ -150,6 +166,7 @@ class _Filling:
         self.engine = engine
         self.frames: list[Frame] = []
         self.pixels = np.empty((size, engine.height, engine.width, 3), np.uint8)
+        self.capture_s = self.prepare_s = 0.0  # its frames' time waiting for the source, and being prepared
 
     @property
     def full(self) -> bool:
@@ -160,8 +177,12 @@ class _Filling:
         prepare(self.engine, frame.image, self.pixels[len(self.frames)])
         self.frames.append(frame)
 
-    def block(self) -> Block:
-        return Block(self.frames, self.engine.quantize(self.pixels[: len(self.frames)]), self.engine)
+    def block(self, timings: dict[str, deque]) -> Block:
+        """The block to hand over; its stage timings (shared by its frames, as invoke's are) go into ``timings``."""
+        count = len(self.frames)
+        timings["capture"].append(1000 * self.capture_s / count)
+        timings["preprocess"].append(1000 * self.prepare_s / count)
+        return Block(self.frames, self.engine.quantize(self.pixels[:count], in_place=True), self.engine)
 
 
 class Pipeline:
@@ -191,6 +212,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._next_id = 0  # the last frame id handed out
+        self._invoke_cpu_s = 0.0  # the inference thread's own CPU inside invoke()
         self._backoff = 0.5  # before reopening a failed live source; reset by every frame
 
     def _stopping(self) -> bool:
@@ -212,7 +234,7 @@ class Pipeline:
         """
         timings, handoff = self.stats.timings_ms, self._handoff
         filling: _Filling | None = None
-        started = time.perf_counter()
+        waiting_since = time.perf_counter()
         try:
             for captured in self.source.frames():
                 self.stats.source_state = "ok"
@@ -221,28 +243,28 @@ class Pipeline:
                 t0 = time.perf_counter()
                 engine = self.engine  # an update or reload starts a new block for the new engine
                 if filling is not None and filling.engine is not engine:
-                    handoff.put(filling.block(), stop)
+                    handoff.put(filling.block(timings), stop)
                     filling = None
                 if filling is None:
                     filling = _Filling(engine, min(self.block, self._most_frames(engine)))
                 filling.add(Frame(self._next_id, captured.ts or time.time(), captured.image, captured.path),
                             self._pixels)
                 t1 = time.perf_counter()
-                timings["capture"].append(1000 * (t0 - started))
-                timings["preprocess"].append(1000 * (t1 - t0))
+                filling.capture_s += t0 - waiting_since
+                filling.prepare_s += t1 - t0
                 if filling.full or (handoff.waiting and not self._fill):
-                    handoff.put(filling.block(), stop)
+                    handoff.put(filling.block(timings), stop)
                     filling = None
                 if stop():
                     return
-                started = time.perf_counter()
+                waiting_since = time.perf_counter()
         finally:
             if filling is not None:
-                handoff.put(filling.block(), stop)
+                handoff.put(filling.block(timings), stop)
 
     def _capture(self) -> None:
         """Read and prepare frames until the source ends or ``stop``; a live source that fails is reopened."""
-        stop = self._stopping
+        cpu, stop = time.thread_time(), self._stopping
         while not stop():
             try:
                 self._frames(stop)
@@ -265,13 +287,15 @@ class Pipeline:
                 self.source.close()
         self.stats.source_state = "ended" if self.error is None else "failed"
         self._handoff.put(Handoff.END, stop)
+        self.stats.outside_cpu_s["capture"] = time.thread_time() - cpu
 
     def _publish(self) -> None:
         """Hand results to the sink in order; a failing sink is logged, never fatal."""
-        timings = self.stats.timings_ms["publish"]
+        timings, cpu = self.stats.timings_ms["publish"], time.thread_time()
         while True:
             results = self._results.get()
             if results is None:
+                self.stats.outside_cpu_s["publish"] = time.thread_time() - cpu
                 return
             t = time.perf_counter()
             try:
@@ -289,8 +313,9 @@ class Pipeline:
             tensor = engine.quantize(np.stack([self._pixels(engine, f.image) for f in frames]))
         else:
             tensor = blocks[0].tensor if len(blocks) == 1 else np.concatenate([block.tensor for block in blocks])
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), time.thread_time()
         raw = engine.invoke(tensor)
+        self._invoke_cpu_s += time.thread_time() - cpu
         t2 = time.perf_counter()
         model = engine.model
         results = [Result(frame, prediction, model) for frame, prediction in zip(frames, engine.predictions(raw))]
@@ -308,7 +333,8 @@ class Pipeline:
                    threading.Thread(target=self._publish, name="publish", daemon=True)]
         for thread in threads:
             thread.start()
-        stats = self.stats
+        stats, cpu = self.stats, time.thread_time()
+        done: list[Result] = []  # classified, not yet handed to publish
         try:
             while True:
                 blocks = self._handoff.get(stop.is_set, self._most_frames(self.engine))
@@ -317,7 +343,10 @@ class Pipeline:
                 results = self._classify(blocks)
                 if self.max_frames:
                     results = results[: self.max_frames - stats.frames]
-                self._results.put(results)
+                done += results
+                if not self._fill or len(done) >= BLOCK:  # else nobody waits for them: publish wakes less often
+                    self._results.put(done)
+                    done = []
                 stats.frames += len(results)
                 stats.blocks += 1
                 stats.dropped = self._handoff.dropped
@@ -326,7 +355,10 @@ class Pipeline:
                     break
         finally:
             self._done.set()
+            if done:
+                self._results.put(done)
             self._results.put(None)
+            stats.outside_cpu_s["inference"] = time.thread_time() - cpu - self._invoke_cpu_s
             for thread in threads:
                 thread.join(timeout=30)
         if self.error is not None:

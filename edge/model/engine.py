@@ -53,7 +53,7 @@ def best_first(scores: list[float], k: int) -> list[int]:
     return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one a frame: slotted, not frozen (pipeline.Frame says why)
 class Prediction:
     """Scores for every label, best first in ``top``.
 
@@ -198,22 +198,26 @@ class Engine:
         """The frame as the model wants it: size, resize mode and colour order from its card (into ``out``)."""
         return prepare(bgr, self.height, self.width, self.input.resize_mode, self.input.color_order, out)
 
-    def quantize(self, pixels: np.ndarray) -> np.ndarray:
+    def quantize(self, pixels: np.ndarray, in_place: bool = False) -> np.ndarray:
         """Raw 0..255 pixels, one image (HxWx3) or a block (NxHxWx3), into a block of the input tensor's type.
 
         A table look-up: exact, and cheap on a Pi. The int8 table is looked up as uint8, since
         ``cv2.LUT`` maps bytes to bytes. Where the table is the usual int8 one (scale 1, zero
         point -128: each byte with its top bit flipped) a vectorized XOR gives the same bytes
-        about 20 times faster than the look-up, which goes byte by byte.
+        about 20 times faster than the look-up, which goes byte by byte. ``in_place`` writes
+        over ``pixels`` where the tensor's type is a byte too (the pipeline's blocks): writing a
+        block's worth of fresh memory cost more than the XOR itself (``linewatch bench``).
         """
         block = pixels if pixels.ndim == 4 else pixels[None]
         table = self._lut
+        out = block if in_place and table.itemsize == 1 else None
         if self._flip_top_bit:
-            return np.bitwise_xor(block, 0x80).view(np.int8)
+            return np.bitwise_xor(block, 0x80, out=out).view(np.int8)
         flat = block.reshape(-1, block.shape[2], block.shape[3])  # cv2.LUT takes at most three dimensions
+        into = None if out is None else flat
         if table.dtype == np.int8:
-            return cv2.LUT(flat, table.view(np.uint8)).view(np.int8).reshape(block.shape)
-        return cv2.LUT(flat, table).reshape(block.shape)
+            return cv2.LUT(flat, table.view(np.uint8), dst=into).view(np.int8).reshape(block.shape)
+        return cv2.LUT(flat, table, dst=into).reshape(block.shape)
 
     def dequantize(self, raw: np.ndarray) -> np.ndarray:
         """Output tensor to float scores with its own scale and zero point."""

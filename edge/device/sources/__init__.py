@@ -36,7 +36,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mjpeg", ".webm"}
 CAMERA_SIZE = (256, 192)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one a frame: slotted, not frozen (pipeline.Frame says why)
 class Captured:
     """One image from a source, with the file it came from (folder and file sources).
 
