@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from linewatch.edge.comms.payloads import SCHEMA, Event, ModelRef, rfc3339, rfc3339_ms
+from linewatch.edge.comms.payloads import SCHEMA, Event, ModelRef, rfc3339_ms
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.config import Config
@@ -226,6 +226,6 @@ class ResultSink:
         return lambda seq: self._event(alarm, seq, snapshot).encode()
 
     def _event(self, alarm: Alarm, seq: int, snapshot: str | None) -> Event:
-        return Event(device_id=self.cfg.device_id, seq=seq, ts=rfc3339(alarm.ts_ms / 1000), ts_ms=alarm.ts_ms,
+        return Event(device_id=self.cfg.device_id, seq=seq, ts=rfc3339_ms(alarm.ts_ms), ts_ms=alarm.ts_ms,
                      type=alarm.type, event_id=alarm.event_id, class_=alarm.label, peak_score=alarm.peak_score,
                      frames=alarm.frames, started_ms=alarm.started_ms, frame_id=alarm.frame_id, snapshot=snapshot)
