@@ -217,10 +217,11 @@ def test_pacing_holds_the_rate_at_thousands_of_frames_a_second_and_does_not_burs
     assert time.monotonic() - started >= 0.019  # starts afresh: the late one at once, then 10 ms apart
 
 
-@pytest.mark.parametrize("fps", [None, 20.0])
+@pytest.mark.parametrize("fps", [None, 10.0])
 def test_a_folder_read_as_fast_as_it_goes_is_classified_in_full_blocks_a_paced_one_frame_by_frame(
         tiny: Path, holdout: Path, fps: float | None) -> None:
     engine = Engine(artifact.load(tiny))
+    engine.predict(np.zeros((8, 8, 3), np.uint8))  # the first call's set-up (and emulation's translation) is not timed
     sizes: list[int] = []  # frames a call of the interpreter
     handed: list[int] = []  # frames a call of the sink
     invoke = engine.invoke
@@ -230,8 +231,8 @@ def test_a_folder_read_as_fast_as_it_goes_is_classified_in_full_blocks_a_paced_o
     assert stats.frames == sum(sizes) == sum(handed) == 12 and stats.blocks == len(sizes)
     if fps is None:  # the fewest interpreter calls: every block full but the last; their results handed over at once
         assert sizes == [5, 5, 2] and handed == [12] and BLOCK > 12
-    else:  # frames 50 ms apart, each classified in well under that (emulated too): none waits for the next
-        assert len(sizes) >= 10 and handed == sizes, (sizes, handed)
+    else:  # frames 100 ms apart, each classified in well under that (emulated too): none waits for the next
+        assert handed == sizes and len(sizes) >= 10, (sizes, handed)
 
 
 def test_region_of_interest_and_rotation() -> None:
