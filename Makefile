@@ -75,10 +75,11 @@ test-workstation: $(STAMP) broker
 
 test: lint test-device test-workstation
 
-# The Pi install of docs/raspberry-pi.md in emulated arm64 bookworm and trixie roots (root; roots cached
-# in build/pi). qemu comes from trixie's qemu-user: bookworm's 7.2 crashes inside LiteRT's interpreter.
+# The Pi install of docs/raspberry-pi.md in emulated arm64 trixie and bookworm roots (root; roots cached in
+# ~/.cache/linewatch/pi, about 30 minutes with them). qemu comes from trixie's qemu-user: bookworm's 7.2 crashes
+# inside LiteRT's interpreter. PI_CHECK_FLAGS: e.g. --suite bookworm, --budget-s 3000 (see tests/pi/check.py).
 pi-check: $(STAMP) broker
-	$(BIN)/python tests/pi/check.py
+	$(BIN)/python tests/pi/check.py $(PI_CHECK_FLAGS)
 
 # The bounded fault and bad-input run of docs/reliability.md (about 6 minutes; root for the network partition
 # and the full disk, skipped with a message without it). It writes its table into docs/reliability.md.
