@@ -41,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linewatch" / "pi"
 WORK = ROOT / "build" / "pi"  # this run's roots, unpacked from the cache
 ROOT_MAX_AGE_S = 14 * 86400  # then rebuilt, with Debian's updates
-SUITES = ("trixie", "bookworm")  # the current Raspberry Pi OS first: the check CI must not leave out
+SUITES = ("trixie", "bookworm")  # the current Raspberry Pi OS first: a short budget leaves out bookworm first
 TIERS = {"trixie": "not workstation", "bookworm": "not workstation and not broker"}
-# Seconds a suite's check took on the 2-core Intel build machine (2026-11), root unpacked: what --budget-s plans
-# with, scaled by how much slower the first suite ran than its figure; a root built from nothing adds BUILD_S.
+# Seconds a suite's check takes on the 2-core Intel build machine (2026-11, rounded up), root unpacked: what
+# --budget-s plans with, scaled by how much slower the first suite ran than its figure; a root built from nothing
+# adds BUILD_S.
 EXPECTED_S = {"trixie": 1400, "bookworm": 700}
 BUILD_S = 550
 PACKAGES = ["python3", "python3-venv", "python3-pip", "python3-numpy", "python3-bottleneck", "ca-certificates",
