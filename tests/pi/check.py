@@ -136,11 +136,11 @@ def pristine_root(suite: str) -> Path:
 
 
 def unmount_under(path: Path) -> None:
-    """Lazily unmount whatever an interrupted run left mounted inside ``path``, before it is deleted."""
-    inside = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-              if line.split()[1].startswith(f"{path}/")]
-    for target in sorted(inside, reverse=True):
-        subprocess.run(["umount", "-R", "-l", target], check=False)
+    """Lazily unmount whatever is mounted inside ``path``: the chroot's own mounts, or an interrupted run's."""
+    inside = {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[1].startswith(f"{path}/")}
+    for target in sorted(t for t in inside if not any(t.startswith(f"{o}/") for o in inside)):
+        subprocess.run(["umount", "-R", "-l", target], check=False)  # -R: what --rbind brought along
 
 
 def fresh_root(suite: str) -> Path:
@@ -160,22 +160,18 @@ class Chroot:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.mounts: list[Path] = []
 
     def __enter__(self) -> Chroot:
         for name, kind in (("proc", ["-t", "proc", "proc"]), ("sys", ["--rbind", "/sys"]),
                            ("dev", ["--rbind", "/dev"])):
-            target = self.root / name
-            run("mount", *kind, target)
-            self.mounts.append(target)
+            run("mount", *kind, self.root / name)
         shutil.copy("/etc/resolv.conf", self.root / "etc" / "resolv.conf")
         # The host's CA bundle: it may trust a proxy's CA that Debian's own bundle does not.
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", self.root / "etc" / "ssl" / "certs" / "ca-certificates.crt")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for target in reversed(self.mounts):
-            subprocess.run(["umount", "-R", "-l", str(target)], check=False)
+        unmount_under(self.root)
 
     def sh(self, script: str, capture: bool = False) -> str:
         proc = run("chroot", self.root, "/bin/sh", "-ec", script, capture_output=capture, text=True)
@@ -263,8 +259,9 @@ def main() -> int:
             results, left_out = [], []
             slowness = 1.0  # this machine against the one EXPECTED_S was measured on, once a suite has run
             for suite in args.suite or SUITES:
-                planned, left = expected_s(suite), (args.budget_s or 0) - (time.monotonic() - started)
-                if args.budget_s is not None and planned * slowness > left:
+                planned = expected_s(suite)
+                left = None if args.budget_s is None else args.budget_s - (time.monotonic() - started)
+                if left is not None and planned * slowness > left:
                     left_out.append(f"{suite} (about {planned * slowness:.0f} s, {max(left, 0):.0f} s of the "
                                     f"budget left; `tests/pi/check.py --suite {suite}` runs it)")
                     print(f"\npi-check: left out {left_out[-1]}", file=sys.stderr, flush=True)
