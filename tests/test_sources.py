@@ -144,7 +144,7 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
     def never() -> bool:
         return False
 
-    live = Handoff(live=True)
+    live = Handoff(live=True, merge=True)
     for i in range(1, 6):
         live.put(_block(i), never)
     blocks = live.get(never)
@@ -160,7 +160,7 @@ def test_handoff_keeps_the_newest_frame_for_live_sources() -> None:
         live.put(block, never)
     assert live.get(never, 32) == flood[:32] and live.get(never, 32) == flood[32:] and live.dropped == 4
 
-    finite = Handoff(live=False)
+    finite = Handoff(live=False, merge=False)
     waits = threading.Semaphore(0)
     put = []
 
@@ -233,6 +233,36 @@ def test_a_folder_read_as_fast_as_it_goes_is_classified_in_full_blocks_a_paced_o
         assert sizes == [5, 5, 2] and handed == [12] and BLOCK > 12
     else:  # frames 100 ms apart, each classified in well under that (emulated too): none waits for the next
         assert handed == sizes and len(sizes) >= 10, (sizes, handed)
+
+
+def test_a_paced_frame_that_comes_while_inference_is_busy_does_not_wait_for_the_next_frame(
+        tiny: Path, tmp_path: Path) -> None:
+    """A replayed line at 1 frame/s: frame 2 comes while frame 1's call runs late, and is classified right after it,
+    not a second later with frame 3."""
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"part_{i}.png"), np.full((48, 64, 3), i * 60, np.uint8))
+    engine = Engine(artifact.load(tiny))
+    invoke = engine.invoke
+    calls: list[int] = []
+
+    def busy_at_first(tensor: np.ndarray) -> np.ndarray:  # the real invoke, 1.5 s late once: frame 2 comes meanwhile
+        if not calls:
+            time.sleep(1.5)
+        calls.append(len(tensor))
+        return invoke(tensor)
+
+    engine.invoke = busy_at_first  # type: ignore[method-assign]
+    published: dict[int, float] = {}
+    captured: dict[int, float] = {}
+
+    def sink(results: list) -> None:
+        for result in results:
+            published[result.frame.id] = time.time()
+            captured[result.frame.id] = result.frame.ts
+
+    stats = Pipeline(open_source(str(tmp_path), fps=1.0), engine, sink).run(threading.Event())
+    assert stats.frames == 3 and calls == [1, 1, 1], calls
+    assert captured[1] < captured[2] < published[1] <= published[2] < captured[3], (captured, published)
 
 
 def test_region_of_interest_and_rotation() -> None:

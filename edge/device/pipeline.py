@@ -10,12 +10,12 @@ locks and the Python objects around a call cost tens of microseconds, as much as
 small model. A finite source read as fast as it goes (a folder, a file) is classified in full
 blocks of up to ``BLOCK`` frames, one interpreter call each: handing inference whatever was
 ready whenever it waited gave it blocks a quarter the size, and the small model three quarters
-the throughput, at two interpreter threads of two cores (``linewatch bench``). A paced
-source, whose frames come slower than inference, hands over what it has as soon as inference
-waits, so no result waits for the frames after it. A live source (a camera) hands over every
-frame at once; its ``Handoff`` drops frames gone stale (``LIVE_LAG_S``), so inference never
-works on an old view of the belt, and gives inference whatever waits (up to a call's worth)
-as one block, so a burst is not lost. For a finite source it blocks instead, so every image
+the throughput, at two interpreter threads of two cores (``linewatch bench``). A live source
+(a camera) or a paced one (a folder or file replayed at ``fps``) hands over every frame at
+once, so no result waits for the frames after it, and inference takes whatever waits (up to a
+call's worth) as one call, so a burst is classified together rather than frame by frame. For a
+live source the ``Handoff`` drops frames gone stale (``LIVE_LAG_S``), so inference never works
+on an old view of the belt; for a finite one, paced or not, it blocks instead, so every image
 is classified.
 
 A thread that sleeps and is woken pays for it in CPU: tens of microseconds a wake-up on a
@@ -108,18 +108,18 @@ class Handoff:
 
     Live: capture never waits; a frame more than ``LIVE_LAG_S`` older than the newest is
     dropped (and counted), so inference never works on a stale view of the belt, while a burst
-    shorter than that is classified, in blocks, rather than lost. Finite: capture waits, once
-    ``AHEAD`` blocks wait, until one is left, so every image is classified and capture wakes
-    once for several blocks. ``waiting`` tells capture of a paced source that inference has
-    nothing to do, so what it has prepared should go now.
+    shorter than that is classified rather than lost. Finite: capture waits, once ``AHEAD``
+    blocks wait, until one is left, so every image is classified and capture wakes once for
+    several blocks. ``merge``: blocks are handed over as they come, a frame or a few at a time
+    (a live or paced source), and inference takes whatever waits, up to a call's worth, at once.
     """
 
     END = None
 
-    def __init__(self, live: bool) -> None:
+    def __init__(self, live: bool, merge: bool) -> None:
         self.live = live
+        self.merge = merge
         self.dropped = 0  # frames
-        self.waiting = False  # inference is waiting for a block
         self._items: deque = deque()
         self._cond = threading.Condition()
 
@@ -137,21 +137,19 @@ class Handoff:
             self._cond.notify_all()
 
     def get(self, stop: Callable[[], bool], most: int = BLOCK) -> list[Block] | None:
-        """The next block, or for a live source the blocks waiting, up to ``most`` frames (``END`` when the source
-        is done)."""
+        """The next block, or when merging the blocks waiting, up to ``most`` frames (``END`` when the source is
+        done)."""
         with self._cond:
             while not self._items:
                 if stop():
                     return self.END
-                self.waiting = True
                 self._cond.wait(0.1)
-            self.waiting = False
             items = self._items
             if items[0] is None:
                 return items.popleft()
             taken = [items.popleft()]
             frames = len(taken[0].frames)
-            while self.live and items and items[0] is not None and frames + len(items[0].frames) <= most:
+            while self.merge and items and items[0] is not None and frames + len(items[0].frames) <= most:
                 frames += len(items[0].frames)
                 taken.append(items.popleft())
             if len(items) <= 1:  # what a waiting capture waits for: waking it sooner would only put it back to sleep
@@ -188,8 +186,8 @@ class _Filling:
 class Pipeline:
     """Runs ``source`` through ``engine`` and hands the ``Result``s to ``sink`` a block at a time, in frame order.
 
-    ``block`` bounds the frames of one interpreter call for a finite source (1 turns blocks off);
-    a block's input is also kept under ``BLOCK_BYTES``.
+    ``block`` bounds the frames of one interpreter call for a finite source read as fast as it goes (1 turns blocks
+    off); a block's input is also kept under ``BLOCK_BYTES``.
     """
 
     def __init__(self, source: Source, engine: Engine, sink: Callable[[list[Result]], None],
@@ -202,12 +200,14 @@ class Pipeline:
         self.max_backoff = max_backoff
         self.roi = roi
         self.rotate = rotate
-        self.block = 1 if source.live else max(1, block)
-        self._fill = not source.live and not source.fps  # full blocks only: nobody waits on a frame's result
+        # A live or paced source's frames are each awaited (a part on the belt, a replayed line): each goes at once.
+        # Otherwise nobody waits on a frame's result, and inference gets full blocks.
+        self._at_once = source.live or bool(source.fps)
+        self.block = 1 if self._at_once else max(1, block)
         self.stats = PipelineStats()
         self.error: DataError | None = None
         self.exhausted = False  # a finite source reached its end
-        self._handoff = Handoff(live=source.live)
+        self._handoff = Handoff(live=source.live, merge=self._at_once)
         self._results: queue.Queue = queue.Queue(maxsize=64)  # blocks of results
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -252,7 +252,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 filling.capture_s += t0 - waiting_since
                 filling.prepare_s += t1 - t0
-                if filling.full or (handoff.waiting and not self._fill):
+                if filling.full:
                     handoff.put(filling.block(timings), stop)
                     filling = None
                 if stop():
@@ -344,7 +344,7 @@ class Pipeline:
                 if self.max_frames:
                     results = results[: self.max_frames - stats.frames]
                 done += results
-                if not self._fill or len(done) >= BLOCK:  # else nobody waits for them: publish wakes less often
+                if self._at_once or len(done) >= BLOCK:  # else nobody waits for them: publish wakes less often
                     self._results.put(done)
                     done = []
                 stats.frames += len(results)
