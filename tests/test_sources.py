@@ -242,6 +242,7 @@ def test_a_paced_frame_that_comes_while_inference_is_busy_does_not_wait_for_the_
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"part_{i}.png"), np.full((48, 64, 3), i * 60, np.uint8))
     engine = Engine(artifact.load(tiny))
+    engine.predict(np.zeros((8, 8, 3), np.uint8))  # the first call's set-up (and emulation's translation) is not timed
     invoke = engine.invoke
     calls: list[int] = []
 
