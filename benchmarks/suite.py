@@ -174,9 +174,13 @@ def daemon_latency(model: str, work: Path, framed: Path, frames: int = 600, fps:
     broker = MosquittoBroker(workdir=work / "broker")
     broker.start()
     latencies: list[float] = []
+    stages: dict[str, Any] = {}  # the daemon's own stage timings (p50, p99), from its last stats message
     done = threading.Event()
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith("/stats"):
+            stages.update(json.loads(message.payload)["latency_ms"])
+            return
         latencies.append(1000 * time.time() - json.loads(message.payload)["ts_ms"])
         if len(latencies) >= frames:
             done.set()
@@ -184,12 +188,13 @@ def daemon_latency(model: str, work: Path, framed: Path, frames: int = 600, fps:
     subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-subscriber")
     subscriber.on_message = on_message
     subscriber.connect("127.0.0.1", broker.port)
-    subscriber.subscribe("linewatch/bench/result", qos=1)
+    subscriber.subscribe([("linewatch/bench/result", 1), ("linewatch/bench/stats", 1)])
     subscriber.loop_start()
     try:
         out = linewatch("run", "--model", model, "--source", "conveyor:7", "--fps", str(fps), "--device-id", "bench",
                         "--broker", broker.url, "--max-frames", str(frames), "--state-dir", str(work / "state"),
-                        "--stats-interval", "3600", "--json", log=work / "daemon.log")
+                        # a stats message or two before the end: the daemon's stage timings of the frames so far
+                        "--stats-interval", str(frames / fps / 3), "--json", log=work / "daemon.log")
         done.wait(30)
         shutil.rmtree(work / "state-throughput", ignore_errors=True)
         throughput = json.loads(linewatch("run", "--model", model, "--source", str(framed), "--loop", "--device-id",
@@ -207,7 +212,39 @@ def daemon_latency(model: str, work: Path, framed: Path, frames: int = 600, fps:
     summary = json.loads(out.strip().splitlines()[-1])
     return {"frames": frames, "fps": fps, "received": len(latencies), "latencies_ms": latencies,
             "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
-            "daemon": summary, "cold_start_s": sorted(cold)[1], "cold_starts_s": cold, "throughput": throughput}
+            "stages_ms": stages, "wake_us": wake_us(1 / fps), "daemon": summary, "cold_start_s": sorted(cold)[1],
+            "cold_starts_s": cold, "throughput": throughput}
+
+
+def wake_us(idle_s: float, count: int = 300) -> dict[str, float]:
+    """How long a thread takes to run once woken, after idling ``idle_s`` (p50, p99 in us): a result crosses
+    several such hand-offs between threads and processes, each waiting while the line is between frames."""
+    woken: list[float] = []
+    box: list[float | None] = []
+    ready = threading.Condition()
+
+    def waiter() -> None:
+        while True:
+            with ready:
+                while not box:
+                    ready.wait()
+                sent = box.pop()
+            if sent is None:
+                return
+            woken.append(1e6 * (time.perf_counter() - sent))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    for _ in range(count):
+        time.sleep(idle_s)
+        with ready:
+            box.append(time.perf_counter())
+            ready.notify()
+    with ready:
+        box.append(None)
+        ready.notify()
+    thread.join()
+    return {"p50": round(percentile(woken, 50)), "p99": round(percentile(woken, 99))}
 
 
 def import_seconds(python: Path) -> float:
@@ -377,16 +414,19 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               "writes it. Cores busy: the pipeline's CPU (every thread's) over its run's time, a share of all the "
               "cores; near 1, no core ever waits, and only less CPU a frame can make it faster. CPU outside invoke: "
               "what the pipeline's threads spent outside their `invoke()` calls, read from each thread's own clock; "
-              "its parts are each step timed alone, and the rest is what running among threads adds. "
+              "its parts are each step timed alone, and the rest is what running among threads adds. After idling: "
+              "the same steps on one thread, a block at a time, the thread idling before each block as long as the "
+              "interpreter takes for it, as the pipeline's threads idle while it works (what this host charges a "
+              "thread that slept). "
               "Live: the pipeline fed as a camera at half the bare loop's rate (held: the rate it kept; a replayed "
               "camera that cannot deliver on time falls behind rather than dropping). The daemon's spool (SQLite: "
               "each result stored until the broker acknowledges it, then forgotten) is timed apart, a block of "
               "frames in one transaction as the daemon does, and a message at a time as it did before.", "",
               "| model | threads | bare, frames/s | pipeline | ratio | cores busy | serial | ratio | frames a call | "
               "CPU outside invoke, us a frame (share of invoke's) | of which prepare / quantize / results / JSON / "
-              "rest | live: frames at the rate asked (held), dropped | the daemon's spool besides, us a frame: in "
-              "blocks (one by one) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "rest | the same steps after idling, us a frame | live: frames at the rate asked (held), dropped | "
+              "the daemon's spool besides, us a frame: in blocks (one by one) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["pipeline"]:
         cpu = r["cpu_us_per_frame"]
         parts = " / ".join(str(cpu["outside_parts"][k]) for k in ("prepare", "quantize", "predictions", "json",
@@ -395,6 +435,7 @@ def markdown(results: dict[str, Any], reference: str) -> str:
                      f"**{r['ratio']}** | {r['cores_busy']} | {r['serial_fps']:,.0f} | {r['serial_ratio']} | "
                      f"{r['frames_per_call']} | "
                      f"{cpu['outside_invoke']} ({cpu['outside_share_of_invoke']:.0%}) | {parts} | "
+                     f"{cpu['steps_after_idle']} | "
                      f"{r['live']['frames']} at {r['live']['fps']:,.0f}/s ({r['live']['held_fps']:,.0f}), "
                      f"{r['live']['dropped']} dropped | "
                      f"{r['spool_us_per_frame']['in_blocks']} ({r['spool_us_per_frame']['one_by_one']}) |")
@@ -402,6 +443,7 @@ def markdown(results: dict[str, Any], reference: str) -> str:
     prepare_us, invoke_us = 1000 * cnn_1["stage_ms_p50"]["preprocess"], 1e6 / cnn_1["bare_fps"]
     framed_1 = by_name_1[framed]
     rest = framed_1["cpu_us_per_frame"]["outside_parts"]
+    alone_us = sum(v for k, v in rest.items() if k != "rest")
     lines += ["", "What limits the ratio on this host:", "",
               f"- At {cores} threads the interpreter takes every core, so whatever else the pipeline does (resize, "
               "quantize, JSON) is taken from it: the ratio can only be invoke's CPU over the total. Preparing a frame "
@@ -414,9 +456,12 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               f"{rest['prepare']} us (colour order only), quantizing {rest['quantize']} us. What is left is Python a "
               f"frame: the result objects ({rest['predictions']} us), the result's JSON ({rest['json']} us) and "
               f"{rest['rest']} us that running among threads adds: hand-offs, per-frame bookkeeping, and threads "
-              "woken from sleep, each wake-up tens of microseconds of CPU on a virtual machine's cores (so capture "
-              "prepares several blocks a wake-up, and results go to the publish thread 32 frames at a time when "
-              "nobody waits for them).",
+              "woken from sleep. Part of it is this host's price for sleeping rather than the code's: the same "
+              "steps, timed on one thread idling between blocks as the pipeline's threads do, took "
+              f"{framed_1['cpu_us_per_frame']['steps_after_idle']} us a frame against {alone_us:.1f} us back to "
+              f"back ({framed_1['cpu_us_per_frame']['steps_after_idle'] / alone_us:.1f} times; a virtual machine's "
+              "idle vCPU comes back with cold caches). So capture prepares several blocks a wake-up, and results go "
+              "to the publish thread 32 frames at a time when nobody waits for them.",
               f"- With a core left (1 thread), the pipeline's Python work runs beside `invoke()` on the other core, "
               "and only the inference thread's own share (taking a block, the result objects) slows the interpreter. "
               f"The small 32x32 CNN invokes in {1e6 / small_1['bare_fps']:.0f} us, about as long as the Python a "
@@ -445,6 +490,14 @@ def markdown(results: dict[str, Any], reference: str) -> str:
               f"received: capture to subscriber p50 **{lat['p50_ms']} ms**, p99 **{lat['p99_ms']} ms** (invoke p99 of "
               f"the model alone: {cnn_q['int8']['latency_ms'][next(iter(cnn_q['int8']['latency_ms']))]['p99']} ms "
               "at 1 thread).",
+              "- Where it goes, from the daemon's own stage timings (p50 / p99, ms): "
+              + ", ".join(f"{stage} {t['p50']} / {t['p99']}" for stage, t in lat["stages_ms"].items()
+                          if stage != "capture")
+              + f". Invoke here is a frame every {1000 / lat['fps']:.1f} ms, each after the interpreter idled, not "
+              "back to back as in the model-alone figure. The rest is hand-offs: a result crosses five (capture to "
+              "inference to publish, paho's network thread, mosquitto, the subscriber's network thread), and on "
+              f"this host a thread woken after idling as long takes {lat['wake_us']['p50']} us to run (p99 "
+              f"{lat['wake_us']['p99']} us).",
               f"- Cold start, process start to first result: {lat['cold_start_s']} s (median of "
               f"{', '.join(str(c) for c in lat['cold_starts_s'])} s); peak resident memory "
               f"{lat['daemon']['max_rss_mb']} MB; importing the edge modules {results['import_s']} s "

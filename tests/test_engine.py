@@ -125,6 +125,7 @@ def test_bench_reports_both_loops_from_one_run(tiny: Path, holdout: Path) -> Non
     assert set(parts) == {"prepare", "quantize", "predictions", "json", "rest"} and parts["prepare"] > 0
     assert parts["json"] > 0 and parts["rest"] == pytest.approx(
         max(0.0, cpu["outside_invoke"] - sum(v for k, v in parts.items() if k != "rest")), abs=0.3)
+    assert cpu["steps_after_idle"] > 0  # the same steps again, each block after idling: the host's price for sleeping
     assert result["serial_fps"] > 0 and result["serial_ratio"] > 0
     live = result["live"]  # paced as a camera at half the bare rate: every frame classified or counted as dropped
     assert live["fps"] == pytest.approx(result["bare_fps"] / 2, rel=0.01) and 0 < live["held_fps"] <= live["fps"] * 1.05
