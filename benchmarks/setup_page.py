@@ -67,11 +67,12 @@ def run(model: Path, broker: MosquittoBroker, frames: int, mode: str, work: Path
             "--broker", broker.url, "--device-id", f"bench-{mode}", "--state-dir", str(work / mode),
             "--max-frames", str(frames), "--json"]
     if mode != "off":
-        args += ["--http", f"127.0.0.1:{port}", "--http-token", TOKEN]
+        args += ["--http", f"127.0.0.1:{port}"]
     stop = threading.Event()
     if mode == "viewer":
         threading.Thread(target=_viewer, args=(port, stop), daemon=True).start()
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "LINEWATCH_HTTP_TOKEN": TOKEN})  # a secret: never on argv
     stop.set()
     if proc.returncode:
         sys.exit(f"linewatch run failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -13,10 +13,10 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from linewatch.edge import __version__, options
 from linewatch.edge.errors import INTERRUPTED, LinewatchError, UsageError, exit_code_epilog
@@ -24,26 +24,30 @@ from linewatch.edge.errors import INTERRUPTED, LinewatchError, UsageError, exit_
 WORKSTATION_COMMANDS = ("linewatch.train.cli", "linewatch.convert.cli")
 
 
-def _default_state_dir() -> str:
-    """/var/lib/linewatch for the service; a folder of the user's own for a quick start."""
-    system = Path("/var/lib/linewatch")
-    if system.is_dir() and os.access(system, os.W_OK):
-        return str(system)
-    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "linewatch")
+def _config_args(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
+    """The config file and the overrides that ``run`` and ``check`` were given (flags and ``--set``)."""
+    from linewatch.edge.device import config
+
+    overrides = options.given(args, config.Config)
+    secret = config.keys_marked(config.SECRET)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item}: use KEY=VALUE, e.g. --set results.mode=change")
+        if key.strip() in secret:
+            raise UsageError(f"--set {key.strip()}: a secret never goes on the command line, where every user sees "
+                             f"it: put it in the config file or {config.env_name(key.strip())}")
+        overrides[key.strip()] = value
+    path = Path(args.config) if args.config else (config.DEFAULT_PATH if config.DEFAULT_PATH.is_file() else None)
+    return path, overrides
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from linewatch.edge.device import config
     from linewatch.edge.device.daemon import Daemon
 
-    overrides = options.given(args, config.Config)
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item}: use KEY=VALUE, e.g. --set results.mode=change")
-        overrides[key.strip()] = value
-    path = Path(args.config) if args.config else (config.DEFAULT_PATH if config.DEFAULT_PATH.is_file() else None)
-    cfg = config.load(path, overrides, defaults={"device_id": socket.gethostname(), "state_dir": _default_state_dir()})
+    path, overrides = _config_args(args)
+    cfg = config.load_run(path, overrides)
     summary = Daemon(cfg, path, overrides, once=args.once, max_frames=args.max_frames).run()
     print(json.dumps(summary) if args.json else
           f"{summary['frames']} frames in {summary['seconds']} s ({summary['fps']} frames/s), "
@@ -123,9 +127,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_sign(args: argparse.Namespace) -> int:
     from linewatch.edge.files import write_atomic
     from linewatch.edge.model import artifact, signing
+    from linewatch.edge.model.engine import Engine
 
     model = Path(args.model)
-    artifact.load(model)  # sign only what a device would load
+    Engine(artifact.load(model), num_threads=1)  # sign only what a device would load and run
     signature = model.with_name(model.name + ".sig")
     write_atomic(signature, signing.sign(model.read_bytes(), signing.load_private(Path(args.key))))
     print(f"wrote {signature}: 'linewatch deploy {model}' sends it along")
@@ -150,16 +155,67 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from linewatch.edge.tools.install import install
+    from linewatch.edge.tools.install import install, still_example
 
     settings = {key: value for key, value in (("device_id", args.device_id), ("mqtt.broker", args.broker),
-                                              ("source.spec", args.source)) if value}
-    for line in install(Path(args.root), Path(args.venv) if args.venv else None, args.user,
-                        Path(args.model) if args.model else None, settings, start=not args.no_start):
+                                              ("mqtt.username", args.username), ("source.spec", args.source))
+                if value}
+    password = _read_secret(args.password_file, "--password-file") if args.password_file else \
+        _prompt_password() if args.password_prompt else None
+    root = Path(args.root)
+    outcome = install(root, Path(args.venv) if args.venv else None, args.user,
+                      Path(args.model) if args.model else None, settings, start=not args.no_start,
+                      ca_file=Path(args.ca_file) if args.ca_file else None, password=password)
+    for line in outcome.done:
         print(line)
-    print(f"configuration: {Path(args.root) / 'etc/linewatch/linewatch.toml'} (never overwritten); the MQTT "
-          "password goes in mqtt-password beside it")
+    config_path = root / "etc/linewatch/linewatch.toml"
+    report = outcome.report
+    for warning in report.warnings:
+        print(f"note: {warning}")
+    problems = report.errors + (still_example(config_path) if report.exit_code else [])
+    if problems:
+        print(f"not started: {config_path} does not pass the daemon's own check. To fix:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print("then run install again with the missing flags (--broker, --ca-file, --password-file or "
+              "--password-prompt), or edit the file, and: linewatch check --config /etc/linewatch/linewatch.toml && "
+              "systemctl enable --now linewatch", file=sys.stderr)
+        return report.exit_code
+    print(f"configuration: {config_path} checked as the daemon reads it"
+          + ("" if outcome.started else "; not started (--no-start, --root, or no systemctl here)"))
     return 0
+
+
+def _read_secret(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} cannot be read: {exc.strerror}") from None
+
+
+def _prompt_password() -> str:
+    """The MQTT password, typed (not echoed) or piped in: never on the command line."""
+    import getpass
+
+    secret = getpass.getpass("MQTT password: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not secret:
+        raise UsageError("--password-prompt: no password was given")
+    return secret
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from linewatch.edge.tools.check import check
+
+    path, overrides = _config_args(args)
+    report = check(path, overrides, probe_s=None if args.no_probe else args.timeout)
+    for warning in report.warnings:
+        print(f"linewatch check: {warning}")
+    for error in report.errors:
+        print(f"linewatch check: error: {error}", file=sys.stderr)
+    if not report.exit_code and report.config is not None:
+        print(f"linewatch check: {path or 'the defaults'}: the daemon would start as device "
+              f"{report.config.device_id} with {report.config.model.path}")
+    return report.exit_code
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
@@ -283,14 +339,30 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     _broker_options(p)
     p.set_defaults(handler=_cmd_deploy)
 
-    p = sub.add_parser("install", help="install the service on this Pi (root): user, folders, unit, config")
+    p = sub.add_parser("check", help="would the daemon start with this configuration? every problem with its exit "
+                                     "code, and whether the broker accepts the credentials")
+    p.add_argument("--config", help="TOML config file (default: /etc/linewatch/linewatch.toml when it exists)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, as for run")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's answer (default: 5)")
+    p.add_argument("--no-probe", action="store_true", help="do not connect to the broker")
+    p.set_defaults(handler=_cmd_check)
+
+    p = sub.add_parser("install", help="install the service on this Pi (root): user, folders, unit, config; checked, "
+                                       "then started")
     p.add_argument("--root", default="/", help="install below this folder instead of / (images, tests)")
     p.add_argument("--venv", help="the venv the service runs (default: the one this linewatch runs from)")
-    p.add_argument("--user", default="linewatch", help="the system user the service runs as (created if missing)")
+    p.add_argument("--user", default="linewatch", help="the system user the service runs as (created if missing; "
+                                                       "default: linewatch)")
     p.add_argument("--model", help="a .tflite to put in place as /var/lib/linewatch/model.tflite")
-    p.add_argument("--device-id", help="first install: the device id in the new configuration")
-    p.add_argument("--broker", help="first install: the broker URL in the new configuration")
-    p.add_argument("--source", help="first install: the frame source in the new configuration")
+    p.add_argument("--device-id", help="the device id (default for a new configuration: the host name)")
+    p.add_argument("--broker", help="the broker URL, mqtts://HOST:PORT")
+    p.add_argument("--username", help="the MQTT user (default: the device id, as the shipped broker ACL expects)")
+    p.add_argument("--ca-file", help="the CA certificate of the broker's, copied to /etc/linewatch/ca.pem")
+    p.add_argument("--password-file", help="a file holding the MQTT password, copied to /etc/linewatch/mqtt-password "
+                                           "(mode 0600)")
+    p.add_argument("--password-prompt", action="store_true", help="ask for the MQTT password (or read it from "
+                                                                  "standard input)")
+    p.add_argument("--source", help="the frame source, as for run")
     p.add_argument("--no-start", action="store_true", help="enable the service, but do not start it now")
     p.set_defaults(handler=_cmd_install)
 

@@ -11,12 +11,17 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path | str, data: bytes | str) -> None:
-    """Write ``data`` beside ``path``, flush it to disk, then rename it over ``path`` in one step."""
+def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
+    """Write ``data`` beside ``path``, flush it to disk, then rename it over ``path`` in one step.
+
+    The file gets ``mode`` before it appears (readable by all by default, as models, public keys and signatures
+    must be for the service user that gets a copy; secrets pass 0o600). The folder's mode still guards it.
+    """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

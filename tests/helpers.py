@@ -113,8 +113,9 @@ class Collector:
     """Subscribes to ``topic`` on ``url`` and keeps every message, decoded from JSON where it can."""
 
     def __init__(self, url: str, topic: str = "linewatch/#", protocol: int = mqtt.MQTTv5,
-                 session: str | None = None) -> None:
-        """``session`` names a persistent session: the broker queues QoS 1 messages while we are away."""
+                 session: str | None = None, user: tuple[str, str] | None = None, ca_file: Path | None = None) -> None:
+        """``session`` names a persistent session: the broker queues QoS 1 messages while we are away; ``user`` is
+        (name, password); ``ca_file`` checks an mqtts:// broker."""
         import threading
 
         parts = urlsplit(url)
@@ -122,6 +123,10 @@ class Collector:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "", protocol=protocol)
+        if user:
+            self.client.username_pw_set(*user)
+        if parts.scheme == "mqtts":
+            self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message

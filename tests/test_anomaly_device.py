@@ -95,7 +95,7 @@ def test_anomaly_threshold_moves_live_and_home_assistant_gets_an_anomaly_sensor(
     after = sub.on("anomaly-live/result")[count + 10:]  # frames classified after the reply, well after
     assert after and not any(r["anomalous"] for r in after) and {r["label"] for r in after} == {"normal"}
     configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config") and m.payload}
-    sensor = configs["homeassistant/binary_sensor/linewatch_anomaly_live/anomaly/config"]
+    sensor = configs["homeassistant/binary_sensor/linewatch_anomaly-live/anomaly/config"]
     assert sensor["value_template"] == "{{ 'ON' if value_json.anomaly else 'OFF' }}"
     assert sensor["state_topic"] == "linewatch/anomaly-live/state"  # an open anomaly event, not a frame
 

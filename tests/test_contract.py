@@ -120,7 +120,7 @@ def test_event_debouncing_needs_k_of_n() -> None:
 
 def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: Path, broker,
                                                                           tmp_path: Path) -> None:
-    sub = Collector(broker.url, "homeassistant/+/linewatch_ha_dev/#")  # other tests' devices are retained too
+    sub = Collector(broker.url, "homeassistant/+/linewatch_ha-dev/#")  # other tests' devices are retained too
     proc = start_daemon(tiny, broker.url, "ha-dev", tmp_path, "--ha-discovery")
     try:
         assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 7, 60)
@@ -132,7 +132,7 @@ def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: 
     finally:
         proc.kill()
         sub.close()
-    node = "homeassistant/{}/linewatch_ha_dev/{}/config"
+    node = "homeassistant/{}/linewatch_ha-dev/{}/config"  # the device id as it is: an ACL grants linewatch_%u
     assert set(configs) == {node.format("binary_sensor", "defect"), node.format("sensor", "events"),
                             node.format("sensor", "fps")}
     # a classifier in free mode: the anomaly and line entities are announced empty, which removes any left

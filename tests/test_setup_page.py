@@ -43,10 +43,11 @@ def _config(tmp_path: Path, model: Path, device: str) -> Path:
 
 
 def _start(config: Path, broker_url: str, port: int, *extra: str, token_file: Path | None = None) -> subprocess.Popen:
-    """The daemon with the page on ``port``, once it answers (with TOKEN, or the one in ``token_file``) and has
-    classified a frame."""
+    """The daemon with the page on ``port``, once it answers (with TOKEN from the environment, never argv, or the
+    one it made in ``token_file``) and has classified a frame."""
+    env = ENV if token_file else {**ENV, "LINEWATCH_HTTP_TOKEN": TOKEN}
     proc = subprocess.Popen([*CLI, "run", "--config", str(config), "--broker", broker_url,
-                             "--http", f"127.0.0.1:{port}", *extra], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             "--http", f"127.0.0.1:{port}", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -102,7 +103,7 @@ def test_the_setup_api_needs_the_token_applies_the_region_and_saves_frames(tiny:
     port, device = _free_port(), "page-api"
     config = _config(tmp_path, tiny, device)
     sub = Collector(broker.url, f"linewatch/{device}/result")
-    proc = _start(config, broker.url, port, "--http-token", TOKEN)
+    proc = _start(config, broker.url, port)
     try:
         assert _get(port, "/")[0] == 200  # the page shell and its login need no token
         for token in (None, "wrong"):
@@ -144,7 +145,7 @@ def test_the_setup_api_needs_the_token_applies_the_region_and_saves_frames(tiny:
         assert cv2.imread(answer["saved"]).shape == (120, 160, 3)
         assert _post(port, "/api/label", b'{"label": "../etc"}')[0] == 400
         stop_daemon(proc)
-        proc = _start(config, broker.url, port, "--http-token", TOKEN)  # a restart keeps the view
+        proc = _start(config, broker.url, port)  # a restart keeps the view
         assert _get(port, "/api/config", TOKEN)[1] == {"roi": CORNER, "rotate": 0}
         stop_daemon(proc)
     finally:
@@ -180,8 +181,8 @@ def test_the_page_over_tls_with_a_configured_certificate(tiny: Path, broker, tmp
     port = _free_port()
     config = _config(tmp_path, tiny, "page-tls")
     proc = subprocess.Popen([*CLI, "run", "--config", str(config), "--broker", broker.url, "--http",
-                             f"127.0.0.1:{port}", "--http-token", TOKEN, "--set", f"http.cert_file={cert}",
-                             "--set", f"http.key_file={key}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             f"127.0.0.1:{port}", "--set", f"http.cert_file={cert}", "--set", f"http.key_file={key}"],
+                            cwd=ROOT, env={**ENV, "LINEWATCH_HTTP_TOKEN": TOKEN}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     context = ssl.create_default_context(cafile=str(ca))
     # Python 3.13 verifies strictly by default; the throwaway test CA has no key-usage extensions
@@ -240,7 +241,7 @@ def test_a_person_in_chromium_draws_the_region_and_the_daemon_uses_it(tiny: Path
     port, device = _free_port(), "page-browser"
     config = _config(tmp_path, tiny, device)
     sub = Collector(broker.url, f"linewatch/{device}/result")
-    proc = _start(config, broker.url, port, "--http-token", TOKEN)
+    proc = _start(config, broker.url, port)
     browser = Browser(executable)
     try:
         browser.goto(f"http://127.0.0.1:{port}/")

@@ -222,23 +222,32 @@ def test_watchdog_is_not_reassured_while_frames_stall(tmp_path: Path, monkeypatc
         sock.close()
 
 
-def test_sighup_reloads_the_configuration(tiny: Path, broker, tmp_path: Path) -> None:
+def test_sighup_reloads_the_configuration_with_the_cli_defaults_and_tells_systemd(tiny: Path, broker,
+                                                                                  tmp_path: Path) -> None:
+    """No device_id in the file: the host name is the default at start and at every reload (it was lost on reload)."""
+    device = socket.gethostname()
     config = tmp_path / "lw.toml"
-    text = (f'device_id = "hup"\nstate_dir = "{tmp_path}"\n[model]\npath = "{tiny}"\n[source]\nspec = "conveyor:3"\n'
+    text = (f'state_dir = "{tmp_path}"\n[model]\npath = "{tiny}"\n[source]\nspec = "conveyor:3"\n'
             f'fps = 20\n[mqtt]\nbroker = "{broker.url}"\n[stats]\ninterval_s = 600\n')
     config.write_text(text)
-    sub = Collector(broker.url, "linewatch/hup/stats")
-    proc = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+    sock = _listen(tmp_path / "notify")
+    sub = Collector(broker.url, f"linewatch/{device}/stats")
+    proc = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT,
+                            env={**ENV, "NOTIFY_SOCKET": str(tmp_path / "notify")}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(lambda: (tmp_path / "status-hup.json").is_file(), timeout=60)
+        assert _messages(sock, "READY=1", timeout=90), "no READY=1"
         config.write_text(text.replace("interval_s = 600", "interval_s = 0.5"))
         proc.send_signal(signal.SIGHUP)
+        heard = _messages(sock, "READY=1", timeout=30)
+        reloading = [i for i, m in enumerate(heard) if m.startswith("RELOADING=1\nMONOTONIC_USEC=")]
+        assert reloading and heard[-1].startswith("READY=1") and reloading[0] < len(heard) - 1, heard
         assert sub.wait_for(lambda s: len(s.messages) >= 2, timeout=20)  # not after the old 600 s: at once
         _, err = stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
+        sock.close()
     assert "SIGHUP: reloaded results, events.thresholds, stats" in err
 
 

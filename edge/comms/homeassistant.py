@@ -18,19 +18,23 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from linewatch.edge import __version__
 
-def discovery_messages(prefix: str, device_id: str, topic: Callable[[str], str], model_name: str,
-                       version: str, anomaly: bool = False, line: bool = False) -> list[tuple[str, bytes]]:
+
+def discovery_messages(prefix: str, device_id: str, topic: Callable[[str], str], anomaly: bool = False,
+                       line: bool = False) -> list[tuple[str, bytes]]:
     """(config topic, JSON payload) for each entity, as published (retained); ``topic(name)`` gives the
     device's own topics."""
-    node = f"linewatch_{device_id}".replace("-", "_").replace(".", "_")
+    # Home Assistant's node ids take letters, digits, _ and -: the device id as it is, so that a broker ACL can grant
+    # homeassistant/+/linewatch_%u/+/config (docs/mosquitto/linewatch.acl); only a dot needs replacing.
+    node = f"linewatch_{device_id}".replace(".", "_")
     device = {"identifiers": [node], "name": f"linewatch {device_id}", "manufacturer": "linewatch",
-              "model": model_name, "sw_version": version}
+              "model": "linewatch edge", "sw_version": __version__}
     common = {"state_topic": topic("state"), "device": device, "availability_topic": topic("status"),
               "availability_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}"}
 
     def entity(kind: str, key: str, name: str, template: str, wanted: bool = True, **extra: Any) -> tuple[str, bytes]:
-        config = {"name": name, "unique_id": f"{node}_{key}", "value_template": template, **extra, **common}
+        config = {"name": name, "unique_id": f"{node}_{key}", "value_template": template, **common, **extra}
         return (f"{prefix}/{kind}/{node}/{key}/config",
                 json.dumps(config, separators=(",", ":")).encode() if wanted else b"")
 
@@ -40,7 +44,11 @@ def discovery_messages(prefix: str, device_id: str, topic: Callable[[str], str],
         entity("sensor", "events", "Defect events", "{{ value_json.events }}", state_class="total_increasing",
                icon="mdi:alert-circle-outline"),
         entity("sensor", "fps", "Frames per second", "{{ value_json.fps }}", unit_of_measurement="frames/s",
-               state_class="measurement"),
+               state_class="measurement", entity_category="diagnostic"),
+        # the running model, from the retained status (it changes with an OTA update, not with linewatch's version)
+        entity("sensor", "model", "Model", "{{ value_json.model }} {{ value_json.version }}", state_topic=topic("status"),
+               json_attributes_topic=topic("status"), json_attributes_template="{{ {'sha256': value_json.sha256} "
+               "| tojson }}", entity_category="diagnostic", icon="mdi:brain"),
         entity("binary_sensor", "anomaly", "Anomaly", "{{ 'ON' if value_json.anomaly else 'OFF' }}", anomaly,
                device_class="problem"),
         entity("sensor", "last_part", "Last part", "{{ value_json.last_verdict }}", line, icon="mdi:package-variant"),

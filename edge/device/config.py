@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,14 +38,20 @@ def _flag(name: str, **extra: Any) -> dict[str, Any]:
     return {"flag": name, **extra}
 
 
+# Marks on a setting's declaration (``keys_marked``): FILE names a file or folder (checked below an install's --root),
+# SECRET never comes from argv, where every user sees it (``--set`` refuses it): the file or the environment only.
+FILE: dict[str, Any] = {"file": True}
+SECRET: dict[str, Any] = {"secret": True}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSection(Section):
-    path: str = Field(description="the .tflite made by 'linewatch convert'", json_schema_extra=_flag("--model"))
+    path: str = Field(description="the .tflite made by 'linewatch convert'", json_schema_extra=_flag("--model", **FILE))
     labels: str | None = Field(None, description="labels file, for a .tflite without a model card",
-                               json_schema_extra=_flag("--labels"))
+                               json_schema_extra=_flag("--labels", **FILE))
     threads: int = Field(0, ge=0, description="interpreter threads; 0: one a core, less one on 3 cores or more "
                          "(left to capture and MQTT)", json_schema_extra=_flag("--threads"))
     delegate: str | None = Field(None, description="edgetpu, or a delegate library path (an _edgetpu model asks "
@@ -93,11 +100,14 @@ class MqttSection(Section):
     keepalive: int = Field(30, ge=5, le=3600, description="seconds between keepalive pings")
     username: str | None = Field(None, description="MQTT user name", json_schema_extra=_flag("--username"))
     password_file: str | None = Field(None, description=f"file holding the MQTT password (or {PASSWORD_ENV}); "
-                                                        "never logged", json_schema_extra=_flag("--password-file"))
-    ca_file: str | None = Field(None, description="CA certificate for mqtts://", json_schema_extra=_flag("--ca-file"))
+                                                        "never logged",
+                                      json_schema_extra=_flag("--password-file", **FILE))
+    ca_file: str | None = Field(None, description="CA certificate for mqtts://",
+                                json_schema_extra=_flag("--ca-file", **FILE))
     cert_file: str | None = Field(None, description="client certificate for mqtts://",
-                                  json_schema_extra=_flag("--cert-file"))
-    key_file: str | None = Field(None, description="client key for mqtts://", json_schema_extra=_flag("--key-file"))
+                                  json_schema_extra=_flag("--cert-file", **FILE))
+    key_file: str | None = Field(None, description="client key for mqtts://",
+                                 json_schema_extra=_flag("--key-file", **FILE))
     insecure: bool = Field(False, description="mqtts:// without checking the broker's certificate or host name: for a "
                                               "first test only, warned about at every start")
     reconnect_max_s: float = Field(10.0, ge=1, le=300, description="the longest wait between connection attempts "
@@ -148,7 +158,7 @@ class SpoolSection(Section):
 
 class ReviewSection(Section):
     dir: str | None = Field(None, description="save low-confidence frames here, by predicted label, for labeling",
-                            json_schema_extra=_flag("--review-dir"))
+                            json_schema_extra=_flag("--review-dir", **FILE))
     below: float = Field(0.6, gt=0, le=1, description="score under which a frame is saved",
                          json_schema_extra=_flag("--review-below"))
     quota_mb: float = Field(500.0, gt=0, description="disk quota of the review folder",
@@ -158,7 +168,8 @@ class ReviewSection(Section):
 class OtaSection(Section):
     enabled: bool = Field(True, description="accept new models over MQTT (cmd/ota) and cmd/rollback")
     public_key: str | None = Field(None, description="Ed25519 public key (PEM, from 'linewatch keygen'): when set, "
-                                                     "only models signed with its private key are accepted")
+                                                     "only models signed with its private key are accepted",
+                                   json_schema_extra=FILE)
     max_mb: float = Field(64.0, gt=0, description="the largest model accepted over the air")
 
 
@@ -233,10 +244,11 @@ class HttpSection(Section):
     token: str | None = Field(None, description="the page's access token (a secret: the config file or "
                                                 "LINEWATCH_HTTP_TOKEN); when unset, one is made at the first start "
                                                 "and kept in state_dir/http-token",
-                              json_schema_extra=_flag("--http-token"))
+                              json_schema_extra=SECRET)
     fps: float = Field(4.0, gt=0, le=30, description="most frames a second the live view shows")
-    cert_file: str | None = Field(None, description="TLS certificate (PEM) for https; or put a reverse proxy in front")
-    key_file: str | None = Field(None, description="its private key")
+    cert_file: str | None = Field(None, description="TLS certificate (PEM) for https; or put a reverse proxy in front",
+                                  json_schema_extra=FILE)
+    key_file: str | None = Field(None, description="its private key", json_schema_extra=FILE)
 
 
 class MetricsSection(Section):
@@ -253,7 +265,7 @@ class Config(Section):
                            json_schema_extra=_flag("--device-id"))
     state_dir: str = Field("/var/lib/linewatch", description="spool and snapshots (default: /var/lib/linewatch when "
                                                              "writable, else ~/.local/state/linewatch)",
-                           json_schema_extra=_flag("--state-dir"))
+                           json_schema_extra=_flag("--state-dir", **FILE))
     model: ModelSection
     source: SourceSection
     mqtt: MqttSection = MqttSection()
@@ -331,6 +343,29 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
     return config
 
 
+def default_state_dir() -> str:
+    """/var/lib/linewatch for the service; a folder of the user's own for a quick start."""
+    system = Path("/var/lib/linewatch")
+    if system.is_dir() and os.access(system, os.W_OK):
+        return str(system)
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "linewatch")
+
+
+def load_run(path: Path | None, overrides: dict[str, Any] | None = None,
+             environ: dict[str, str] | None = None) -> Config:
+    """The configuration as ``linewatch run`` sees it, with its defaults (the host name as ``device_id``): the
+    start, a reload (SIGHUP, ``cmd/reload``) and ``linewatch check`` all read it here."""
+    return load(path, overrides, environ,
+                defaults={"device_id": socket.gethostname(), "state_dir": default_state_dir()})
+
+
+def keys_marked(mark: dict[str, Any]) -> list[str]:
+    """The dotted settings whose declaration carries ``mark`` (``FILE``, ``SECRET``)."""
+    (name,) = mark
+    return [key for key, field in options.settings(Config)
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(name)]
+
+
 PAGE_SETTINGS = "setup.toml"  # in state_dir: what the setup page set
 PAGE_KEYS = ("source.roi", "source.rotate")
 
@@ -353,26 +388,30 @@ def read_page_settings(state_dir: Path) -> dict[str, Any]:
     return found
 
 
-def check_files(mqtt: MqttSection) -> list[str]:
-    """Refuse unreadable TLS (for mqtts://) and password files by their key (exit 2); return warnings about how
-    they are kept."""
+def file_findings(mqtt: MqttSection, environ: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the TLS (for mqtts://) and password files and how they are kept: every one, so that
+    ``linewatch check`` can list all there is to fix."""
     from linewatch.edge.comms.mqtt import parse_broker
 
     address = parse_broker(mqtt.broker)
-    warnings = []
+    password_in_env = bool((os.environ if environ is None else environ).get(PASSWORD_ENV))
+    errors, warnings = [], []
     for key in (("ca_file", "cert_file", "key_file") if address.tls else ()) + ("password_file",):
         name = getattr(mqtt, key)
         if name is None:
             continue
         try:
-            with open(name, "rb"):
-                pass
+            with open(name, "rb") as f:
+                empty = not f.read().strip()
             mode = os.stat(name).st_mode
         except OSError as exc:
-            raise UsageError(f"mqtt.{key} {name} cannot be read ({exc.strerror}): check the path and its "
-                             "permissions") from None
+            errors.append(f"mqtt.{key} {name} cannot be read ({exc.strerror}): check the path and its permissions")
+            continue
         if key in ("password_file", "key_file") and mode & 0o077:
             warnings.append(f"mqtt.{key} {name} can be read by other users (mode {mode & 0o777:o}): chmod 600 {name}")
+        if key == "password_file" and empty and mqtt.username and not password_in_env:
+            errors.append(f"mqtt.password_file {name} is empty: write the MQTT password of user {mqtt.username} "
+                          "into it (or set mqtt.username only where the broker needs no password)")
     if mqtt.insecure:
         warnings.append("mqtt.insecure = true: the broker's certificate and host name are not checked; anyone on "
                         "the path can read and forge this device's messages")
@@ -380,6 +419,15 @@ def check_files(mqtt: MqttSection) -> list[str]:
         secrets = "results and the password" if mqtt.username else "results"
         warnings.append(f"mqtt.broker {mqtt.broker} is not TLS: {secrets} cross the network in clear text; use "
                         "mqtts://")
+    return errors, warnings
+
+
+def check_files(mqtt: MqttSection) -> list[str]:
+    """Refuse unreadable TLS (for mqtts://) and password files by their key (exit 2); return warnings about how
+    they are kept."""
+    errors, warnings = file_findings(mqtt)
+    if errors:
+        raise UsageError("; ".join(errors))
     return warnings
 
 

@@ -50,6 +50,22 @@ logger = logging.getLogger(__name__)
 MB = 2**20
 
 
+def make_engine(cfg: Config, model: ModelArtifact) -> Engine:
+    """An engine for ``model``, at start, for every update and for ``linewatch check``; the device runs full-integer
+    models only."""
+    engine = Engine(model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
+    if not engine.integer:
+        raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
+                         "with 'linewatch convert'")
+    override = cfg.events.thresholds.get("anomaly")
+    if engine.task == "anomaly" and override is not None:
+        try:
+            engine.anomaly_threshold = anomaly_threshold(override)
+        except ValueError as exc:
+            raise UsageError(f"events.thresholds.anomaly: {exc}") from None
+    return engine
+
+
 class Daemon:
     """One running device. ``run()`` returns the exit summary."""
 
@@ -148,19 +164,7 @@ class Daemon:
                              "choose another, or check http.cert_file and http.key_file)") from None
 
     def _engine(self, model: ModelArtifact) -> Engine:
-        """An engine for ``model``, at start and for every update; the device runs full-integer models only."""
-        model_cfg = self.cfg.model
-        engine = Engine(model, model_cfg.threads or None, model_cfg.delegate, model_cfg.cpu_fallback)
-        if not engine.integer:
-            raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
-                             "with 'linewatch convert'")
-        override = self.cfg.events.thresholds.get("anomaly")
-        if engine.task == "anomaly" and override is not None:
-            try:
-                engine.anomaly_threshold = anomaly_threshold(override)
-            except ValueError as exc:
-                raise UsageError(f"events.thresholds.anomaly: {exc}") from None
-        return engine
+        return make_engine(self.cfg, model)
 
     def set_threshold(self, label: str, value: float) -> None:
         """An event threshold, live (``cmd/threshold``, reload): see ``commands.apply_threshold``."""
@@ -204,8 +208,15 @@ class Daemon:
         """
         if self.config_path is None:
             raise ValueError("started without --config: nothing to reload")
+        self.notifier.reloading()
         try:
-            fresh = config_module.load(self.config_path, self.overrides)
+            return self._reload(self.config_path)
+        finally:
+            self.notifier.reloaded()
+
+    def _reload(self, path: Path) -> list[str]:
+        try:
+            fresh = config_module.load_run(path, self.overrides)
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         self.cfg.results, self.cfg.stats = fresh.results, fresh.stats
@@ -214,13 +225,13 @@ class Daemon:
         for label, value in fresh.events.thresholds.items():
             self.set_threshold(label, value)
         reloaded = ["results", "events.thresholds", "stats"]
-        path = Path(self.cfg.model.path)
+        model_path = Path(self.cfg.model.path)
         try:
-            changed = artifact.load(path).sha256 != self.model.sha256
+            changed = artifact.load(model_path).sha256 != self.model.sha256
         except LinewatchError as exc:
             raise ValueError(f"the configuration was reloaded, the model was not: {exc}") from None
         if changed:
-            self.install(*self.updater.checked(path))
+            self.install(*self.updater.checked(model_path))
             reloaded.append("model")
         return reloaded
 
@@ -228,8 +239,8 @@ class Daemon:
         """Home Assistant discovery: retained, again on every reconnect and whenever HA comes online."""
         ha = self.cfg.homeassistant
         anomaly = self.model.card.task == "anomaly"
-        for topic, payload in discovery_messages(ha.prefix, self.cfg.device_id, self.publisher.topic,
-                                                 self.model.name, self.model.version, anomaly, self.line is not None):
+        for topic, payload in discovery_messages(ha.prefix, self.cfg.device_id, self.publisher.topic, anomaly,
+                                                 self.line is not None):
             self.publisher.publish_now(topic, payload, qos=1, retain=True)
 
     def _on_ha_status(self, msg: mqtt.MQTTMessage) -> None:

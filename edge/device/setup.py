@@ -40,8 +40,7 @@ def page_token(configured: str | None, state_dir: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     token = secrets.token_urlsafe(24)
-    write_atomic(path, token + "\n")
-    path.chmod(0o600)
+    write_atomic(path, token + "\n", mode=0o600)
     logger.warning("setup page: a token was made and kept in %s (read it there; it is never logged)", path)
     return token
 

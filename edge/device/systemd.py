@@ -80,6 +80,17 @@ class ServiceNotifier:
                     logger.warning("no progress for %.0f s: not reassuring the watchdog", stalled)
                 notify(f"STATUS={self.status()}")
 
+    def reloading(self) -> None:
+        """A reload begins (systemd holds ``systemctl reload`` until ``reloaded``)."""
+        if self.enabled:
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                   "STATUS=reloading the configuration")
+
+    def reloaded(self) -> None:
+        """The reload ended, taken or refused: the daemon runs on either way."""
+        if self.enabled:
+            notify("READY=1", f"STATUS={self.status()}")
+
     def stopping(self) -> None:
         self._stop.set()
         if self.enabled:

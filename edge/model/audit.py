@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from linewatch.edge.errors import ModelError
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import find_runtime
 
@@ -49,8 +50,12 @@ def _interpreter(model: ModelArtifact) -> Any:
     runtime = find_runtime()
     resolver = getattr(runtime, "OpResolverType", None)
     kwargs = {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if resolver else {}
-    interpreter = runtime.Interpreter(model_content=model.flatbuffer, **kwargs)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = runtime.Interpreter(model_content=model.flatbuffer, **kwargs)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{model.path} cannot be loaded by the interpreter ({str(exc).splitlines()[0]}): the file "
+                         "is damaged or not a TFLite model, copy or convert it again") from None
     return interpreter
 
 

@@ -19,12 +19,11 @@ from linewatch.edge.files import write_atomic
 
 
 def generate(private_path: Path, public_path: Path) -> None:
-    """A new key pair; the private key is written readable by its owner only."""
+    """A new key pair; the private key is written readable by its owner only, the public one by all."""
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    write_atomic(private_path, private)
-    private_path.chmod(0o600)
+    write_atomic(private_path, private, mode=0o600)
     write_atomic(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
 
