@@ -142,7 +142,7 @@ def test_wheel_installs_only_the_linewatch_namespace(tmp_path: Path) -> None:
                     str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("linewatch-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"linewatch"}
+    assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"linewatch"}  # .data: the docs
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
@@ -152,3 +152,9 @@ def test_wheel_installs_only_the_linewatch_namespace(tmp_path: Path) -> None:
     assert "linewatch" in installed and not installed & {"train", "convert", "edge"}
     assert (site / "linewatch" / "edge" / "device" / "daemon.py").is_file()
     assert not (site / "linewatch" / "__init__.py").exists()  # a namespace: other linewatch.* may join it
+    docs = venv / "share" / "doc" / "linewatch"  # where the unit's Documentation= points once installed
+    unit = (site / "linewatch" / "systemd" / "linewatch.service").read_text()
+    for line in unit.splitlines():
+        if line.startswith("Documentation=file:///opt/linewatch/"):
+            assert (venv / line.removeprefix("Documentation=file:///opt/linewatch/")).is_file(), line
+    assert (docs / "raspberry-pi.md").is_file() and (docs / "mosquitto" / "linewatch.acl").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,52 @@ def test_every_documented_exit_code_is_produced_by_a_cli_test() -> None:
     for code in (c.code for c in EXIT_CODES if c.code > 1):
         assert re.search(rf"(returncode == {code}\b|\.wait\(\d+\) == {code}\b|_one_line_error\(proc, {code}\b)",
                          tests), f"no CLI test exits {code}"
+
+
+def test_check_says_what_the_daemon_would_with_its_exit_code(tiny: Path, make_broker, tmp_path: Path) -> None:
+    """`linewatch check`: 0 when the daemon would start, else each problem in a line with the daemon's exit code."""
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "cam", "right-pw"], check=True)
+    passwords.chmod(0o644)
+    broker = make_broker(password_file=passwords)
+    secret = tmp_path / "pw"
+    secret.write_text("right-pw\n")
+    secret.chmod(0o600)
+    good = tmp_path / "good.toml"
+    good.write_text(f'state_dir = "{tmp_path}"\n[model]\npath = "{tiny}"\n[source]\nspec = "conveyor"\n'
+                    f'[mqtt]\nbroker = "{broker.url}"\nusername = "cam"\npassword_file = "{secret}"\n')
+    ok = linewatch("check", "--config", str(good), check=False)
+    assert ok.returncode == 0 and "accepted user cam" in ok.stdout and "would start" in ok.stdout, ok.stderr
+
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes(tiny.read_bytes()[:4000])
+    wrong = tmp_path / "wrong-pw"
+    wrong.write_text("guess\n")
+    for case, set_, code, words in (
+            ("an unknown key", "mqtt.colour=red", 2, "mqtt.colour"),
+            ("a truncated model", f"model.path={truncated}", 4, str(truncated)),
+            ("a wrong password", f"mqtt.password_file={wrong}", 6, "refused user cam")):
+        proc = linewatch("check", "--config", str(good), "--set", set_, check=False)
+        lines = [line for line in proc.stderr.splitlines() if not line.startswith("INFO: ")]  # LiteRT's own note
+        assert proc.returncode == code and len(lines) == 1 and words in lines[0], (case, proc.stderr)
+    secret_on_argv = linewatch("check", "--config", str(good), "--set", "http.token=abc", check=False)
+    assert secret_on_argv.returncode == 2 and "LINEWATCH_HTTP_TOKEN" in secret_on_argv.stderr
+
+
+def test_inspect_and_sign_refuse_a_model_that_does_not_load_and_public_files_are_readable(tiny: Path,
+                                                                                           tmp_path: Path) -> None:
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes(tiny.read_bytes()[:4000])
+    key = tmp_path / "key"
+    linewatch("keygen", "--out", str(key))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(Path(f"{key}.pub").stat().st_mode) == 0o644
+    for args in (("inspect", str(truncated)), ("sign", str(truncated), "--key", str(key))):
+        proc = linewatch(*args, check=False)
+        lines = [line for line in proc.stderr.splitlines() if not line.startswith("INFO: ")]  # LiteRT's own note
+        assert proc.returncode == 4 and len(lines) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "cannot be loaded" in proc.stderr
+    assert not Path(f"{truncated}.sig").exists()
+    model = tmp_path / "model.tflite"
+    model.write_bytes(tiny.read_bytes())
+    linewatch("sign", str(model), "--key", str(key))
+    assert stat.S_IMODE(Path(f"{model}.sig").stat().st_mode) == 0o644  # the service user reads a copied signature

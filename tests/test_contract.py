@@ -12,6 +12,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from linewatch.edge import __version__
 from linewatch.edge.comms.payloads import DeviceState, Event, Reply, Result, Stats
 from linewatch.edge.device import config
 from linewatch.edge.device.events import EventTracker
@@ -123,23 +124,27 @@ def test_home_assistant_discovery_is_announced_again_when_ha_comes_online(tiny: 
     sub = Collector(broker.url, "homeassistant/+/linewatch_ha-dev/#")  # other tests' devices are retained too
     proc = start_daemon(tiny, broker.url, "ha-dev", tmp_path, "--ha-discovery")
     try:
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 7, 60)
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 8, 60)
         configs = {m.topic: m.payload for m in sub.messages if m.topic.endswith("/config") and m.payload}
         removed = {m.topic for m in sub.messages if m.topic.endswith("/config") and not m.payload}
         sub.client.publish("homeassistant/status", b"online", qos=1)
-        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 14, 30)
+        assert sub.wait_for(lambda s: len([m for m in s.messages if m.topic.endswith("/config")]) >= 16, 30)
         stop_daemon(proc)
     finally:
         proc.kill()
         sub.close()
     node = "homeassistant/{}/linewatch_ha-dev/{}/config"  # the device id as it is: an ACL grants linewatch_%u
     assert set(configs) == {node.format("binary_sensor", "defect"), node.format("sensor", "events"),
-                            node.format("sensor", "fps")}
+                            node.format("sensor", "fps"), node.format("sensor", "model")}
     # a classifier in free mode: the anomaly and line entities are announced empty, which removes any left
     assert removed == {node.format("binary_sensor", "anomaly"), node.format("sensor", "last_part"),
                        node.format("sensor", "yield"), node.format("sensor", "rejected")}
     defect = configs[node.format("binary_sensor", "defect")]
+    model = configs.pop(node.format("sensor", "model"))  # the running model, from the retained status
+    assert model["state_topic"] == "linewatch/ha-dev/status" and model["entity_category"] == "diagnostic"
     assert all(c["state_topic"] == "linewatch/ha-dev/state" for c in configs.values())  # never the per-frame result
+    assert configs[node.format("sensor", "fps")]["entity_category"] == "diagnostic"
+    assert {c["device"]["sw_version"] for c in configs.values()} == {__version__}  # linewatch's, not the model's
     assert defect["device_class"] == "problem" and defect["availability_topic"] == "linewatch/ha-dev/status"
     assert len({json.dumps(c["device"], sort_keys=True) for c in configs.values()}) == 1  # one device
 

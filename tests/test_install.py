@@ -33,8 +33,11 @@ def _mode_owner(path: Path) -> tuple[str, int, int]:
 def test_install_into_a_root_sets_every_file_owner_and_mode(tiny: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     venv = _venv(tmp_path / "opt" / "linewatch")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
     proc = linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody", "--model", str(tiny),
-                     "--device-id", "line-7", "--broker", "mqtt://broker.plant:1883", "--source", "usb:0")
+                     "--device-id", "line-7", "--broker", "mqtt://broker.plant:1883", "--source", "usb:0",
+                     "--password-file", str(secret))
     uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
     etc, state = root / "etc" / "linewatch", root / "var" / "lib" / "linewatch"
     unit = root / "etc" / "systemd" / "system" / "linewatch.service"
@@ -48,13 +51,15 @@ def test_install_into_a_root_sets_every_file_owner_and_mode(tiny: Path, tmp_path
     text = unit.read_text()
     assert f"ExecStart={venv}/bin/linewatch run --config /etc/linewatch/linewatch.toml" in text
     assert "User=nobody" in text and "Type=notify" in text
+    assert f"Documentation=file://{venv}/share/doc/linewatch/raspberry-pi.md" in text  # the docs pip put there
     cfg = config.load(etc / "linewatch.toml", environ={})
     assert (cfg.device_id, cfg.mqtt.broker, cfg.source.spec) == ("line-7", "mqtt://broker.plant:1883", "usb:0")
     assert "wrote" in proc.stdout
 
     (etc / "linewatch.toml").write_text((etc / "linewatch.toml").read_text().replace("line-7", "line-8"))
     again = linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody", "--device-id", "other")
-    assert "linewatch.toml" not in again.stdout.split("configuration:")[0]  # the configuration is never rewritten
+    assert f"wrote {etc / 'linewatch.toml'}" not in again.stdout  # an edited configuration is never rewritten
+    assert "it was edited since install wrote it, so these were not applied: device_id = other" in again.stdout
     assert config.load(etc / "linewatch.toml", environ={}).device_id == "line-8"
 
     kept = linewatch("uninstall", "--root", str(root))
@@ -72,3 +77,31 @@ def test_install_names_what_is_wrong(tmp_path: Path) -> None:
     flat = _venv(tmp_path / "flat-venv", system_site_packages=False)
     proc = linewatch("install", "--root", str(tmp_path), "--venv", str(flat), "--user", "nobody", check=False)
     assert proc.returncode == 2 and "--system-site-packages" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_install_with_only_a_model_and_a_device_id_does_not_start_and_says_what_to_fill_in(tiny: Path,
+                                                                                           tmp_path: Path) -> None:
+    root, venv = tmp_path / "root", _venv(tmp_path / "venv")
+    proc = linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody", "--model", str(tiny),
+                     "--device-id", "line-9", check=False)
+    etc = root / "etc" / "linewatch"
+    assert proc.returncode == 2, proc.stderr  # the daemon's own exit code for what is missing
+    assert (etc / "linewatch.toml").is_file() and (root / "etc/systemd/system/linewatch.service").is_file()
+    said = proc.stderr
+    assert "not started" in said
+    assert f"mqtt.ca_file {etc / 'ca.pem'} cannot be read" in said  # the example's CA file: --ca-file brings it
+    assert f"mqtt.password_file {etc / 'mqtt-password'} is empty" in said
+    assert "mqtt.broker is still the example's" in said and "Traceback" not in said
+    cfg = config.load(etc / "linewatch.toml", environ={})
+    assert (cfg.device_id, cfg.mqtt.username) == ("line-9", "line-9")  # the MQTT user is the device id (the ACL)
+
+    # The flags again, on the configuration install wrote and nobody edited: applied there, and now it checks (a
+    # plain mqtt:// broker needs no CA file; nothing listens on port 1, which is a note, not a failure).
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    again = linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody", "--broker",
+                      "mqtt://127.0.0.1:1", "--password-file", str(secret), check=False)
+    assert again.returncode == 0, again.stderr
+    assert "cannot be reached now" in again.stdout and "checked as the daemon reads it" in again.stdout
+    assert (etc / "mqtt-password").read_text() == "s3cret\n" and _mode_owner(etc / "mqtt-password")[0] == "0o600"
+    assert config.load(etc / "linewatch.toml", environ={}).mqtt.broker == "mqtt://127.0.0.1:1"

@@ -46,9 +46,10 @@ def discovery_messages(prefix: str, device_id: str, topic: Callable[[str], str],
         entity("sensor", "fps", "Frames per second", "{{ value_json.fps }}", unit_of_measurement="frames/s",
                state_class="measurement", entity_category="diagnostic"),
         # the running model, from the retained status (it changes with an OTA update, not with linewatch's version)
-        entity("sensor", "model", "Model", "{{ value_json.model }} {{ value_json.version }}", state_topic=topic("status"),
-               json_attributes_topic=topic("status"), json_attributes_template="{{ {'sha256': value_json.sha256} "
-               "| tojson }}", entity_category="diagnostic", icon="mdi:brain"),
+        entity("sensor", "model", "Model", "{{ value_json.model }} {{ value_json.version }}",
+               state_topic=topic("status"), json_attributes_topic=topic("status"),
+               json_attributes_template="{{ {'sha256': value_json.sha256} | tojson }}", entity_category="diagnostic",
+               icon="mdi:brain"),
         entity("binary_sensor", "anomaly", "Anomaly", "{{ 'ON' if value_json.anomaly else 'OFF' }}", anomaly,
                device_class="problem"),
         entity("sensor", "last_part", "Last part", "{{ value_json.last_verdict }}", line, icon="mdi:package-variant"),

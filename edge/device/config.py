@@ -409,9 +409,9 @@ def file_findings(mqtt: MqttSection, environ: dict[str, str] | None = None) -> t
             continue
         if key in ("password_file", "key_file") and mode & 0o077:
             warnings.append(f"mqtt.{key} {name} can be read by other users (mode {mode & 0o777:o}): chmod 600 {name}")
-        if key == "password_file" and empty and mqtt.username and not password_in_env:
+        if key == "password_file" and empty and mqtt.username and not mqtt.cert_file and not password_in_env:
             errors.append(f"mqtt.password_file {name} is empty: write the MQTT password of user {mqtt.username} "
-                          "into it (or set mqtt.username only where the broker needs no password)")
+                          "into it (or remove the password_file line where a client certificate identifies us)")
     if mqtt.insecure:
         warnings.append("mqtt.insecure = true: the broker's certificate and host name are not checked; anyone on "
                         "the path can read and forge this device's messages")

@@ -80,8 +80,8 @@ def _packaged(name: str) -> str:
 
 
 def unit_text(layout: Layout) -> str:
-    """The packaged unit, running this venv's ``linewatch`` as ``layout.user``."""
-    text = _packaged(UNIT_NAME).replace("/opt/linewatch/bin/linewatch", str(layout.venv / "bin" / "linewatch"))
+    """The packaged unit, running this venv's ``linewatch`` as ``layout.user``, its documentation in this venv."""
+    text = _packaged(UNIT_NAME).replace("/opt/linewatch/", f"{layout.venv}/")
     return text.replace("User=linewatch", f"User={layout.user}").replace("Group=linewatch", f"Group={layout.user}")
 
 
