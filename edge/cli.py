@@ -144,7 +144,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from linewatch.edge.tools.deploy import deploy
 
     if bool(args.device) == args.all:
-        raise UsageError("name the devices with --device ID (repeatable), or pass --all for every device online")
+        raise UsageError("name the devices with --device-id ID (repeatable), or pass --all for every device online")
     results = deploy(args.model, args.broker, None if args.all else args.device, prefix=args.prefix,
                      protocol=args.protocol, timeout=args.timeout,
                      credentials=Credentials(args.username, read_password(args.password_file), args.ca_file))
@@ -322,7 +322,7 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_inspect)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair to sign models with (KEY and KEY.pub)")
-    p.add_argument("--out", required=True, help="the private key file; the public key goes to OUT.pub")
+    p.add_argument("-o", "--out", required=True, help="the private key file; the public key goes to OUT.pub")
     p.add_argument("--force", action="store_true", help="replace an existing key")
     p.set_defaults(handler=_cmd_keygen)
 
@@ -333,7 +333,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("deploy", help="send a .tflite to devices over MQTT; each checks it, swaps it in and replies")
     p.add_argument("model", help="a .tflite made by 'linewatch convert' (MODEL.sig is sent along when present)")
-    p.add_argument("--device", action="append", help="a device id (repeat for several)")
+    p.add_argument("--device-id", "--device", dest="device", action="append",
+                   help="a device id (repeat for several); --device is the older name")
     p.add_argument("--all", action="store_true", help="every device whose status is online")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each device's verdict")
     _broker_options(p)
@@ -402,12 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="linewatch", description="Defect classification on a factory line: train, convert, run on a Pi.",
         epilog=exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"linewatch {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", default="INFO", choices=levels, help="default: INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _edge_commands(sub)
     if importlib.util.find_spec("tensorflow") is not None:  # a device has LiteRT only: no train or convert there
         for name in WORKSTATION_COMMANDS:
             importlib.import_module(name).add_commands(sub)
+    for command in sub.choices.values():  # before or after the command's name, as people type it
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels, help="default: INFO")
     return parser
 
 

@@ -141,3 +141,8 @@ def test_inspect_and_sign_refuse_a_model_that_does_not_load_and_public_files_are
     model.write_bytes(tiny.read_bytes())
     linewatch("sign", str(model), "--key", str(key))
     assert stat.S_IMODE(Path(f"{model}.sig").stat().st_mode) == 0o644  # the service user reads a copied signature
+
+
+def test_log_level_is_taken_after_the_command_too(tmp_path: Path) -> None:
+    proc = linewatch("keygen", "-o", str(tmp_path / "key"), "--log-level", "DEBUG", check=False)
+    assert proc.returncode == 0 and (tmp_path / "key.pub").is_file(), proc.stderr

@@ -113,7 +113,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
         home_assistant.client.publish("homeassistant/status", b"online", qos=1)  # HA restarted: announce again
         assert home_assistant.wait_for(lambda s: len(configs(s)) >= 2 * announced, 30)
 
-        deployed = linewatch("deploy", str(tiny), "--device", "line-3", "--broker", broker.url, "--username",
+        deployed = linewatch("deploy", str(tiny), "--device-id", "line-3", "--broker", broker.url, "--username",
                              "operator", "--password-file", str(_secret(tmp_path, "operator")), "--ca-file", str(ca),
                              "--timeout", "120", check=False)
         assert deployed.returncode == 0, deployed.stderr
