@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from linewatch.edge import __version__
 from linewatch.edge.comms.payloads import PartMessage, Stats
 from linewatch.edge.demo.brokers import free_port
 from linewatch.edge.demo.line import pin_history
 from linewatch.edge.device.config import LineSection
 from linewatch.edge.device.line import LineController
 from linewatch.edge.device.pipeline import Frame, Result
+from linewatch.edge.model import artifact
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.card import ModelCard
 from linewatch.edge.model.engine import Prediction
@@ -194,6 +196,10 @@ def test_the_daemon_takes_mqtt_triggers_and_publishes_one_part_message_each(tiny
     assert [s.value for s in metrics["linewatch_frames"].samples if s.name.endswith("_total")][0] > 0
     decision = {s.name: s.value for s in metrics["linewatch_part_decision_seconds"].samples}
     assert decision["linewatch_part_decision_seconds_count"] == 6
+    assert all(s.labels["device_id"] == "line-mqtt" for m in metrics.values() for s in m.samples)  # one label set
+    assert metrics["linewatch_stage_latency_seconds"].type == "summary"  # quantiles, _count and _sum, not a gauge
+    assert metrics["linewatch_info"].samples[0].labels["version"] == __version__
+    assert metrics["linewatch_model_info"].samples[0].labels["sha256"] == artifact.load(tiny).sha256
     state = sub.on("/state")[-1]
     assert state["parts"] == 6 and state["last_verdict"] in ("good", "defect") and 0 <= state["yield"] <= 1
 

@@ -18,7 +18,18 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from linewatch.edge.demo.brokers import MosquittoBroker
-from tests.helpers import CLI, ENV, ROOT, Collector, linewatch, stop_daemon, wait_until
+from tests.helpers import (
+    CLI,
+    ENV,
+    ROOT,
+    Collector,
+    linewatch,
+    spool_backlog,
+    spooled_results,
+    start_daemon,
+    stop_daemon,
+    wait_until,
+)
 from tests.test_contract import _certificates
 from tests.test_install import _venv
 
@@ -135,3 +146,20 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
         proc.kill()
         for client in (dashboard, home_assistant, operator, intruder):
             client.close()
+
+
+def test_a_device_the_acl_does_not_cover_says_so_in_its_log(tiny: Path, make_broker: Callable[..., MosquittoBroker],
+                                                            tmp_path: Path) -> None:
+    """Device line-3's id under user line-4's name: the broker drops every message; the log says why, once."""
+    broker, ca = _shipped_broker(make_broker, tmp_path)
+    proc = start_daemon(tiny, broker.url, "line-3", tmp_path / "state", "--username", "line-4", "--password-file",
+                        str(_secret(tmp_path, "line-4")), "--ca-file", str(ca))
+    try:
+        state = tmp_path / "state"  # results made, and all of them answered by the broker (with a refusal)
+        assert wait_until(lambda: spooled_results(state, "line-3") >= 20 and spool_backlog(state, "line-3") == 0,
+                          timeout=60)
+        _, err = stop_daemon(proc)
+    finally:
+        proc.kill()
+    refusals = [line for line in err.splitlines() if "refuses our messages" in line]
+    assert len(refusals) == 1 and "let user line-4 write linewatch/line-3/#" in refusals[0], err[-3000:]

@@ -75,6 +75,7 @@ class DevicePublisher:
         self._stopping = False
         self._subscriptions: list[str] = []
         self._on_connect_hooks: list[Callable[[], None]] = []
+        self._refused: set[int] = set()  # reason codes of PUBACKs that refused a message, said once each
         self.client.will_set(self.topic("status"), self._status("offline"), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -253,6 +254,12 @@ class DevicePublisher:
                 self._wake = False
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False) and reason.value not in self._refused:
+            # MQTT 5: the broker took the message and dropped it (an ACL without this topic); retrying would not
+            # change its mind, so the entry leaves the spool like any answered one. Said once per reason.
+            self._refused.add(reason.value)
+            logger.error("the MQTT broker at %s refuses our messages (%s): its ACL must let user %s write %s/#",
+                         self.address, reason, self.credentials.username or "(anonymous)", self.topic("")[:-1])
         self._nudge()  # the drain thread reaps what was acknowledged
 
     # --- direct messages (status, stats, replies, discovery) -----------------------------------

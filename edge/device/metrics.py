@@ -2,9 +2,10 @@
 
 A custom collector reads the counters the daemon keeps anyway (pipeline, sink, spool, line), so
 metrics cost nothing between scrapes. The one histogram, the parts' decision latency, is
-observed once a part (a few a second). Served by the setup page's server (with its token) and,
-with ``metrics.listen``, on an address of its own without a token, as Prometheus expects
-(docs/line-io.md has a scrape config).
+observed once a part (a few a second). Every metric carries ``device_id``; ``linewatch_info``
+and ``linewatch_model_info`` name the release and the running model (with its sha256). Served
+by the setup page's server (with its token) and, with ``metrics.listen``, on an address of its
+own without a token, as Prometheus expects (docs/line-io.md has a scrape config).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from linewatch.edge import __version__
 
 if TYPE_CHECKING:
     from linewatch.edge.device.daemon import Daemon
@@ -53,12 +57,23 @@ class DaemonCollector(Collector):
         yield gauge("linewatch_spool_backlog", "Messages waiting for the broker.", spool.backlog())
         yield gauge("linewatch_broker_connected", "1 while connected to the MQTT broker.",
                     float(d.publisher.state == "connected"))
-        stages = GaugeMetricFamily("linewatch_stage_latency_seconds", "Per pipeline stage, over the last 1000 frames.",
-                                   labels=[*labels, "stage", "quantile"])
-        for stage in stats.timings_ms:
-            for q in (50, 99):
-                stages.add_metric([*device, stage, str(q / 100)], stats.percentile(stage, q) / 1000)
+        # A summary over the last 1000 frames of each stage, as the pipeline keeps them: quantiles, _count and _sum.
+        stages = Metric("linewatch_stage_latency_seconds", "Per pipeline stage, over the last 1000 frames.", "summary")
+        for stage, window in stats.timings_ms.items():
+            values_ms, where = list(window), {"device_id": d.cfg.device_id, "stage": stage}
+            for q in (0.5, 0.99):
+                value = float(np.percentile(values_ms, q * 100)) / 1000 if values_ms else 0.0
+                stages.add_sample(stages.name, {**where, "quantile": str(q)}, value)
+            stages.add_sample(f"{stages.name}_count", where, len(values_ms))
+            stages.add_sample(f"{stages.name}_sum", where, sum(values_ms) / 1000)
         yield stages
+        info = InfoMetricFamily("linewatch", "The linewatch release this device runs.", labels=labels)
+        info.add_metric(device, {"version": __version__})
+        yield info
+        model = InfoMetricFamily("linewatch_model", "The model this device classifies with.", labels=labels)
+        model.add_metric(device, {"name": d.model.name, "version": d.model.version, "sha256": d.model.sha256,
+                                  "task": d.model.card.task})
+        yield model
         if d.line is not None:
             counts = d.line.counters
             parts = CounterMetricFamily("linewatch_parts", "Parts by verdict.", labels=[*labels, "verdict"])
@@ -81,8 +96,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(DaemonCollector(daemon))
         self.decision = Histogram("linewatch_part_decision_seconds", "From a part's trigger to its verdict.",
-                                  buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-                                  registry=self.registry)
+                                  labelnames=["device_id"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                                                                     5.0),
+                                  registry=self.registry).labels(daemon.cfg.device_id)  # every metric's labels
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
