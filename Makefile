@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
+.PHONY: demo test test-device test-workstation lint docs schemas tiny-model dist pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ test-workstation: $(STAMP) broker
 	$(BIN)/python -m pytest -m workstation
 
 test: lint test-device test-workstation
+
+# The offline release for a Pi with no network (docs/raspberry-pi.md): dist/linewatch-VERSION-pi.tar.gz, the wheel and
+# the aarch64 wheels of everything apt does not give, for bookworm and trixie, and its .sha256.
+dist: $(STAMP)
+	$(BIN)/python tests/pi/dist.py
 
 # The Pi install of docs/raspberry-pi.md in emulated arm64 trixie and bookworm roots (root; roots cached in
 # ~/.cache/linewatch/pi, about 30 minutes with them). qemu comes from trixie's qemu-user: bookworm's 7.2 crashes

@@ -3,7 +3,8 @@
 Raspberry Pi OS bookworm and trixie are Debian bookworm and trixie for arm64 plus Raspberry Pi's
 own packages (picamera2 among them, which cannot be had here). For each, this builds a Debian
 root with ``mmdebstrap`` (cached, see below), runs it through ``qemu-user`` via binfmt_misc,
-installs linewatch as docs/raspberry-pi.md says, and asserts:
+installs linewatch from ``make dist``'s offline archive as docs/raspberry-pi.md says, in a network
+namespace of its own (no network at all: the step fails if it can reach the host), and asserts:
 
 - the venv imports the system's numpy, and an apt extension built against it (python3-bottleneck,
   a small C extension standing for picamera2's simplejpeg, which Debian does not have) still imports;
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linewatch" / "pi"
@@ -173,12 +175,14 @@ class Chroot:
     def __exit__(self, *exc: object) -> None:
         unmount_under(self.root)
 
-    def sh(self, script: str, capture: bool = False) -> str:
-        proc = run("chroot", self.root, "/bin/sh", "-ec", script, capture_output=capture, text=True)
+    def sh(self, script: str, capture: bool = False, offline: bool = False) -> str:
+        """Run ``script`` in the root; ``offline``: in a network namespace of its own, with no network at all."""
+        cut = ("unshare", "--net") if offline else ()
+        proc = run(*cut, "chroot", self.root, "/bin/sh", "-ec", script, capture_output=capture, text=True)
         return proc.stdout if capture else ""
 
 
-def check(suite: str, wheel: Path, tiny: Path, broker_url: str) -> dict[str, object]:
+def check(suite: str, archive: Path, tiny: Path, broker_url: str) -> dict[str, object]:
     step(f"{suite}: an arm64 Debian root")
     root = fresh_root(suite)
     src = root / "opt" / "src"
@@ -186,17 +190,24 @@ def check(suite: str, wheel: Path, tiny: Path, broker_url: str) -> dict[str, obj
     for name in tracked.split():  # the tests read the repository too (docs, the architecture table)
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
-    shutil.copy(wheel, src / wheel.name)
+    for name in (archive.name, f"{archive.name}.sha256"):
+        shutil.copy(archive.parent / name, src / name)
+    folder = archive.name.removesuffix(".tar.gz")
+    host, port = urlsplit(broker_url).hostname, urlsplit(broker_url).port
     with Chroot(root) as chroot:
-        step(f"{suite}: install as docs/raspberry-pi.md says (the wheel stands for PyPI)")
+        step(f"{suite}: install from the offline archive as docs/raspberry-pi.md says, with the network cut")
         started = time.monotonic()
-        chroot.sh("python3 -m venv --system-site-packages /opt/linewatch\n"
+        chroot.sh(f"if python3 -c \"import socket; socket.create_connection(('{host}', {port}), 5)\"; then\n"
+                  "  echo 'the network is not cut' >&2; exit 1\nfi\n"
+                  f"cd /opt/src && sha256sum -c {archive.name}.sha256 && tar xzf {archive.name}\n"
+                  "python3 -m venv --system-site-packages /opt/linewatch\n"
                   "python3 -c 'import numpy; print(\"numpy==\" + numpy.__version__)' > /tmp/system-numpy.txt\n"
-                  f"/opt/linewatch/bin/pip install -q -c /tmp/system-numpy.txt '/opt/src/{wheel.name}[edge,test]'\n"
+                  "/opt/linewatch/bin/pip install -q --disable-pip-version-check --no-index --find-links "
+                  f"/opt/src/{folder}/wheels -c /tmp/system-numpy.txt 'linewatch[edge,test]'\n"
                   "echo pi-check-password > /tmp/mqtt-password\n"  # the host's test broker takes any password
                   f"/opt/linewatch/bin/linewatch install --model /opt/src/tests/fixtures/{tiny.name} "
                   f"--device-id pi-{suite} --broker {broker_url} --password-file /tmp/mqtt-password "
-                  "--source /tmp/photos")
+                  "--source /tmp/photos", offline=True)
         install_s = time.monotonic() - started
         unit = (root / "etc/systemd/system/linewatch.service").read_text()
         assert "ExecStart=/opt/linewatch/bin/linewatch run" in unit and "Type=notify" in unit
@@ -243,6 +254,7 @@ def main() -> int:
         return 1 if args.strict else 0
     sys.path.insert(0, str(ROOT))
     from linewatch.edge.demo.brokers import MosquittoBroker
+    from tests.pi import dist
 
     started = time.monotonic()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -253,8 +265,7 @@ def main() -> int:
         print(f"pi-check: cannot set up arm64 emulation ({exc}): skipped", file=sys.stderr)
         return 1 if args.strict else 0
     with tempfile.TemporaryDirectory() as tmp:
-        run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp, ROOT)
-        wheel = next(Path(tmp).glob("linewatch-*.whl"))
+        archive = dist.build(Path(tmp), extras="edge,test")  # make dist's archive, with the device tier's runner
         broker = MosquittoBroker(workdir=Path(tmp) / "mosquitto")
         broker.start()
         try:
@@ -269,7 +280,7 @@ def main() -> int:
                     print(f"\npi-check: left out {left_out[-1]}", file=sys.stderr, flush=True)
                     continue
                 begun = time.monotonic()
-                results.append(check(suite, wheel, ROOT / "tests" / "fixtures" / "tiny.tflite", broker.url))
+                results.append(check(suite, archive, ROOT / "tests" / "fixtures" / "tiny.tflite", broker.url))
                 slowness = max(1.0, (time.monotonic() - begun) / planned)
         except Unavailable as exc:
             print(f"pi-check: {exc}: skipped", file=sys.stderr)
