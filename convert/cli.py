@@ -59,8 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="dataset folder or CSV, as for train")
     p.add_argument("-o", "--out", required=True, help="folder for the trials, tune.json, report.html; the best run "
                                                       "is kept as OUT/best")
-    p.add_argument("--budget", default="20m", help="wall time for the whole search, e.g. 20m, 90s, 1h (default 20m)")
-    p.add_argument("--target", default="pi4", help="host, pi4 or pi5: where the latency limit applies (default pi4)")
+    p.add_argument("--budget", default="20m", help="wall time for the whole search, e.g. 20m, 90s, 1h")
+    p.add_argument("--target", default="pi4", choices=["host", "pi4", "pi5"], help="where the latency limit applies")
     p.add_argument("--max-latency", help="int8 latency limit on the target, e.g. 20ms (default: none)")
     p.add_argument("--max-size", help="int8 model size limit, e.g. 512k or 2m (default: none)")
     p.add_argument("--trials", type=int, help="stop after this many candidates (default: when the budget ends)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from linewatch.edge import options
 from linewatch.edge.comms.payloads import TOPIC_PAYLOADS, json_schema
-from linewatch.edge.device.config import Config, env_name
+from linewatch.edge.device.config import RUN_DEFAULTS, Config, env_name
 from linewatch.edge.errors import exit_code_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,8 @@ def configuration() -> str:
     for key, field in options.settings(Config):
         kind = str(field.annotation).replace("typing.", "").replace("NoneType", "None")
         kind = re.sub(r"<class '(\w+)'>", r"\1", kind).replace("|", "or")
-        default = "required" if field.is_required() else f"`{options.default_text(field)}`" \
-            if options.default_text(field) else ""
+        default = RUN_DEFAULTS[key][0] if key in RUN_DEFAULTS else "required" if field.is_required() else \
+            f"`{options.default_text(field)}`" if options.default_text(field) else ""
         flag = f"`{options.flag(field)}`" if options.flag(field) else ""
         lines.append(f"| `{key}` | {kind} | {default} | {flag} | `{env_name(key)}` | {field.description or ''} |")
     return "\n".join(lines) + "\n"

@@ -281,8 +281,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, score, top (and an "
                                                         "anomaly model's anomaly_score, anomalous)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--top-k", type=int, default=3, help="scores to show per image")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: one a core, less one on 3 or more)")
     p.add_argument("--review-dir", help="keep the images most worth labelling here, in a folder per label: the "
                                         "most anomalous, or the classifier's least sure")
     p.add_argument("--review-count", type=int, default=20, help="how many --review-dir keeps")
@@ -301,8 +301,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="as for run; frames are read once and replayed")
     p.add_argument("--frames", type=int, default=300, help="distinct frames read from the source")
     p.add_argument("--seconds", type=float, default=0.5, help="each loop replays the frames for at least this long")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--labels")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: one a core, less one on 3 or more)")
+    p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true", help="JSON with pipeline_fps, bare_fps and ratio")
     p.set_defaults(handler=_cmd_bench)
 
@@ -318,7 +318,7 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print a .tflite's model card, ops and input/output quantization")
     p.add_argument("model", help="a .tflite")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object: card, io, ops")
     p.set_defaults(handler=_cmd_inspect)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair to sign models with (KEY and KEY.pub)")
@@ -374,14 +374,14 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo-data", help="render the synthetic factory line as a folder-per-class dataset")
     p.add_argument("out", help="output folder")
-    p.add_argument("--per-class", type=int, default=300, help="images per class (default: 300)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=int, default=300, help="images per class")
+    p.add_argument("--seed", type=int, default=0, help="the simulator's seed: another seed, other images")
     p.set_defaults(handler=_cmd_demo_data)
 
     p = sub.add_parser("demo", help="the whole path on this machine: data, train, convert, broker, daemon, subscriber")
     p.add_argument("--workdir", default="build/demo", help="where artifacts land (default: build/demo)")
-    p.add_argument("--per-class", type=int, default=300)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--per-class", type=int, default=300, help="images per class of the demo's data set")
+    p.add_argument("--epochs", type=int, default=30, help="most training epochs")
     p.add_argument("--frames", type=int, default=400, help="conveyor frames for the daemon")
     p.add_argument("--line", action="store_true", help="a line with a photo-eye and a reject gate on simulated "
                                                        "GPIO pins, judged part by part (docs/line-io.md)")
@@ -398,6 +398,17 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Every option's help says its default, unless it has none to show or says it already (the settings' options
+    say theirs from the settings models)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linewatch", description="Defect classification on a factory line: train, convert, run on a Pi.",
@@ -410,8 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     if importlib.util.find_spec("tensorflow") is not None:  # a device has LiteRT only: no train or convert there
         for name in WORKSTATION_COMMANDS:
             importlib.import_module(name).add_commands(sub)
-    for command in sub.choices.values():  # before or after the command's name, as people type it
-        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels, help="default: INFO")
+    for command in sub.choices.values():
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels,  # before or after the command
+                             help="default: INFO")
+        command.formatter_class = DefaultsShown
     return parser
 
 

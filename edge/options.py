@@ -76,7 +76,8 @@ def add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None
         if shown and "default:" not in help_text:
             help_text += f" (default: {shown})"
         const = _extra(field).get("const")  # the flag alone gives this value
-        parser.add_argument(name, dest=key, default=None, choices=values, metavar=key.rsplit(".", 1)[-1].upper(),
+        metavar = "{" + ",".join(values) + "}" if values else key.rsplit(".", 1)[-1].upper()  # the choices, shown
+        parser.add_argument(name, dest=key, default=None, choices=values, metavar=metavar,
                             help=help_text, **({"nargs": "?", "const": const} if const is not None else {}))
 
 

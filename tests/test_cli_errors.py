@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from linewatch.edge.cli import build_parser
 from linewatch.edge.demo.brokers import free_port
 from linewatch.edge.simulator import write_dataset
 from tests.helpers import linewatch, spooled_results, start_daemon, stop_daemon, summary, wait_until
@@ -146,3 +148,17 @@ def test_inspect_and_sign_refuse_a_model_that_does_not_load_and_public_files_are
 def test_log_level_is_taken_after_the_command_too(tmp_path: Path) -> None:
     proc = linewatch("keygen", "-o", str(tmp_path / "key"), "--log-level", "DEBUG", check=False)
     assert proc.returncode == 0 and (tmp_path / "key.pub").is_file(), proc.stderr
+
+
+def test_every_option_of_every_command_shows_its_default_and_choices() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings:
+                continue
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert f"default: {action.default}" in text or "default:" in (action.help or ""), (name, action.dest)
+            if action.choices:
+                assert "{" + ",".join(map(str, action.choices)) + "}" in text, (name, action.dest)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.edge.model import artifact
+from linewatch.edge.model import artifact, signing
 from linewatch.edge.model.card import InputSpec
 from linewatch.edge.tools.deploy import CHUNK_SIZE
 from tests.helpers import Collector, linewatch, start_daemon, stop_daemon
@@ -61,7 +61,10 @@ def test_updates_refusals_and_rollback(tiny: Path, broker, tmp_path: Path) -> No
 
         bad_shape = _variant(tiny, tmp_path / "shape.tflite", version="v9",
                              input=InputSpec(height=10, width=10))
-        linewatch("sign", str(bad_shape), "--key", str(tmp_path / "plant.key"))
+        refused = linewatch("sign", str(bad_shape), "--key", str(tmp_path / "plant.key"), check=False)
+        assert refused.returncode == 4  # linewatch sign signs only what a device would run; another signer might:
+        Path(f"{bad_shape}.sig").write_bytes(signing.sign(bad_shape.read_bytes(),
+                                                          signing.load_private(tmp_path / "plant.key")))
         code, err = _deploy(bad_shape, broker.url, "ota-dev")
         assert code == 4 and "card says 10x10 pixels but the model takes 72x96" in err
         assert _results_keep_coming(sub, v1)

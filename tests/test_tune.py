@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.convert.tune import Candidate, pareto_front, parse_duration, parse_kib, parse_ms
+from linewatch.convert.tune import TARGETS, Candidate, pareto_front, parse_duration, parse_kib, parse_ms
+from linewatch.edge.cli import build_parser
 from linewatch.edge.errors import UsageError
 from linewatch.edge.model import artifact
 from tests.helpers import linewatch
@@ -74,3 +75,9 @@ def test_the_pareto_front_keeps_only_undominated_candidates() -> None:
 
     a, b, c, d = cand(1, 0.90, 5), cand(2, 0.95, 10), cand(3, 0.93, 12), cand(4, 0.97, 30)
     assert pareto_front([a, b, c, d]) == [a, b, d]
+
+
+def test_the_tune_commands_target_choices_are_the_targets_it_knows() -> None:
+    """The CLI names them without importing the search (and TensorFlow); this keeps the two lists one."""
+    tune = build_parser()._subparsers._group_actions[0].choices["tune"]
+    assert next(a for a in tune._actions if a.dest == "target").choices == list(TARGETS)

@@ -19,6 +19,7 @@ import contextlib
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -257,14 +258,30 @@ class MetricsSection(Section):
                            json_schema_extra=_flag("--metrics"))
 
 
+def default_state_dir() -> str:
+    """/var/lib/linewatch for the service; a folder of the user's own for a quick start."""
+    system = Path("/var/lib/linewatch")
+    if system.is_dir() and os.access(system, os.W_OK):
+        return str(system)
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "linewatch")
+
+
+# What ``linewatch run`` fills in where the file and flags say nothing (``load_run``): as people read it, and how.
+RUN_DEFAULTS: dict[str, tuple[str, Callable[[], str]]] = {
+    "device_id": ("the host name", socket.gethostname),
+    "state_dir": ("/var/lib/linewatch when writable, else ~/.local/state/linewatch", default_state_dir),
+}
+
+
 class Config(Section):
     """Everything ``linewatch run`` needs; see docs/configuration.md."""
 
     device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$",
-                           description="device id in topics, topic-safe: letters, digits, _ . - (default: host name)",
+                           description="device id in topics, topic-safe: letters, digits, _ . - "
+                                       f"(default: {RUN_DEFAULTS['device_id'][0]})",
                            json_schema_extra=_flag("--device-id"))
-    state_dir: str = Field("/var/lib/linewatch", description="spool and snapshots (default: /var/lib/linewatch when "
-                                                             "writable, else ~/.local/state/linewatch)",
+    state_dir: str = Field("/var/lib/linewatch", description="spool and snapshots "
+                                                             f"(default: {RUN_DEFAULTS['state_dir'][0]})",
                            json_schema_extra=_flag("--state-dir", **FILE))
     model: ModelSection
     source: SourceSection
@@ -343,20 +360,11 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
     return config
 
 
-def default_state_dir() -> str:
-    """/var/lib/linewatch for the service; a folder of the user's own for a quick start."""
-    system = Path("/var/lib/linewatch")
-    if system.is_dir() and os.access(system, os.W_OK):
-        return str(system)
-    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "linewatch")
-
-
 def load_run(path: Path | None, overrides: dict[str, Any] | None = None,
              environ: dict[str, str] | None = None) -> Config:
     """The configuration as ``linewatch run`` sees it, with its defaults (the host name as ``device_id``): the
     start, a reload (SIGHUP, ``cmd/reload``) and ``linewatch check`` all read it here."""
-    return load(path, overrides, environ,
-                defaults={"device_id": socket.gethostname(), "state_dir": default_state_dir()})
+    return load(path, overrides, environ, defaults={key: find() for key, (_, find) in RUN_DEFAULTS.items()})
 
 
 def keys_marked(mark: dict[str, Any]) -> list[str]:
