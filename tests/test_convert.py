@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import cv2
@@ -37,6 +38,7 @@ def test_every_op_is_integer_and_edgetpu_mappable(trained: TrainedModel) -> None
     assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= {op.name for op in ops}
     report = trained.report
     assert report["edgetpu_unsupported_ops"] == [] and report["failures"] == []
+    assert stat.S_IMODE(trained.model.stat().st_mode) == 0o644  # a service user reads a copy made with its mode
 
 
 def test_report_compares_every_quantization(trained: TrainedModel) -> None:
