@@ -87,6 +87,8 @@ def probe_broker(cfg: Config, timeout: float = 5.0, environ: dict[str, str] | No
     try:
         connect(client, address, mqtt_cfg.keepalive, credentials, max_delay=timeout, insecure=mqtt_cfg.insecure)
         answered.wait(timeout)
+    except OSError as exc:  # no network at all (not even a loopback for paho's own wake-up socket)
+        return _unreachable(where, exc.strerror or str(exc))
     finally:
         client.disconnect()
         client.loop_stop()
@@ -98,7 +100,11 @@ def probe_broker(cfg: Config, timeout: float = 5.0, environ: dict[str, str] | No
                                                          f"{mqtt_cfg.username or '(none)'} ({reason}): check "
                                                          "mqtt.username, the password and the broker's password file")
     problem = tls_problem(tls_context(credentials, mqtt_cfg.insecure), address) if address.tls else None
-    why = f"TLS: {problem}" if problem else str(reason) if reason is not None else "no answer"
+    return _unreachable(where, f"TLS: {problem}" if problem else str(reason) if reason is not None else "no answer")
+
+
+def _unreachable(where: str, why: str) -> tuple[str, Finding]:
+    """Not a failure: the daemon starts without the broker and spools until it answers."""
     return "unreachable", Finding(0, f"the broker at {where} cannot be reached now ({why}): the daemon will start, "
                                      "inspect and spool until it can")
 

@@ -69,9 +69,12 @@ def step(text: str) -> None:
 
 
 def ensure_host_tools() -> None:
-    if shutil.which("mmdebstrap") is None:
+    """mmdebstrap builds the roots; ip(8) brings up an offline namespace's loopback."""
+    missing = [package for tool, package in (("mmdebstrap", "mmdebstrap"), ("ip", "iproute2"))
+               if shutil.which(tool) is None]
+    if missing:
         run("apt-get", "update", "-qq")
-        run("apt-get", "install", "-y", "-qq", "mmdebstrap")
+        run("apt-get", "install", "-y", "-qq", *missing)
 
 
 def trixie_qemu() -> Path:
@@ -176,8 +179,9 @@ class Chroot:
         unmount_under(self.root)
 
     def sh(self, script: str, capture: bool = False, offline: bool = False) -> str:
-        """Run ``script`` in the root; ``offline``: in a network namespace of its own, with no network at all."""
-        cut = ("unshare", "--net") if offline else ()
+        """Run ``script`` in the root; ``offline``: in a network namespace of its own, with no network but its own
+        loopback (up, as on a Pi that has no network: paho needs it for its loop's wake-up socket)."""
+        cut = ("unshare", "--net", "/bin/sh", "-ec", 'ip link set lo up && exec "$@"', "offline") if offline else ()
         proc = run(*cut, "chroot", self.root, "/bin/sh", "-ec", script, capture_output=capture, text=True)
         return proc.stdout if capture else ""
 
@@ -197,8 +201,8 @@ def check(suite: str, archive: Path, tiny: Path, broker_url: str) -> dict[str, o
     with Chroot(root) as chroot:
         step(f"{suite}: install from the offline archive as docs/raspberry-pi.md says, with the network cut")
         started = time.monotonic()
-        chroot.sh(f"if python3 -c \"import socket; socket.create_connection(('{host}', {port}), 5)\"; then\n"
-                  "  echo 'the network is not cut' >&2; exit 1\nfi\n"
+        chroot.sh(f"if python3 -c \"import socket; socket.create_connection(('{host}', {port}), 5)\" 2>/dev/null; "
+                  "then\n  echo 'the network is not cut: the host broker answered' >&2; exit 1\nfi\n"
                   f"cd /opt/src && sha256sum -c {archive.name}.sha256 && tar xzf {archive.name}\n"
                   "python3 -m venv --system-site-packages /opt/linewatch\n"
                   "python3 -c 'import numpy; print(\"numpy==\" + numpy.__version__)' > /tmp/system-numpy.txt\n"
