@@ -158,3 +158,40 @@ def test_wheel_installs_only_the_linewatch_namespace(tmp_path: Path) -> None:
         if line.startswith("Documentation=file:///opt/linewatch/"):
             assert (venv / line.removeprefix("Documentation=file:///opt/linewatch/")).is_file(), line
     assert (docs / "raspberry-pi.md").is_file() and (docs / "mosquitto" / "linewatch.acl").is_file()
+
+
+PROBE = """
+from linewatch.edge.device.pipeline import Pipeline
+from linewatch.edge.device.config import Config
+from linewatch.edge.errors import UsageError
+from linewatch.train.config import TrainConfig
+reveal_type(Pipeline)
+reveal_type(Config)
+reveal_type(UsageError)
+reveal_type(TrainConfig)
+"""
+
+
+@pytest.mark.workstation  # mypy is a workstation tool (make lint)
+def test_the_type_checker_sees_the_projects_own_imports_as_what_they_are(tmp_path: Path) -> None:
+    """linewatch/ links the folders, so mypy follows linewatch.* from a clean checkout: none of it is Any."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                           "--no-incremental", str(probe)], capture_output=True, text=True, cwd=ROOT,
+                          env={**ENV, "MYPYPATH": str(ROOT)}, timeout=300)
+    revealed = [line.split("Revealed type is ")[1] for line in proc.stdout.splitlines() if "Revealed type" in line]
+    assert len(revealed) == 4 and proc.returncode == 0, proc.stdout
+    for line, name in zip(revealed, ("pipeline.Pipeline", "config.Config", "errors.UsageError", "config.TrainConfig")):
+        assert line != '"Any"' and "linewatch." in line and name in line, line
+
+
+def test_linewatch_resolves_from_a_clean_checkout_without_an_import_hook() -> None:
+    """What editors' language servers see: the committed linewatch/ namespace, each entry a link to its folder."""
+    for name, folder in (("edge", "edge"), ("train", "train"), ("convert", "convert"), ("systemd", "systemd")):
+        link = ROOT / "linewatch" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve(), link
+    assert not (ROOT / "linewatch" / "__init__.py").exists()  # a namespace, as installed
+    code = "import linewatch.edge.errors as e, linewatch.train, linewatch.convert; print(e.__file__)"
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith(str(ROOT / "linewatch")), proc.stderr

@@ -291,7 +291,7 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     is_good = np.isin(y_test, good_index)
     bad_by_class = {label: test_scores[y_test == i] for i, label in enumerate(dataset.classes)
                     if i not in good_index and (y_test == i).any()}
-    metrics = {"task": "anomaly", "test": evaluate_scores(test_scores[is_good], bad_by_class, 1.0),
+    metrics: dict[str, Any] = {"task": "anomaly", "test": evaluate_scores(test_scores[is_good], bad_by_class, 1.0),
                "history": state.history, "best_epoch": state.best_epoch, "interrupted": interrupted,
                "skipped": [{"path": p, "reason": r} for p, r in dataset.skipped],
                "train_seconds": round(time.monotonic() - started, 1)}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from linewatch.edge.errors import DataError
-from linewatch.edge.model.images import IMAGE_SUFFIXES, prepare, read_image
+from linewatch.edge.model.images import IMAGE_SUFFIXES, ResizeMode, prepare, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def load_splits(path: Path) -> dict[str, list[Item]]:
     return {s: [(e["path"], e["label"]) for e in raw[s]] for s in SPLITS}
 
 
-def load_images(items: list[Item], classes: list[str], height: int, width: int,
-                resize_mode: str = "stretch") -> tuple[np.ndarray, np.ndarray, list[Item], list[tuple[str, str]]]:
+def load_images(items: list[Item], classes: list[str], height: int, width: int, resize_mode: ResizeMode = "stretch",
+                ) -> tuple[np.ndarray, np.ndarray, list[Item], list[tuple[str, str]]]:
     """Decode and prepare images into ``uint8 N x H x W x 3`` (RGB) with integer labels.
 
     Returns the images, their labels, the items that were loaded (in order) and the files

@@ -323,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
 
     x_test, y_test = arrays["test"]
     scores = predict_scores(model, x_test)
-    metrics = {"test": classification_metrics(y_test, scores, dataset.classes),
+    metrics: dict[str, Any] = {"test": classification_metrics(y_test, scores, dataset.classes),
                "history": state.history,
                "best_epoch": state.best_epoch,
                "interrupted": interrupted,

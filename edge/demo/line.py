@@ -147,10 +147,12 @@ class PartCounter:
         subscribed = threading.Event()
         self.client.on_connect = lambda c, *a: c.subscribe(f"linewatch/{DEVICE_ID}/part", qos=1)
         self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = lambda c, u, msg: self.seen.setdefault(json.loads(msg.payload)["seq"],
-                                                                          json.loads(msg.payload))
+        self.client.on_message = lambda c, u, msg: self._seen(json.loads(msg.payload))
         connect(self.client, parse_broker(url))
         subscribed.wait(10)
+
+    def _seen(self, part: dict[str, Any]) -> None:
+        self.seen.setdefault(part["seq"], part)  # a repeat (at least once) is counted once
 
     def close(self) -> None:
         self.client.disconnect()

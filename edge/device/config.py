@@ -61,6 +61,10 @@ class ModelSection(Section):
                                json_schema_extra=_flag("--cpu-fallback"))
 
 
+Rotation = Literal[0, 90, 180, 270]
+ROTATIONS: tuple[Rotation, ...] = (0, 90, 180, 270)
+
+
 class SourceSection(Section):
     spec: str = Field(description="folder, glob, image or video file, rtsp:// or http:// URL, usb:N, /dev/videoN, "
                                   "picamera:N, conveyor[:SEED]", json_schema_extra=_flag("--source"))
@@ -71,7 +75,7 @@ class SourceSection(Section):
     roi: tuple[float, float, float, float] | None = Field(
         None, description="region of interest x,y,w,h as fractions of the frame, e.g. 0.2,0,0.6,1",
         json_schema_extra=_flag("--roi"))
-    rotate: Literal[0, 90, 180, 270] = Field(0, description="clockwise, after the ROI",
+    rotate: Rotation = Field(0, description="clockwise, after the ROI",
                                              json_schema_extra=_flag("--rotate"))
     camera_size: tuple[int, int] = Field(
         CAMERA_SIZE, description="picamera: the lores stream fed to the model (w, h); the model's own input size "

@@ -269,7 +269,7 @@ class Daemon:
         self.publisher.subscribe(self.publisher.topic("cmd/+"), self.commands)
         if self.cfg.ota.enabled:
             self.publisher.subscribe(self.publisher.topic("cmd/ota/chunk/+/+"),
-                                     lambda msg: self.updater.chunk(msg.topic, msg.payload))
+                                     lambda msg: self.updater.chunk(msg.topic, bytes(msg.payload)))
         if self.cfg.homeassistant.discovery:
             self.publisher.subscribe(f"{self.cfg.homeassistant.prefix}/status", self._on_ha_status)
             self.publisher.on_connect(self._announce)

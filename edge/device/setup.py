@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from linewatch.edge.device.config import PAGE_KEYS, PAGE_SETTINGS, env_name
+from linewatch.edge.device.config import PAGE_KEYS, PAGE_SETTINGS, Rotation, env_name
 from linewatch.edge.device.system import cpu_temperature
 from linewatch.edge.files import write_atomic
 from linewatch.edge.model.images import encode_jpeg
@@ -88,7 +88,7 @@ class SetupView:
         latest = self.daemon.sink.latest
         return None if latest is None else (latest.frame.id, latest.frame.image)
 
-    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: int) -> dict[str, Any]:
+    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: Rotation) -> dict[str, Any]:
         """Apply to the next frame at once, and keep it in ``state_dir/setup.toml`` for the next start."""
         d = self.daemon
         d.cfg.source.roi, d.cfg.source.rotate = roi, rotate  # validated by the config model

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from linewatch.edge.device.config import ROTATIONS, Rotation
 from linewatch.edge.model.images import encode_jpeg, parse_roi
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class DeviceView(Protocol):
     def latest_frame(self) -> tuple[int, np.ndarray] | None:
         """The newest classified frame, whole (before the ROI), with its id."""
 
-    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: int) -> dict[str, Any]:
+    def set_view(self, roi: tuple[float, float, float, float] | None, rotate: Rotation) -> dict[str, Any]:
         """Apply a region of interest and rotation to the next frames, and keep it in the config file."""
 
     def save_frame(self, label: str) -> str:
@@ -280,8 +281,8 @@ def _roi(value: Any) -> tuple[float, float, float, float] | None:
     return parse_roi(",".join(f"{float(v):.4f}" for v in value))
 
 
-def _rotation(body: dict[str, Any]) -> int:
+def _rotation(body: dict[str, Any]) -> Rotation:
     rotate = body.get("rotate", 0)
-    if rotate not in (0, 90, 180, 270) or isinstance(rotate, bool):
+    if rotate not in ROTATIONS or isinstance(rotate, bool):
         raise ValueError('"rotate" is 0, 90, 180 or 270 (clockwise)')
-    return int(rotate)
+    return ROTATIONS[ROTATIONS.index(rotate)]

@@ -140,6 +140,11 @@ def _parts_us(engine: Engine, captured: list[Captured], per_call: int, idle_s: f
     return alone, after_idle, [encode(r, r.frame.id) for r in results]
 
 
+def _same(payload: bytes) -> Callable[[int], bytes]:
+    """A message builder whose payload does not depend on its seq."""
+    return lambda seq: payload
+
+
 def _spool_us(payloads: list[bytes], per_call: int, repeats: int) -> dict[str, float]:
     """Microseconds of CPU a frame the daemon adds for the spool (storing a result, forgetting it once the broker
     acknowledged it), a message at a time and in blocks of ``per_call``, as the daemon does now."""
@@ -152,8 +157,8 @@ def _spool_us(payloads: list[bytes], per_call: int, repeats: int) -> dict[str, f
                 for _ in range(repeats):
                     started = time.process_time()
                     for i in range(0, len(payloads), size):
-                        spool.append_many([Outgoing("bench/result", lambda seq, p=p: p, "result")
-                                           for p in payloads[i : i + size]])
+                        block = payloads[i : i + size]
+                        spool.append_many([Outgoing("bench/result", _same(p), "result") for p in block])
                     ids = [entry.id for entry in spool.after(0, len(payloads))]
                     for i in range(0, len(ids), size):
                         spool.remove(ids[i : i + size])

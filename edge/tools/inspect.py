@@ -12,7 +12,7 @@ from linewatch.edge.model import artifact, audit
 def inspect(model_path: str, labels: str | None = None, as_json: bool = False, out: TextIO = sys.stdout) -> None:
     model = artifact.load(model_path, labels)
     card: dict[str, Any] = model.card.model_dump(mode="json", exclude_none=True)
-    info = {"card": card if model.has_card else None, "io": audit.io_details(model),
+    info: dict[str, Any] = {"card": card if model.has_card else None, "io": audit.io_details(model),
             "ops": audit.summary(audit.ops(model))}
     if as_json:
         print(json.dumps(info), file=out)

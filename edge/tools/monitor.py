@@ -142,7 +142,7 @@ def monitor(broker: str, prefix: str = "linewatch", protocol: str = "5", as_json
 
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: subscribed.set()
-    client.on_message = lambda c, u, msg: view.handle(msg.topic, msg.payload)
+    client.on_message = lambda c, u, msg: view.handle(msg.topic, bytes(msg.payload))
     address = parse_broker(broker)
     connect(client, address, credentials=credentials)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -60,7 +61,7 @@ class PicameraSource:
         self._picam = None
         self._lores_format = "YUV420"
 
-    def _start(self):
+    def _start(self) -> Any:  # a Picamera2 (apt's, untyped)
         try:
             from picamera2 import Picamera2
         except ImportError:
