@@ -36,54 +36,64 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="DATA/<class>/*.jpg, DATA/{train,val,test}/<class>/, or a CSV of path,label")
     out: str = Field(description="run folder to write (model, labels, card, metrics, report)")
-    epochs: int = Field(150, ge=1, description="most epochs; training usually converges sooner",
+    epochs: int = Field(default=150, ge=1, description="most epochs; training usually converges sooner",
                         json_schema_extra=_flag("--epochs"))
-    minutes: float = Field(10, gt=0, description="time budget: the best epoch so far is kept when it runs out",
+    minutes: float = Field(default=10, gt=0, description="time budget: the best epoch so far is kept when it runs out",
                            json_schema_extra=_flag("--minutes"))
-    size: tuple[int, int] | None = Field(None, description="model input, N or HxW (default: from the photos, long "
-                                                           "side 48 to 128)", json_schema_extra=_flag("--size"))
-    resize_mode: ResizeMode = Field("stretch", description="how photos are brought to the input size",
+    size: tuple[int, int] | None = Field(default=None,
+                                         description="model input, N or HxW (default: from the photos, long "
+                                                     "side 48 to 128)", json_schema_extra=_flag("--size"))
+    resize_mode: ResizeMode = Field(default="stretch", description="how photos are brought to the input size",
                                     json_schema_extra=_flag("--resize-mode"))
-    batch_size: int = Field(32, ge=1, description="images per training step", json_schema_extra=_flag("--batch-size"))
-    learning_rate: float = Field(2e-3, gt=0, description="starting learning rate, lowered on each plateau",
+    batch_size: int = Field(default=32,
+                            ge=1, description="images per training step", json_schema_extra=_flag("--batch-size"))
+    learning_rate: float = Field(default=2e-3, gt=0, description="starting learning rate, lowered on each plateau",
                                  json_schema_extra=_flag("--learning-rate"))
-    patience: int = Field(5, ge=1, description="epochs without a better smoothed validation loss before the "
-                                               "learning rate drops", json_schema_extra=_flag("--patience"))
-    lr_drops: int = Field(2, ge=0, description="learning-rate drops (x0.2 each) before training stops as converged",
+    patience: int = Field(default=5, ge=1, description="epochs without a better smoothed validation loss before the "
+                                                       "learning rate drops", json_schema_extra=_flag("--patience"))
+    lr_drops: int = Field(default=2,
+                          ge=0, description="learning-rate drops (x0.2 each) before training stops as converged",
                           json_schema_extra=_flag("--lr-drops"))
-    architecture: Literal["cnn", "mobilenetv2"] = Field("cnn", description="cnn: small, from scratch; mobilenetv2: "
-                                                                          "with --width and --weights",
+    architecture: Literal["cnn", "mobilenetv2"] = Field(default="cnn",
+                                                        description="cnn: small, from scratch; mobilenetv2: "
+                                                                    "with --width and --weights",
                                                         json_schema_extra=_flag("--architecture"))
-    width: float = Field(1.0, gt=0, description="width multiplier (alpha for mobilenetv2)",
+    width: float = Field(default=1.0, gt=0, description="width multiplier (alpha for mobilenetv2)",
                          json_schema_extra=_flag("--width"))
-    weights: str | None = Field(None, description="local backbone weights file for mobilenetv2 (never downloaded)",
+    weights: str | None = Field(default=None,
+                                description="local backbone weights file for mobilenetv2 (never downloaded)",
                                 json_schema_extra=_flag("--weights"))
-    fine_tune_epochs: int = Field(10, ge=0, description="second stage with --weights: the top of the backbone",
+    fine_tune_epochs: int = Field(default=10, ge=0, description="second stage with --weights: the top of the backbone",
                                   json_schema_extra=_flag("--fine-tune-epochs"))
-    fine_tune_fraction: float = Field(0.3, gt=0, le=1, description="share of the backbone's layers unfrozen")
-    augment: tuple[str, ...] = Field(DEFAULT_AUGMENT, description="comma list of flip,rotate,zoom,color,noise, or "
-                                                                  "none", json_schema_extra=_flag("--augment"))
-    augment_strength: float = Field(0.5, ge=0, le=1, description="0 (none) to 1 (strong)",
+    fine_tune_fraction: float = Field(default=0.3, gt=0, le=1, description="share of the backbone's layers unfrozen")
+    augment: tuple[str, ...] = Field(default=DEFAULT_AUGMENT,
+                                     description="comma list of flip,rotate,zoom,color,noise, or "
+                                                 "none", json_schema_extra=_flag("--augment"))
+    augment_strength: float = Field(default=0.5, ge=0, le=1, description="0 (none) to 1 (strong)",
                                     json_schema_extra=_flag("--augment-strength"))
     class_weights: Literal["auto", "on", "off"] = Field(
-        "auto", description="weight rare classes up (auto: when the largest class is >1.5x the smallest)",
+        default="auto", description="weight rare classes up (auto: when the largest class is >1.5x the smallest)",
         json_schema_extra=_flag("--class-weights"))
     task: Literal["classify", "anomaly"] = Field(
-        "classify", description="classify: one label per photo; anomaly: learn the good photos only and score how "
-                                "far a photo departs from them", json_schema_extra=_flag("--task"))
-    good: tuple[str, ...] = Field(("ok",), description="with --task anomaly: the good class folders, comma-separated; "
-                                                       "the others are never trained on, only tested",
+        default="classify",
+        description="classify: one label per photo; anomaly: learn the good photos only and score how far a photo "
+                    "departs from them", json_schema_extra=_flag("--task"))
+    good: tuple[str, ...] = Field(default=("ok",),
+                                  description="with --task anomaly: the good class folders, comma-separated; "
+                                              "the others are never trained on, only tested",
                                   json_schema_extra=_flag("--good"))
-    false_alarm: float = Field(0.01, gt=0, lt=0.5, description="with --task anomaly: share of held-out good photos "
-                                                               "allowed over the threshold",
+    false_alarm: float = Field(default=0.01,
+                               gt=0, lt=0.5, description="with --task anomaly: share of held-out good photos "
+                                                         "allowed over the threshold",
                                json_schema_extra=_flag("--false-alarm"))
     anomaly_method: Literal["autoencoder", "scars"] = Field(
-        "scars", description="with --task anomaly: scars, a network that finds synthetic scars, blobs and pasted "
-                             "patches on good photos; autoencoder, reconstruction error (docs/anomaly.md compares "
-                             "them)", json_schema_extra=_flag("--anomaly-method"))
-    seed: int = Field(0, description="the split, the initial weights and the augmentation",
+        default="scars",
+        description="with --task anomaly: scars, a network that finds synthetic scars, blobs and pasted "
+                    "patches on good photos; autoencoder, reconstruction error (docs/anomaly.md compares "
+                    "them)", json_schema_extra=_flag("--anomaly-method"))
+    seed: int = Field(default=0, description="the split, the initial weights and the augmentation",
                       json_schema_extra=_flag("--seed"))
-    report: bool = Field(True, description="write report.html and its plots")
+    report: bool = Field(default=True, description="write report.html and its plots")
 
     @field_validator("size", mode="before")
     @classmethod

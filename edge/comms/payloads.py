@@ -44,7 +44,7 @@ class _Part(BaseModel):
 class Payload(_Part):
     """What every message of a device carries."""
 
-    schema_: Literal[1] = Field(1, alias="schema")  # SCHEMA
+    schema_: Literal[1] = Field(default=1, alias="schema")  # SCHEMA
     device_id: str = Field(min_length=1)
 
     def encode(self) -> bytes:
@@ -59,11 +59,11 @@ class Status(Payload):
 
     state: Literal["online", "offline", "stopped"]
     since: str = Field(description="When the daemon started, UTC, RFC 3339.")
-    model: str | None = Field(None, exclude_if=_absent_if_none)
-    version: str | None = Field(None, exclude_if=_absent_if_none)
-    sha256: str | None = Field(None, exclude_if=_absent_if_none, pattern=r"^[0-9a-f]{64}$",
+    model: str | None = Field(default=None, exclude_if=_absent_if_none)
+    version: str | None = Field(default=None, exclude_if=_absent_if_none)
+    sha256: str | None = Field(default=None, exclude_if=_absent_if_none, pattern=r"^[0-9a-f]{64}$",
                                description="Of the model running now; changes with an over-the-air update.")
-    notices: list[str] | None = Field(None, exclude_if=_absent_if_none,
+    notices: list[str] | None = Field(default=None, exclude_if=_absent_if_none,
                                       description="What the device healed by itself since it started, e.g. a spool "
                                                   "file moved aside, or a spool kept in memory on a full disk.")
 
@@ -89,7 +89,7 @@ class Result(Payload):
                     description="Capture time, UTC, RFC 3339.")
     ts_ms: int = Field(description="Capture time, Unix epoch milliseconds.")
     frame_id: int = Field(ge=1, description="Monotonic per daemon run; gaps are frames dropped as stale.")
-    path: str | None = Field(None, exclude_if=_absent_if_none,
+    path: str | None = Field(default=None, exclude_if=_absent_if_none,
                              description="The image file, for folder and file sources.")
     label: str = Field(description="The class; for an anomaly model anomaly or normal.")
     score: float = Field(ge=0, le=1, description="The label's score; for an anomaly model anomaly_score / "
@@ -99,10 +99,10 @@ class Result(Payload):
     top: list[Score] = Field(min_length=1)
     model: ModelRef
     latency_ms: float = Field(ge=0, description="From capture to publishing: preprocess, wait, invoke, postprocess.")
-    anomaly_score: float | None = Field(None, ge=0, exclude_if=_absent_if_none,
+    anomaly_score: float | None = Field(default=None, ge=0, exclude_if=_absent_if_none,
                                         description="Anomaly models only: the heat map's largest cell, 1.0 where "
                                                     "the model's false-alarm rate was set at training.")
-    anomalous: bool | None = Field(None, exclude_if=_absent_if_none,
+    anomalous: bool | None = Field(default=None, exclude_if=_absent_if_none,
                                    description="Anomaly models only: anomaly_score reached the threshold (the "
                                                "card's, or as set by cmd/threshold).")
 
@@ -123,7 +123,7 @@ class Event(Payload):
     frames: int = Field(ge=0, description="Frames above the threshold so far.")
     started_ms: int
     frame_id: int = Field(description="The frame with the peak score.")
-    snapshot: str | None = Field(None, exclude_if=_absent_if_none,
+    snapshot: str | None = Field(default=None, exclude_if=_absent_if_none,
                                  description="File name of the JPEG published on <prefix>/<device_id>/snapshot and "
                                              "kept in state_dir/snapshots.")
 
@@ -134,14 +134,14 @@ class PartMessage(Payload):
     model_config = ConfigDict(title="linewatch part (topic <prefix>/<device_id>/part)")
 
     seq: int = Field(ge=1, description="The part number: per device, increasing by one per part, across restarts.")
-    external_id: str | None = Field(None, exclude_if=_absent_if_none, description="The id cmd/trigger gave it.")
+    external_id: str | None = Field(default=None, exclude_if=_absent_if_none, description="The id cmd/trigger gave it.")
     trigger_ts: str = Field(description="When the trigger saw it, UTC, RFC 3339.")
     trigger_ts_ms: int
     frame_ts_ms: int | None = Field(description="Capture time of the frame that judged it; null for no-frame, late.")
     frame_id: int | None
     label: str | None
     score: float | None = Field(ge=0, le=1)
-    anomaly_score: float | None = Field(None, ge=0, exclude_if=_absent_if_none)
+    anomaly_score: float | None = Field(default=None, ge=0, exclude_if=_absent_if_none)
     verdict: Literal["good", "defect", "anomaly", "late", "no-frame"]
     rejected: bool = Field(description="The reject output pulsed for it.")
     reason: str | None = Field(description="Why it was rejected (its verdict); null when it passed.")
@@ -171,10 +171,12 @@ class DeviceState(Payload):
     open_events: list[str] = Field(description="The classes with an open event.")
     events: int = Field(ge=0, description="Events started since the daemon started.")
     fps: float = Field(ge=0, description="Frames a second, as of the last stats message.")
-    last_verdict: str | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: the last part's.")
-    parts: int | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: parts since start.")
-    rejected: int | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: parts pushed off.")
-    yield_: float | None = Field(None, alias="yield", exclude_if=_absent_if_none,
+    last_verdict: str | None = Field(default=None,
+                                     exclude_if=_absent_if_none, description="With line I/O: the last part's.")
+    parts: int | None = Field(default=None, exclude_if=_absent_if_none, description="With line I/O: parts since start.")
+    rejected: int | None = Field(default=None,
+                                 exclude_if=_absent_if_none, description="With line I/O: parts pushed off.")
+    yield_: float | None = Field(default=None, alias="yield", exclude_if=_absent_if_none,
                                  description="With line I/O: good parts / parts.")
 
 
@@ -207,7 +209,7 @@ class Stats(Payload):
     acknowledged: int = Field(ge=0, description="Spooled messages the broker has acknowledged since start.")
     cpu_temp_c: float | None
     max_rss_mb: float
-    line: LineStats | None = Field(None, exclude_if=_absent_if_none, description="With line I/O: part counts.")
+    line: LineStats | None = Field(default=None, exclude_if=_absent_if_none, description="With line I/O: part counts.")
 
 
 class Reply(Payload):
@@ -220,8 +222,8 @@ class Reply(Payload):
     id: str | int | float | None = Field(description='The request\'s own "id" (a string or a number), echoed; null '
                                                     'when it had none or it was neither.')
     ok: bool
-    result: Any = Field(None, exclude_if=_absent_if_none, description="What the command did, when ok.")
-    error: str | None = Field(None, exclude_if=_absent_if_none, description="Why it was refused, when not ok.")
+    result: Any = Field(default=None, exclude_if=_absent_if_none, description="What the command did, when ok.")
+    error: str | None = Field(default=None, exclude_if=_absent_if_none, description="Why it was refused, when not ok.")
 
 
 TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,

@@ -51,13 +51,15 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str = Field(description="the .tflite made by 'linewatch convert'", json_schema_extra=_flag("--model", **FILE))
-    labels: str | None = Field(None, description="labels file, for a .tflite without a model card",
+    labels: str | None = Field(default=None, description="labels file, for a .tflite without a model card",
                                json_schema_extra=_flag("--labels", **FILE))
-    threads: int = Field(0, ge=0, description="interpreter threads; 0: one a core, less one on 3 cores or more "
-                         "(left to capture and MQTT)", json_schema_extra=_flag("--threads"))
-    delegate: str | None = Field(None, description="edgetpu, or a delegate library path (an _edgetpu model asks "
-                                                   "by itself)", json_schema_extra=_flag("--delegate"))
-    cpu_fallback: bool = Field(False, description="run on the CPU when the delegate cannot load",
+    threads: int = Field(default=0, ge=0, description="interpreter threads; 0: one a core, less one on 3 cores or "
+                                                      "more (left to capture and MQTT)",
+                         json_schema_extra=_flag("--threads"))
+    delegate: str | None = Field(default=None,
+                                 description="edgetpu, or a delegate library path (an _edgetpu model asks "
+                                             "by itself)", json_schema_extra=_flag("--delegate"))
+    cpu_fallback: bool = Field(default=False, description="run on the CPU when the delegate cannot load",
                                json_schema_extra=_flag("--cpu-fallback"))
 
 
@@ -68,19 +70,22 @@ ROTATIONS: tuple[Rotation, ...] = (0, 90, 180, 270)
 class SourceSection(Section):
     spec: str = Field(description="folder, glob, image or video file, rtsp:// or http:// URL, usb:N, /dev/videoN, "
                                   "picamera:N, conveyor[:SEED]", json_schema_extra=_flag("--source"))
-    fps: float | None = Field(None, gt=0, description="frame rate of a Pi camera; pacing of a folder, file or the "
-                                                      "conveyor", json_schema_extra=_flag("--fps"))
-    loop: bool = Field(False, description="repeat a folder or video file; one that vanishes is reopened with backoff "
-                                          "until it is back", json_schema_extra=_flag("--loop"))
+    fps: float | None = Field(default=None,
+                              gt=0, description="frame rate of a Pi camera; pacing of a folder, file or the "
+                                                "conveyor", json_schema_extra=_flag("--fps"))
+    loop: bool = Field(default=False,
+                       description="repeat a folder or video file; one that vanishes is reopened with backoff "
+                                   "until it is back", json_schema_extra=_flag("--loop"))
     roi: tuple[float, float, float, float] | None = Field(
-        None, description="region of interest x,y,w,h as fractions of the frame, e.g. 0.2,0,0.6,1",
+        default=None, description="region of interest x,y,w,h as fractions of the frame, e.g. 0.2,0,0.6,1",
         json_schema_extra=_flag("--roi"))
-    rotate: Rotation = Field(0, description="clockwise, after the ROI",
+    rotate: Rotation = Field(default=0, description="clockwise, after the ROI",
                                              json_schema_extra=_flag("--rotate"))
     camera_size: tuple[int, int] = Field(
-        CAMERA_SIZE, description="picamera: the lores stream fed to the model (w, h); the model's own input size "
-        "leaves nothing to resize on the device (the ISP scales for free), at the cost of a smaller live view and "
-        "snapshots; a whole multiple of it on both axes resizes cheaply, other ratios several times slower")
+        default=CAMERA_SIZE,
+        description="picamera: the lores stream fed to the model (w, h); the model's own input size leaves nothing "
+                    "to resize on the device (the ISP scales for free), at the cost of a smaller live view and "
+                    "snapshots; a whole multiple of it on both axes resizes cheaply, other ratios several times slower")
 
     @field_validator("roi", mode="before")
     @classmethod
@@ -96,28 +101,30 @@ class SourceSection(Section):
 
 
 class MqttSection(Section):
-    broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://HOST:PORT, or mqtts:// for TLS",
+    broker: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://HOST:PORT, or mqtts:// for TLS",
                         json_schema_extra=_flag("--broker"))
-    prefix: str = Field("linewatch", pattern=r"^[^#+/][^#+]*$", description="topic prefix",
+    prefix: str = Field(default="linewatch", pattern=r"^[^#+/][^#+]*$", description="topic prefix",
                         json_schema_extra=_flag("--prefix"))
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version",
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version",
                                             json_schema_extra=_flag("--protocol"))
-    keepalive: int = Field(30, ge=5, le=3600, description="seconds between keepalive pings")
-    username: str | None = Field(None, description="MQTT user name", json_schema_extra=_flag("--username"))
-    password_file: str | None = Field(None, description=f"file holding the MQTT password (or {PASSWORD_ENV}); "
-                                                        "never logged",
+    keepalive: int = Field(default=30, ge=5, le=3600, description="seconds between keepalive pings")
+    username: str | None = Field(default=None, description="MQTT user name", json_schema_extra=_flag("--username"))
+    password_file: str | None = Field(default=None, description=f"file holding the MQTT password (or {PASSWORD_ENV}); "
+                                                                 "never logged",
                                       json_schema_extra=_flag("--password-file", **FILE))
-    ca_file: str | None = Field(None, description="CA certificate for mqtts://",
+    ca_file: str | None = Field(default=None, description="CA certificate for mqtts://",
                                 json_schema_extra=_flag("--ca-file", **FILE))
-    cert_file: str | None = Field(None, description="client certificate for mqtts://",
+    cert_file: str | None = Field(default=None, description="client certificate for mqtts://",
                                   json_schema_extra=_flag("--cert-file", **FILE))
-    key_file: str | None = Field(None, description="client key for mqtts://",
+    key_file: str | None = Field(default=None, description="client key for mqtts://",
                                  json_schema_extra=_flag("--key-file", **FILE))
-    insecure: bool = Field(False, description="mqtts:// without checking the broker's certificate or host name: for a "
-                                              "first test only, warned about at every start")
-    reconnect_max_s: float = Field(10.0, ge=1, le=300, description="the longest wait between connection attempts "
-                                                                   "(they back off from 1 s); the daemon never "
-                                                                   "stops trying")
+    insecure: bool = Field(default=False,
+                           description="mqtts:// without checking the broker's certificate or host name: for a "
+                                       "first test only, warned about at every start")
+    reconnect_max_s: float = Field(default=10.0,
+                                   ge=1, le=300, description="the longest wait between connection attempts "
+                                                             "(they back off from 1 s); the daemon never "
+                                                             "stops trying")
 
     @field_validator("broker")
     @classmethod
@@ -133,55 +140,59 @@ class MqttSection(Section):
 
 class ResultsSection(Section):
     mode: Literal["every", "change", "sample"] = Field(
-        "every", description="which frames publish a result: every one, on a label change, or every Nth",
+        default="every", description="which frames publish a result: every one, on a label change, or every Nth",
         json_schema_extra=_flag("--result-mode"))
-    sample_every: int = Field(10, ge=1, description="with mode = sample: publish every Nth frame")
-    top_k: int = Field(3, ge=1, description="scores to publish per result", json_schema_extra=_flag("--top-k"))
+    sample_every: int = Field(default=10, ge=1, description="with mode = sample: publish every Nth frame")
+    top_k: int = Field(default=3, ge=1, description="scores to publish per result", json_schema_extra=_flag("--top-k"))
 
 
 class EventsSection(Section):
-    k: int = Field(3, ge=1, description="an event starts when a defect class passes its threshold in k of the "
-                                        "last n frames")
-    n: int = Field(5, ge=1, description="and ends when it passes in none of the last n")
+    k: int = Field(default=3, ge=1, description="an event starts when a defect class passes its threshold in k of the "
+                                                "last n frames")
+    n: int = Field(default=5, ge=1, description="and ends when it passes in none of the last n")
     thresholds: dict[str, float] = Field(default_factory=dict,
                                          description="per class, e.g. { scratch = 0.6 }; others from the model card")
-    snapshots: bool = Field(True, description="publish and keep a JPEG of each event's start frame")
-    snapshot_quota_mb: float = Field(200.0, gt=0, description="disk quota of state_dir/snapshots")
+    snapshots: bool = Field(default=True, description="publish and keep a JPEG of each event's start frame")
+    snapshot_quota_mb: float = Field(default=200.0, gt=0, description="disk quota of state_dir/snapshots")
 
 
 class StatsSection(Section):
-    interval_s: float = Field(10.0, gt=0, description="seconds between stats messages",
+    interval_s: float = Field(default=10.0, gt=0, description="seconds between stats messages",
                               json_schema_extra=_flag("--stats-interval"))
 
 
 class SpoolSection(Section):
-    max_entries: int = Field(100_000, ge=10, description="messages kept while the broker is away; then the oldest "
-                                                         "go first, counted in stats")
-    max_mb: float = Field(512.0, gt=0, description="disk the spool may take; then the oldest go first, as when the "
-                                                   "disk itself is full")
+    max_entries: int = Field(default=100_000,
+                             ge=10, description="messages kept while the broker is away; then the oldest "
+                                                "go first, counted in stats")
+    max_mb: float = Field(default=512.0,
+                          gt=0, description="disk the spool may take; then the oldest go first, as when the "
+                                            "disk itself is full")
 
 
 class ReviewSection(Section):
-    dir: str | None = Field(None, description="save low-confidence frames here, by predicted label, for labeling",
+    dir: str | None = Field(default=None,
+                            description="save low-confidence frames here, by predicted label, for labeling",
                             json_schema_extra=_flag("--review-dir", **FILE))
-    below: float = Field(0.6, gt=0, le=1, description="score under which a frame is saved",
+    below: float = Field(default=0.6, gt=0, le=1, description="score under which a frame is saved",
                          json_schema_extra=_flag("--review-below"))
-    quota_mb: float = Field(500.0, gt=0, description="disk quota of the review folder",
+    quota_mb: float = Field(default=500.0, gt=0, description="disk quota of the review folder",
                             json_schema_extra=_flag("--review-quota-mb"))
 
 
 class OtaSection(Section):
-    enabled: bool = Field(True, description="accept new models over MQTT (cmd/ota) and cmd/rollback")
-    public_key: str | None = Field(None, description="Ed25519 public key (PEM, from 'linewatch keygen'): when set, "
-                                                     "only models signed with its private key are accepted",
+    enabled: bool = Field(default=True, description="accept new models over MQTT (cmd/ota) and cmd/rollback")
+    public_key: str | None = Field(default=None,
+                                   description="Ed25519 public key (PEM, from 'linewatch keygen'): when set, "
+                                               "only models signed with its private key are accepted",
                                    json_schema_extra=FILE)
-    max_mb: float = Field(64.0, gt=0, description="the largest model accepted over the air")
+    max_mb: float = Field(default=64.0, gt=0, description="the largest model accepted over the air")
 
 
 class HomeAssistantSection(Section):
-    discovery: bool = Field(False, description="announce the device to Home Assistant (MQTT discovery)",
+    discovery: bool = Field(default=False, description="announce the device to Home Assistant (MQTT discovery)",
                             json_schema_extra=_flag("--ha-discovery"))
-    prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -205,31 +216,40 @@ class LineSection(Section):
     """Line I/O (docs/line-io.md): BCM pin numbers, times in milliseconds from the trigger's edge."""
 
     mode: Literal["free", "gpio", "mqtt"] = Field(
-        "free", description="free: a result per frame, no parts; gpio: a photo-eye on trigger_pin marks each part; "
-                            "mqtt: cmd/trigger does", json_schema_extra=_flag("--line"))
-    trigger_pin: int | None = Field(None, ge=0, le=27, description="the photo-eye's input (mode gpio)")
-    trigger_edge: Literal["rising", "falling"] = Field("rising", description="the electrical edge that means a part")
-    trigger_pull: Literal["up", "down"] = Field("down", description="the input's pull resistor")
-    debounce_ms: float = Field(5.0, ge=0, description="edges closer than this to the last are contact bounce")
-    min_spacing_ms: float = Field(50.0, ge=0, description="a part closer than this to the last is a counted double "
-                                                          "trigger, not a new part")
-    capture_offset_ms: float = Field(0.0, description="the part is in view this long after its trigger")
-    window_ms: float = Field(100.0, gt=0, description="frames within half of this of trigger + offset are the part's")
-    pick: Literal["nearest", "worst"] = Field("nearest", description="the part's frame: the nearest to trigger + "
-                                                                    "offset, or the worst in the window")
-    reject_pin: int | None = Field(None, ge=0, le=27, description="the reject gate's output",
+        default="free",
+        description="free: a result per frame, no parts; gpio: a photo-eye on trigger_pin marks each part; mqtt: "
+                    "cmd/trigger does", json_schema_extra=_flag("--line"))
+    trigger_pin: int | None = Field(default=None, ge=0, le=27, description="the photo-eye's input (mode gpio)")
+    trigger_edge: Literal["rising", "falling"] = Field(default="rising",
+                                                       description="the electrical edge that means a part")
+    trigger_pull: Literal["up", "down"] = Field(default="down", description="the input's pull resistor")
+    debounce_ms: float = Field(default=5.0, ge=0, description="edges closer than this to the last are contact bounce")
+    min_spacing_ms: float = Field(default=50.0,
+                                  ge=0, description="a part closer than this to the last is a counted double "
+                                                    "trigger, not a new part")
+    capture_offset_ms: float = Field(default=0.0, description="the part is in view this long after its trigger")
+    window_ms: float = Field(default=100.0,
+                             gt=0, description="frames within half of this of trigger + offset are the part's")
+    pick: Literal["nearest", "worst"] = Field(default="nearest",
+                                              description="the part's frame: the nearest to trigger + "
+                                                          "offset, or the worst in the window")
+    reject_pin: int | None = Field(default=None, ge=0, le=27, description="the reject gate's output",
                                    json_schema_extra=_flag("--reject-pin"))
-    reject_delay_ms: float = Field(1000.0, gt=0, description="from the trigger's edge to the reject pulse: the "
-                                                             "time the part takes to reach the gate",
+    reject_delay_ms: float = Field(default=1000.0, gt=0, description="from the trigger's edge to the reject pulse: the "
+                                                                     "time the part takes to reach the gate",
                                    json_schema_extra=_flag("--reject-delay-ms"))
-    reject_pulse_ms: float = Field(100.0, gt=0, description="how long the reject (and good) output is held")
-    active_high: bool = Field(True, description="outputs drive high when active (false: low, for sinking inputs)")
-    good_pin: int | None = Field(None, ge=0, le=27, description="optional: a pulse for each good part")
-    ready_pin: int | None = Field(None, ge=0, le=27, description="optional: held while the daemon inspects (frames "
-                                                                 "arriving, spool writable); the PLC watches it")
-    fail_safe: bool = Field(True, description="reject a part with no verdict by its deadline (late), never pass it")
-    pin_factory: Literal["default", "mock"] = Field("default", description="default: gpiozero's own (lgpio on a "
-                                                                           "Pi); mock: simulated pins (demo, tests)")
+    reject_pulse_ms: float = Field(default=100.0, gt=0, description="how long the reject (and good) output is held")
+    active_high: bool = Field(default=True,
+                              description="outputs drive high when active (false: low, for sinking inputs)")
+    good_pin: int | None = Field(default=None, ge=0, le=27, description="optional: a pulse for each good part")
+    ready_pin: int | None = Field(default=None,
+                                  ge=0, le=27, description="optional: held while the daemon inspects (frames "
+                                                           "arriving, spool writable); the PLC watches it")
+    fail_safe: bool = Field(default=True,
+                            description="reject a part with no verdict by its deadline (late), never pass it")
+    pin_factory: Literal["default", "mock"] = Field(default="default",
+                                                    description="default: gpiozero's own (lgpio on a "
+                                                                "Pi); mock: simulated pins (demo, tests)")
 
     @model_validator(mode="after")
     def _pins(self) -> LineSection:
@@ -243,22 +263,24 @@ class LineSection(Section):
 
 
 class HttpSection(Section):
-    listen: Listen = Field(None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
-                                             "default; --http alone: 127.0.0.1:8080). docs/http.md",
+    listen: Listen = Field(default=None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
+                                                     "default; --http alone: 127.0.0.1:8080). docs/http.md",
                            json_schema_extra=_flag("--http", const="127.0.0.1:8080"))
-    token: str | None = Field(None, description="the page's access token (a secret: the config file or "
-                                                "LINEWATCH_HTTP_TOKEN); when unset, one is made at the first start "
-                                                "and kept in state_dir/http-token",
+    token: str | None = Field(default=None, description="the page's access token (a secret: the config file or "
+                                                        "LINEWATCH_HTTP_TOKEN); when unset, one is made at the first "
+                                                        "start and kept in state_dir/http-token",
                               json_schema_extra=SECRET)
-    fps: float = Field(4.0, gt=0, le=30, description="most frames a second the live view shows")
-    cert_file: str | None = Field(None, description="TLS certificate (PEM) for https; or put a reverse proxy in front",
+    fps: float = Field(default=4.0, gt=0, le=30, description="most frames a second the live view shows")
+    cert_file: str | None = Field(default=None,
+                                  description="TLS certificate (PEM) for https; or put a reverse proxy in front",
                                   json_schema_extra=FILE)
-    key_file: str | None = Field(None, description="its private key", json_schema_extra=FILE)
+    key_file: str | None = Field(default=None, description="its private key", json_schema_extra=FILE)
 
 
 class MetricsSection(Section):
-    listen: Listen = Field(None, description="serve Prometheus metrics alone at HOST:PORT, without a token (they "
-                                             "are also at /metrics on the setup page, with its token)",
+    listen: Listen = Field(default=None,
+                           description="serve Prometheus metrics alone at HOST:PORT, without a token (they "
+                                       "are also at /metrics on the setup page, with its token)",
                            json_schema_extra=_flag("--metrics"))
 
 
@@ -284,8 +306,8 @@ class Config(Section):
                            description="device id in topics, topic-safe: letters, digits, _ . - "
                                        f"(default: {RUN_DEFAULTS['device_id'][0]})",
                            json_schema_extra=_flag("--device-id"))
-    state_dir: str = Field("/var/lib/linewatch", description="spool and snapshots "
-                                                             f"(default: {RUN_DEFAULTS['state_dir'][0]})",
+    state_dir: str = Field(default="/var/lib/linewatch", description="spool and snapshots "
+                                                                     f"(default: {RUN_DEFAULTS['state_dir'][0]})",
                            json_schema_extra=_flag("--state-dir", **FILE))
     model: ModelSection
     source: SourceSection

@@ -42,7 +42,7 @@ class AnomalySpec(BaseModel):
 
     method: str
     score_scale: float = Field(gt=0)
-    threshold: float = Field(1.0, gt=0)
+    threshold: float = Field(default=1.0, gt=0)
     false_alarm: float = Field(gt=0, lt=1)
 
 
@@ -54,7 +54,7 @@ class ModelCard(BaseModel):
     card_version: int = CARD_VERSION
     name: str = "model"
     task: Literal["classify", "anomaly"] = "classify"
-    anomaly: AnomalySpec | None = Field(None, description="for task anomaly: how its heat map is scored")
+    anomaly: AnomalySpec | None = Field(default=None, description="for task anomaly: how its heat map is scored")
     version: str = "unknown"
     created: str | None = None
     architecture: str | None = None
@@ -72,7 +72,7 @@ class ModelCard(BaseModel):
     calibration_images: int = 0
     parity: dict[str, Any] = Field(default_factory=dict)
     rejected: list[str] = Field(default_factory=list)
-    delegate: str | None = Field(None, description="edgetpu for a model compiled for the Edge TPU")
+    delegate: str | None = Field(default=None, description="edgetpu for a model compiled for the Edge TPU")
     # Added when packed into the .tflite:
     model_size: int | None = None
     model_sha256: str | None = None
