@@ -51,9 +51,12 @@ browser:
 demo: $(STAMP)
 	$(BIN)/linewatch demo --workdir build/demo
 
+# ruff, then both type checkers over linewatch/ (the folders as the installed namespace): mypy, and pyright as editors
+# run it.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/basedpyright
 
 # Regenerate what is generated from the code: payload schemas, configuration reference, exit-code tables.
 docs: $(STAMP)

@@ -193,7 +193,7 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     h, w, mode = spec.height, spec.width, spec.resize_mode
     splits = data.load_splits(run_dir / "splits.json")
     try:
-        model = keras.models.load_model(run_dir / "model.keras")
+        model: Any = keras.models.load_model(run_dir / "model.keras")  # a keras.Model (keras's types say maybe not)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {run_dir / 'model.keras'}: {str(exc).splitlines()[0]}") from None
     if card.task == "anomaly":
@@ -228,6 +228,7 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     others = [q for q in QUANTIZATIONS if q != quantization] if cfg.compare else []
     comparison: list[dict[str, Any]] = []
     scales_rejected: dict[str, list[str]] = {}
+    target: dict[str, Any] | None = None  # the conversion kept
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, verbose=False)
         steps = len(scale_choices) + len(others)
@@ -242,6 +243,7 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
             scales_rejected[_scales(per_tensor)] = rejected_by
             print(f"  {_scales(per_tensor)} scales rejected by the gate ({'; '.join(rejected_by)}): trying "
                   f"{_scales(not per_tensor)}", flush=True)
+        assert target is not None  # scale_choices is never empty
         if len(scale_choices) > 1:
             print(f"  kept {_scales(target['per_tensor'])} weight scales", flush=True)
         comparison.append(target)

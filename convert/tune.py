@@ -116,7 +116,8 @@ def reference_ms_here() -> float:
 
     print("measuring the reference model here (MobileNetV2 1.0, 224x224, int8, random weights)", flush=True)
     keras.utils.set_random_seed(0)
-    reference = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+    reference = keras.applications.MobileNetV2(input_shape=(224, 224, 3),
+                                               weights=None)  # pyright: ignore[reportArgumentType] (random weights)
     calibration = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3)).astype(np.uint8)
     return _time_int8(reference, calibration, runs=50)[1]
 

@@ -40,8 +40,10 @@ CELL = 8  # pixels a side of one heat-map cell (the scar detector pools three ti
 def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
     """Any colour, but grey half the time: scratches and cracks are darker or lighter, rarely coloured."""
     if rng.random() < 0.5:
-        return (float(rng.uniform(0, 255)),) * 3
-    return tuple(float(c) for c in rng.uniform(0, 255, 3))  # type: ignore[return-value]
+        grey = float(rng.uniform(0, 255))
+        return grey, grey, grey
+    blue, green, red = (float(c) for c in rng.uniform(0, 255, 3))
+    return blue, green, red
 
 
 def synthetic_defect(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,9 +112,10 @@ def build_autoencoder(height: int, width: int, width_mult: float) -> tuple[Any, 
     error = layers.Subtract()([normalized, rebuilt])
     error = layers.Multiply()([error, error])
     error = layers.AveragePooling2D(CELL)(error)
-    heat = keras.Model(inputs, layers.Conv2D(1, 1, use_bias=False, trainable=False, name="heat_map",
-                                             kernel_initializer=keras.initializers.Constant(1 / 3))(error),
-                       name="anomaly")
+    mean = keras.initializers.Constant(1 / 3)  # of the three colour channels' errors
+    heat_map = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="heat_map",
+                             kernel_initializer=mean)  # pyright: ignore[reportArgumentType] (keras's types: a str)
+    heat = keras.Model(inputs, heat_map(error), name="anomaly")
     return trained, heat
 
 

@@ -52,7 +52,8 @@ def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplie
     if min(height, width) < 32:
         raise ValueError("mobilenetv2 needs an input of at least 32x32: use --size 32 or larger")
     backbone = keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=width_multiplier,
-                                              include_top=False, weights=None, pooling="avg")
+                                              include_top=False, weights=None,  # pyright: ignore[reportArgumentType]
+                                              pooling="avg")  # weights=None: random (keras's types say a str)
     backbone.name = "backbone"
     if weights:
         try:

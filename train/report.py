@@ -150,7 +150,7 @@ def score_distributions(good: np.ndarray, bad_by_class: dict[str, np.ndarray], p
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     everything = np.concatenate([good, *bad_by_class.values()])
-    bins = np.linspace(0, float(np.percentile(everything, 99.5)) * 1.05 + 1e-9, 50)
+    bins = np.linspace(0, float(np.percentile(everything, 99.5)) * 1.05 + 1e-9, 50).tolist()
     ax.hist(np.clip(good, 0, bins[-1]), bins=bins, alpha=0.6, label=f"good ({len(good)})")
     for label, scores in bad_by_class.items():
         ax.hist(np.clip(scores, 0, bins[-1]), bins=bins, alpha=0.5, label=f"{label} ({len(scores)})")

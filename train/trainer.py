@@ -135,6 +135,7 @@ def _make_checkpointer(out: Path, state: _State, cfg: TrainConfig, deadline: flo
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
+            assert self.model is not None  # keras sets it before the first epoch
             for key, value in logs.items():
                 state.history.setdefault(key, []).append(float(value))
             state.history.setdefault("learning_rate", []).append(state.learning_rate)
@@ -274,6 +275,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # the same seed and data give the same model
     state = _State()
+    model: Any  # a keras.Model: keras's own annotations say load_model may return a function, or None
     if resuming:
         state = _State(**json.loads((out / CHECKPOINT_STATE).read_text()))
         model = keras.models.load_model(out / CHECKPOINT)

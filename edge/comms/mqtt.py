@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from linewatch.edge.errors import UsageError
 
@@ -82,7 +83,7 @@ def make_client(client_id: str, protocol: str) -> mqtt.Client:
     """
     if protocol not in PROTOCOLS:
         raise UsageError(f"MQTT protocol '{protocol}' is not supported: use 5 or 3.1.1")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS[protocol])
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS[protocol])
     client.suppress_exceptions = True
     client.enable_logger(PAHO_LOGGER)
     return client

@@ -37,6 +37,10 @@ def _absent_if_none(value: Any) -> bool:
     return value is None
 
 
+DeviceStatus = Literal["online", "offline", "stopped"]  # the retained status: connected, the will, a clean exit
+PartVerdict = Literal["good", "defect", "anomaly", "late", "no-frame"]  # a part's verdict (line I/O)
+SourceState = Literal["starting", "ok", "reconnecting", "ended", "failed"]  # the frame source, as stats say it
+
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -57,7 +61,7 @@ class Status(Payload):
 
     model_config = ConfigDict(title="linewatch status (topic <prefix>/<device_id>/status, retained)")
 
-    state: Literal["online", "offline", "stopped"]
+    state: DeviceStatus
     since: str = Field(description="When the daemon started, UTC, RFC 3339.")
     model: str | None = Field(default=None, exclude_if=_absent_if_none)
     version: str | None = Field(default=None, exclude_if=_absent_if_none)
@@ -142,7 +146,7 @@ class PartMessage(Payload):
     label: str | None
     score: float | None = Field(ge=0, le=1)
     anomaly_score: float | None = Field(default=None, ge=0, exclude_if=_absent_if_none)
-    verdict: Literal["good", "defect", "anomaly", "late", "no-frame"]
+    verdict: PartVerdict
     rejected: bool = Field(description="The reject output pulsed for it.")
     reason: str | None = Field(description="Why it was rejected (its verdict); null when it passed.")
     decision_ms: float | None = Field(description="From the trigger to its verdict; null when it had none in time.")
@@ -203,7 +207,7 @@ class Stats(Payload):
     fps: float = Field(ge=0, description="Over the last interval.")
     dropped: int = Field(ge=0, description="Stale camera frames skipped for newer ones.")
     paused: bool
-    source_state: Literal["starting", "ok", "reconnecting", "ended", "failed"]
+    source_state: SourceState
     latency_ms: dict[str, Percentiles] = Field(description="Per pipeline stage, over the last 1000 frames.")
     spool: SpoolStats
     acknowledged: int = Field(ge=0, description="Spooled messages the broker has acknowledged since start.")

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from linewatch.edge.comms.mqtt import BrokerAddress, Credentials, connect, make_client, tls_context, tls_problem
-from linewatch.edge.comms.payloads import Status, rfc3339
+from linewatch.edge.comms.payloads import DeviceStatus, Status, rfc3339
 from linewatch.edge.comms.spool import Outgoing, Spool
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class DevicePublisher:
     def topic(self, name: str) -> str:
         return f"{self.prefix}/{self.device_id}/{name}"
 
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: DeviceStatus) -> bytes:
         name, version, digest = self.model or (None, None, None)
         notices = [f"spool file was unreadable: moved aside to {aside}, a fresh one started"
                    for aside in self.spool.recovered]

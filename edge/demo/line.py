@@ -145,7 +145,11 @@ class PartCounter:
         self.seen: dict[int, dict[str, Any]] = {}
         self.client = make_client(f"linewatch-line-demo-{int(time.time() * 1000) % 100000}", protocol)
         subscribed = threading.Event()
-        self.client.on_connect = lambda c, *a: c.subscribe(f"linewatch/{DEVICE_ID}/part", qos=1)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+            client.subscribe(f"linewatch/{DEVICE_ID}/part", qos=1)  # again on every reconnect
+
+        self.client.on_connect = on_connect
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = lambda c, u, msg: self._seen(json.loads(msg.payload))
         connect(self.client, parse_broker(url))

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.edge.comms.payloads import PartMessage, rfc3339
+from linewatch.edge.comms.payloads import PartMessage, PartVerdict, rfc3339
 from linewatch.edge.device.config import LineSection
 from linewatch.edge.device.pipeline import Result
 from linewatch.edge.errors import UsageError
@@ -69,7 +69,7 @@ class Part:
     trigger_mono: float
     trigger_wall: float
     external_id: str | None = None
-    verdict: str | None = None  # good, defect, anomaly, no-frame; None until decided
+    verdict: PartVerdict | None = None  # good, defect, anomaly, no-frame; None until decided
     result: Result | None = None
     decided_mono: float | None = None
     candidates: list[Result] = field(default_factory=list)
@@ -227,7 +227,7 @@ class LineController:
                 still.append(part)
         self._undecided = still
 
-    def _judge(self, result: Result) -> str:
+    def _judge(self, result: Result) -> PartVerdict:
         prediction = result.prediction
         if prediction.anomaly_score is not None:
             return "anomaly" if prediction.anomalous else "good"
@@ -284,7 +284,7 @@ class LineController:
         device.on()
         self._at(time.monotonic() + self.cfg.reject_pulse_ms / 1000, device.off)
 
-    def _message(self, part: Part, verdict: str, rejected: bool, seq: int) -> bytes:
+    def _message(self, part: Part, verdict: PartVerdict, rejected: bool, seq: int) -> bytes:
         result = part.result
         prediction = result.prediction if result is not None else None
         return PartMessage(

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from linewatch.edge.comms.payloads import SourceState
 from linewatch.edge.device.sources import Source
 from linewatch.edge.errors import DataError
 from linewatch.edge.model.artifact import ModelArtifact
@@ -91,7 +92,7 @@ class PipelineStats:
     frames: int = 0
     dropped: int = 0
     blocks: int = 0  # interpreter calls; frames / blocks is the mean block size
-    source_state: str = "starting"
+    source_state: SourceState = "starting"
     timings_ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=1000) for s in STAGES})
     last_progress: float = field(default_factory=time.monotonic)  # a frame done, a reopen tried, the source ended
     # CPU seconds each thread spent outside invoke() (the interpreter's own threads are invoke's), once it ended:
@@ -338,7 +339,7 @@ class Pipeline:
         try:
             while True:
                 blocks = self._handoff.get(stop.is_set, self._most_frames(self.engine))
-                if blocks is Handoff.END:
+                if blocks is None:  # Handoff.END: the source is done
                     break
                 results = self._classify(blocks)
                 if self.max_frames:

@@ -226,6 +226,8 @@ class ResultSink:
         return lambda seq: self._event(alarm, seq, snapshot).encode()
 
     def _event(self, alarm: Alarm, seq: int, snapshot: str | None) -> Event:
-        return Event(device_id=self.cfg.device_id, seq=seq, ts=rfc3339_ms(alarm.ts_ms), ts_ms=alarm.ts_ms,
-                     type=alarm.type, event_id=alarm.event_id, class_=alarm.label, peak_score=alarm.peak_score,
-                     frames=alarm.frames, started_ms=alarm.started_ms, frame_id=alarm.frame_id, snapshot=snapshot)
+        # By the payload's own names: its "class" is a keyword Python reserves (events are rare: validating is cheap).
+        return Event.model_validate({
+            "device_id": self.cfg.device_id, "seq": seq, "ts": rfc3339_ms(alarm.ts_ms), "ts_ms": alarm.ts_ms,
+            "type": alarm.type, "event_id": alarm.event_id, "class": alarm.label, "peak_score": alarm.peak_score,
+            "frames": alarm.frames, "started_ms": alarm.started_ms, "frame_id": alarm.frame_id, "snapshot": snapshot})

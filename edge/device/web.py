@@ -50,21 +50,27 @@ class DeviceView(Protocol):
 
     def status(self) -> dict[str, Any]:
         """Model card, latest result, view (ROI, rotation), stats and recent events: no secrets."""
+        ...
 
     def latest_frame(self) -> tuple[int, np.ndarray] | None:
         """The newest classified frame, whole (before the ROI), with its id."""
+        ...
 
     def set_view(self, roi: tuple[float, float, float, float] | None, rotate: Rotation) -> dict[str, Any]:
         """Apply a region of interest and rotation to the next frames, and keep it in the config file."""
+        ...
 
     def save_frame(self, label: str) -> str:
         """Save the newest frame as a photo of ``label`` for the next training round; where it went."""
+        ...
 
     def snapshot(self, name: str) -> bytes | None:
         """An event's snapshot JPEG by file name."""
+        ...
 
     def metrics(self) -> bytes:
         """Prometheus's text format."""
+        ...
 
 
 class LiveFrame:
@@ -106,7 +112,7 @@ class SetupServer:
         self.host = host
         self.token = token
         self.live = LiveFrame(view, fps)
-        self.page = resources.files(__package__).joinpath("page.html").read_bytes()
+        self.page = resources.files("linewatch.edge.device").joinpath("page.html").read_bytes()
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.server.daemon_threads = True
         self.scheme = "http"

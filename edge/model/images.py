@@ -67,7 +67,7 @@ def prepare(bgr: np.ndarray, height: int, width: int, resize_mode: ResizeMode = 
         bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
     if bgr.dtype != np.uint8:
         # 16-bit images: keep the top 8 bits, as a camera's 8-bit output would.
-        bgr = (bgr.astype(np.float32) * (255.0 / np.iinfo(bgr.dtype).max)).astype(np.uint8)
+        bgr = (bgr.astype(np.float32) * (255.0 / np.iinfo(bgr.dtype.name).max)).astype(np.uint8)
     if out is None:
         out = np.empty((height, width, 3), np.uint8)
     h, w = bgr.shape[:2]
@@ -125,6 +125,6 @@ def encode_jpeg(bgr: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 def heat_map_overlay(bgr: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """An anomaly heat map (any size, 0 up) stretched over a BGR frame in JET colours, half see-through."""
     peak = float(heat.max()) or 1.0
-    colours = cv2.applyColorMap(np.uint8(255 * np.clip(heat / peak, 0, 1)), cv2.COLORMAP_JET)
+    colours = cv2.applyColorMap((255 * np.clip(heat / peak, 0, 1)).astype(np.uint8), cv2.COLORMAP_JET)
     colours = cv2.resize(colours, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
     return cv2.addWeighted(bgr, 0.55, colours, 0.45, 0)

@@ -226,6 +226,7 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     replays = math.ceil(seconds * bare()[0] / len(captured))
     rounds: list[tuple[float, float, float]] = []  # each loop's frames/s, run back to back
     bare_cpu = pipeline_cpu = outside = busy = math.inf
+    stats: PipelineStats | None = None  # the last round's
     for _ in range(repeats):
         bare_fps, cpu = bare()
         bare_cpu = min(bare_cpu, cpu)
@@ -234,6 +235,8 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
             busy = pipeline_fps * cpu  # cores the fastest pipeline run kept busy, every thread's CPU over its time
         pipeline_cpu, outside = min(pipeline_cpu, cpu), min(outside, _outside_s(stats))
         rounds.append((bare_fps, pipeline_fps, serial()))
+    if stats is None:
+        raise ValueError(f"repeats {repeats}: at least one round is needed")
     bare_fps, pipeline_fps, serial_fps = (max(r[i] for r in rounds) for i in range(3))
     live_fps = bare_fps / 2
     held_fps, _, live = pipeline(live_fps)

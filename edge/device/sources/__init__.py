@@ -59,9 +59,11 @@ class Source(Protocol):
     @property
     def fps(self) -> float | None:
         """The rate it delivers frames at; None for a finite source read as fast as it goes."""
+        ...
 
     def frames(self) -> Iterator[Captured]:
         """Captured images until the source ends; raises ``DataError`` when it fails."""
+        ...
 
     def close(self) -> None:
         """Release the device; safe to call twice."""

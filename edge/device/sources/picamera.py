@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def _is_pisp() -> bool:
     """True on a Pi 5 (PiSP), the only board whose lores stream can be RGB."""
     try:
-        from picamera2.platform import Platform, get_platform
+        from picamera2.platform import Platform, get_platform  # pyright: ignore[reportMissingImports] (apt's, Pi only)
     except ImportError:  # an old picamera2: those only ran on VC4 boards
         return False
     return get_platform() == Platform.PISP
@@ -63,7 +63,7 @@ class PicameraSource:
 
     def _start(self) -> Any:  # a Picamera2 (apt's, untyped)
         try:
-            from picamera2 import Picamera2
+            from picamera2 import Picamera2  # pyright: ignore[reportMissingImports] (apt's, on the Pi only)
         except ImportError:
             raise DataError("picamera2 is not installed: sudo apt install python3-picamera2, "
                             "and create the venv with --system-site-packages") from None
