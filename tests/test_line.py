@@ -43,7 +43,7 @@ def _line(**settings: Any) -> tuple[LineController, list[dict[str, Any]]]:
         messages.append(PartMessage.model_validate_json(build(len(messages) + 1), strict=True).model_dump())
         return len(messages)
 
-    line = LineController(cfg, publish, "dev", lambda: GOOD, lambda: True)
+    line = LineController(cfg, publish, "dev", lambda: True)
     for pin in (REJECT, GOOD_PIN, READY):
         line.outputs.factory.pin(pin).clear_states()  # type: ignore[union-attr]
     line.start()

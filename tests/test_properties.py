@@ -160,11 +160,10 @@ def test_the_fast_result_encoder_gives_the_contracts_bytes(device: str, labels: 
     encoded = ResultEncoder(device, model, top_k)(classified, seq)
     latency = json.loads(encoded)["latency_ms"]
     assert latency >= 0
-    good_outcomes = model.good_outcomes
     expected = Result(
         device_id=device, seq=seq, ts=rfc3339(ts), ts_ms=int(ts * 1000), frame_id=frame_id, path=path,
         label=prediction.label, score=round(prediction.score, 4),
-        defect=bool(good_outcomes) and prediction.label not in good_outcomes,
+        defect=model.verdict(prediction.label, prediction.anomalous) != "good",
         top=[Score(label=label, score=round(score, 4)) for label, score in prediction.top(top_k)],
         model=model_ref(model), latency_ms=latency,
         anomaly_score=None if anomaly is None else round(anomaly, 4), anomalous=prediction.anomalous).encode()

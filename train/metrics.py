@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-GOOD_LABELS = ("ok", "good", "pass", "empty", "normal")
+from linewatch.edge.model.artifact import default_good_labels
 
 
 def describe(metrics: dict[str, Any]) -> str:
@@ -21,11 +21,6 @@ def describe(metrics: dict[str, Any]) -> str:
     if d["miss_rate"] is not None:
         text += f", defect miss rate {d['miss_rate']:.4f}, false alarms {d['false_alarm_rate']:.4f}"
     return text
-
-
-def good_labels(classes: list[str]) -> list[str]:
-    """The classes that are not defects, by their usual names."""
-    return [c for c in classes if c.lower() in GOOD_LABELS]
 
 
 def pr_curve(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -59,7 +54,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list
     ranked = np.argsort(-scores, axis=1) if len(scores) else np.zeros((0, n), np.int64)
     top_k = {str(k): float((ranked[:, :k] == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
              for k in (1, 2, 3) if k <= n}
-    good = good_labels(classes) if good is None else good
+    good = default_good_labels(classes) if good is None else good  # the device's own default (ModelArtifact.verdict)
     names = np.array(classes)
     is_good = np.isin(names[y_true], good)
     called_good = np.isin(names[y_pred], good)

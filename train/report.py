@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from linewatch.edge.model.artifact import GOOD_NAMES
 from linewatch.train.metrics import describe, pr_curve
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def write_report(out: Path, title: str, metrics: dict[str, Any], classes: list[s
     skipped_html = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in skipped or [])
     figures = "".join(f"<h2>{html.escape(t)}</h2><img src='{f}' alt='{html.escape(t)}'>" for t, f in plots)
     page = _page(title, summary) + f"""<p class="big">{html.escape(describe(metrics))}</p>
-<p>Good classes: {html.escape(', '.join(d['good_labels']) or 'none (no class is named ok, good, pass, empty or normal), so there is no defect roll-up')};
+<p>Good classes: {html.escape(', '.join(d['good_labels']) or f"none (no class is named {', '.join(GOOD_NAMES)}): no defect roll-up, and a device refuses the model")};
 every other class counts as a defect. Top-k accuracy: {', '.join(f'top-{k} {v:.4f}' for k, v in metrics['top_k_accuracy'].items())}.
 Macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, F1 {metrics['macro']['f1']:.4f}.</p>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th></tr>{rows}</table>

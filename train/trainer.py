@@ -26,12 +26,13 @@ import numpy as np
 
 from linewatch.edge.errors import DataError, UsageError
 from linewatch.edge.files import write_atomic
+from linewatch.edge.model.artifact import GOOD_NAMES, default_good_labels
 from linewatch.edge.model.card import InputSpec, ModelCard
 from linewatch.train import data
 from linewatch.train.augment import build_augmenter
 from linewatch.train.config import TrainConfig
 from linewatch.train.console import EpochProgress
-from linewatch.train.metrics import classification_metrics, describe, good_labels
+from linewatch.train.metrics import classification_metrics, describe
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +270,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     dataset = dataset.used([item for items in splits.values() for item in items], skipped)
     data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
     say(dataset.summary())
+    if not default_good_labels(dataset.classes):
+        say(f"warning: no class is named {', '.join(GOOD_NAMES)}, so none is good: the metrics have no defect "
+            "roll-up and a device refuses the model (every part would be a defect)")
     say(f"input {height}x{width} ({cfg.resize_mode}), {cfg.architecture} width {cfg.width}, "
         f"{len(arrays['train'][0])} train / {len(arrays['val'][0])} val / {len(arrays['test'][0])} test images")
 
@@ -337,7 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
         name=out.name or "linewatch-model", version=now.strftime("%Y%m%d%H%M%S"),
         created=now.isoformat(timespec="seconds"), architecture=cfg.architecture,
         input=InputSpec(height=height, width=width, resize_mode=cfg.resize_mode),
-        labels=dataset.classes, good_labels=good_labels(dataset.classes),
+        labels=dataset.classes, good_labels=default_good_labels(dataset.classes),
         thresholds={c: 0.5 for c in dataset.classes},
         dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
         training={**cfg.model_dump(mode="json"),

@@ -141,7 +141,7 @@ class Daemon:
                              f"decide ({needed:.0f} ms measured, plus {LATENCY_MARGIN_MS} ms margin): move the reject "
                              "gate further down the line, or shorten line.window_ms")
         return LineController(line, self.publisher.spool_message, self.cfg.device_id,
-                              lambda: self.model.good_outcomes, self.spool.writable, self.state.update,
+                              self.spool.writable, self.state.update,
                               lambda seconds: self.metrics.decision.observe(seconds))
 
     def _trigger(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ class LineController:
     """Triggers in, verdicts matched from results, reject pulses out on time, one ``part`` message each."""
 
     def __init__(self, cfg: LineSection, publish: Callable[[str, Callable[[int], bytes]], int], device_id: str,
-                 good_outcomes: Callable[[], list[str]], spool_writable: Callable[[], bool],
+                 spool_writable: Callable[[], bool],
                  on_part: Callable[..., None] | None = None,
                  on_decision: Callable[[float], None] | None = None) -> None:
         """``on_part(**facts)`` hears each part's verdict and the counts (the ``state`` topic), ``on_decision`` its
@@ -151,7 +151,6 @@ class LineController:
         self.cfg = cfg
         self.publish = publish
         self.device_id = device_id
-        self.good_outcomes = good_outcomes
         self.spool_writable = spool_writable
         self.on_part = on_part
         self.on_decision = on_decision
@@ -228,10 +227,8 @@ class LineController:
         self._undecided = still
 
     def _judge(self, result: Result) -> PartVerdict:
-        prediction = result.prediction
-        if prediction.anomaly_score is not None:
-            return "anomaly" if prediction.anomalous else "good"
-        return "good" if prediction.label in self.good_outcomes() else "defect"
+        """The part's verdict by the rule of the model that classified its frame."""
+        return result.model.verdict(result.prediction.label, result.prediction.anomalous)
 
     def _badness(self, result: Result) -> tuple[int, float]:
         """For ``pick = "worst"``: a defect over an anomaly over a good frame, then the surest of its kind."""

@@ -46,11 +46,10 @@ class ResultEncoder:
     """
 
     def __init__(self, device_id: str, model: ModelArtifact, top_k: int) -> None:
-        good = set(model.good_outcomes)
         self.top_k = top_k
         self._labels = [_json(label) for label in model.outcomes]
         self._tops = [f'{{"label":{label},"score":' for label in self._labels]  # a top entry, but its score
-        self._defect = ["true" if good and label not in good else "false" for label in model.outcomes]
+        self._defect = ["false" if model.verdict(label) == "good" else "true" for label in model.outcomes]
         self._head = f'{{"schema":{SCHEMA},"device_id":{_json(device_id)},"seq":'
         self._model = ',"model":' + model_ref(model).model_dump_json() + ',"latency_ms":'
         self._scores: dict[float, str] = {}  # a score's text, as ``round(score, 4)`` writes it

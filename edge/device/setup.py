@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from linewatch.edge.device.config import PAGE_KEYS, PAGE_SETTINGS, Rotation, env_name
+from linewatch.edge.device.pipeline import Result
 from linewatch.edge.device.system import cpu_temperature
 from linewatch.edge.files import write_atomic
 from linewatch.edge.model.images import encode_jpeg
@@ -45,6 +46,14 @@ def page_token(configured: str | None, state_dir: Path) -> str:
     return token
 
 
+def latest_view(latest: Result) -> dict[str, Any]:
+    """The newest result as the page shows it; ``defect`` by the rule of the model that made it."""
+    p = latest.prediction
+    return {"frame_id": latest.frame.id, "ts_ms": int(latest.frame.ts * 1000), "label": p.label,
+            "score": round(p.score, 4), "defect": latest.model.verdict(p.label, p.anomalous) != "good",
+            "anomaly_score": None if p.anomaly_score is None else round(p.anomaly_score, 4), "anomalous": p.anomalous}
+
+
 class SetupView:
     """``web.DeviceView`` for ``Daemon``: reads its parts, never blocks the frame loop."""
 
@@ -62,19 +71,12 @@ class SetupView:
     def status(self) -> dict[str, Any]:
         d = self.daemon
         card, stats, latest = d.model.card, d.pipeline.stats, d.sink.latest
-        result = None
-        if latest is not None:
-            p = latest.prediction
-            result = {"frame_id": latest.frame.id, "ts_ms": int(latest.frame.ts * 1000), "label": p.label,
-                      "score": round(p.score, 4), "defect": p.label not in d.model.good_outcomes,
-                      "anomaly_score": None if p.anomaly_score is None else round(p.anomaly_score, 4),
-                      "anomalous": p.anomalous}
         return {
             "device_id": d.cfg.device_id,
             "model": {"name": card.name, "version": card.version, "task": card.task, "labels": d.model.labels,
                       "outcomes": d.model.outcomes, "sha256": d.model.sha256, "architecture": card.architecture,
                       "quantization": card.quantization, "metrics": card.metrics, "parity": card.parity},
-            "latest": result,
+            "latest": None if latest is None else latest_view(latest),
             "view": {"roi": list(d.pipeline.roi) if d.pipeline.roi else None, "rotate": d.pipeline.rotate},
             "stats": {"frames": stats.frames, "fps": self._fps(stats.frames), "dropped": stats.dropped,
                       "source_state": stats.source_state, "paused": d.paused.is_set(), "broker": d.publisher.state,

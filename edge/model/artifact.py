@@ -13,6 +13,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -23,6 +24,14 @@ CARD_NAME = "model_card.json"
 LABELS_NAME = "labels.txt"
 TFLITE_IDENTIFIER = b"TFL3"
 ANOMALY_OUTCOMES = ("anomaly", "normal")  # an anomaly model's labels: anomaly first, so a tie flags the frame
+GOOD_NAMES = ("ok", "good", "pass", "empty", "normal")  # the classes taken as good when nothing says which are
+Verdict = Literal["good", "defect", "anomaly"]  # what a prediction means for the part in front of the camera
+
+
+def default_good_labels(labels: list[str]) -> list[str]:
+    """The classes that are not defects, by their usual names: what training records, and what a model whose
+    card names none (a plain .tflite and a labels file) gets at load."""
+    return [label for label in labels if label.lower() in GOOD_NAMES]
 
 
 def sha256(data: bytes) -> str:
@@ -66,7 +75,15 @@ class ModelArtifact:
     @property
     def good_outcomes(self) -> list[str]:
         """The outcomes that are not defects."""
-        return [ANOMALY_OUTCOMES[1]] if self.card.task == "anomaly" else self.card.good_labels
+        return [outcome for outcome in self.outcomes if self.verdict(outcome) == "good"]
+
+    def verdict(self, label: str, anomalous: bool | None = None) -> Verdict:
+        """The one rule of what a prediction means: results, events, the setup page, the line, the metrics and Home
+        Assistant all ask here. An anomaly model's frame is ``anomaly`` when it reached its threshold
+        (``anomalous``; else its label says); a classifier's is ``good`` for a good label, else ``defect``."""
+        if self.card.task == "anomaly":
+            return "anomaly" if (label == ANOMALY_OUTCOMES[0] if anomalous is None else anomalous) else "good"
+        return "good" if label in self.card.good_labels else "defect"
 
 
 def pack(flatbuffer: bytes, card: ModelCard, labels: list[str]) -> bytes:
@@ -132,8 +149,11 @@ def load(path: Path | str, labels_path: Path | str | None = None) -> ModelArtifa
     elif _looks_truncated(data):
         raise ModelError(f"{path} is truncated: copy the model again")
     labels = read_labels(Path(labels_path)) if labels_path else list(card.labels if card else [])
-    return ModelArtifact(path=path, flatbuffer=flatbuffer, card=card or ModelCard(name=path.stem, labels=labels),
-                         labels=labels, has_card=card is not None)
+    has_card = card is not None
+    card = card or ModelCard(name=path.stem, labels=labels)
+    if card.task == "classify" and not card.good_labels:  # the card records the default it runs with
+        card = card.model_copy(update={"good_labels": default_good_labels(labels)})
+    return ModelArtifact(path=path, flatbuffer=flatbuffer, card=card, labels=labels, has_card=has_card)
 
 
 def _looks_truncated(data: bytes) -> bool:
