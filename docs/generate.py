@@ -4,9 +4,9 @@
     python docs/generate.py --check   # the tests: exit 1 and name each stale file
 
 Sources: the MQTT payload models (docs/schemas/*.json), the daemon's settings model
-(docs/configuration.md), the exit-code table (docs/exit-codes.md and the README's table) and
-the last ``make soak``, ``make bench-train`` and ``make bench`` runs recorded in docs/reliability.md,
-docs/training.md and benchmarks/results.md (the README's reliability, training and figures tables).
+(docs/configuration.md), the exit-code table (docs/exit-codes.md) and the last ``make bench`` run
+recorded in benchmarks/results.md (the README's figures; other runs' tables stay in their documents,
+and a README block named after one of them is filled from it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from linewatch.edge.device.config import RUN_DEFAULTS, Config, env_name
 from linewatch.edge.errors import exit_code_table
 
 ROOT = Path(__file__).resolve().parents[1]
-README_BLOCK = re.compile(r"(<!-- exit-codes:begin -->\n).*?(<!-- exit-codes:end -->)", re.S)
 # Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`, `make bench`.
 RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md",
             "bench": ROOT / "benchmarks" / "results.md", "bench-anomaly": ROOT / "docs" / "anomaly.md",
@@ -74,12 +73,12 @@ def exit_codes() -> str:
 
 
 def readme(current: str) -> str:
-    """The exit-code table, and the recorded tables as their documents have them."""
+    """The recorded tables as their documents have them."""
     for name, source in RECORDED.items():
         found = recorded_block(name).search(source.read_text())
         table = found.group(2) if found else ""
         current = recorded_block(name).sub(lambda m: m.group(1) + table + m.group(3), current)  # noqa: B023
-    return README_BLOCK.sub(lambda m: m.group(1) + exit_code_table() + "\n" + m.group(2), current)
+    return current
 
 
 def documents() -> dict[Path, str]:

@@ -1,8 +1,8 @@
 """The errors a user can cause, each with the exit code the CLI documents.
 
 A user's mistake ends in one line that names the thing and what to do, never a traceback.
-``EXIT_CODES`` is the one table of exit codes: the ``--help`` epilog, docs/exit-codes.md and
-the README's table are generated from it (``make docs``), and a test checks they agree.
+``EXIT_CODES`` is the one table of exit codes: the ``--help`` epilog and docs/exit-codes.md
+are generated from it (``make docs``), and a test checks they agree.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def exit_code_epilog() -> str:
 
 
 def exit_code_table() -> str:
-    """The Markdown table of docs/exit-codes.md and the README."""
+    """The Markdown table of docs/exit-codes.md."""
     rows = ["| code | meaning | examples |", "| --- | --- | --- |"]
     rows += [f"| {c.code} | {c.meaning} | {c.examples} |" for c in EXIT_CODES]
     return "\n".join(rows)

@@ -129,8 +129,8 @@ def test_generated_docs_match_their_sources() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_readme_layout_names_every_folder_of_edge() -> None:
-    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+def test_the_layout_names_every_folder_of_edge() -> None:
+    layout = (ROOT / "docs" / "architecture.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     packages = sorted(p.name for p in (ROOT / "edge").iterdir() if (p / "__init__.py").is_file())
     assert packages and all(f"{name}/" in layout for name in packages), packages
 
