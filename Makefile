@@ -56,7 +56,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/basedpyright
+	$(BIN)/basedpyright -p pyproject.toml
 
 # Regenerate what is generated from the code: payload schemas, configuration reference, exit-code tables.
 docs: $(STAMP)
