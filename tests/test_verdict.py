@@ -87,8 +87,10 @@ def test_every_consumer_follows_the_models_verdict(case: str, tiny: Path, tiny_a
 def test_a_model_that_names_no_good_class_is_refused_at_load(tiny: Path, tmp_path: Path) -> None:
     """Nothing could pass such a model: every part would be rejected. One line, exit 4, before anything runs."""
     plain, labels = _plain(tiny, tmp_path, ["a", "b", "c", "d", "e"])
+    model = artifact.load(plain, labels)
+    Engine(model)  # it loads and runs: timing or evaluating it needs no verdict
     with pytest.raises(ModelError, match="names no good class"):
-        Engine(artifact.load(plain, labels))
+        model.require_good_outcome()  # the device's load (make_engine) asks
     proc = linewatch("run", "--model", str(plain), "--labels", str(labels), "--source", "conveyor:1", "--device-id",
                      "no-good", "--broker", "mqtt://127.0.0.1:1", "--max-frames", "1", check=False)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("INFO: ")]  # LiteRT's own note

@@ -52,7 +52,8 @@ MB = 2**20
 
 def make_engine(cfg: Config, model: ModelArtifact) -> Engine:
     """An engine for ``model``, at start, for every update and for ``linewatch check``; the device runs full-integer
-    models only."""
+    models only, and only models that can call a part good."""
+    model.require_good_outcome()
     engine = Engine(model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
     if not engine.integer:
         raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "

@@ -77,6 +77,14 @@ class ModelArtifact:
         """The outcomes that are not defects."""
         return [outcome for outcome in self.outcomes if self.verdict(outcome) == "good"]
 
+    def require_good_outcome(self) -> None:
+        """A device refuses a model none of whose outcomes is good: every part would be rejected. (Timing, tuning and
+        evaluating a model need no verdict, so only the device asks.)"""
+        if not self.good_outcomes:
+            raise ModelError(f"{self.path} names no good class, so every frame would be a defect: name the good "
+                             f"classes' folders {' or '.join(GOOD_NAMES)} and train again, or give those names in "
+                             "the labels file")
+
     def verdict(self, label: str, anomalous: bool | None = None) -> Verdict:
         """The one rule of what a prediction means: results, events, the setup page, the line, the metrics and Home
         Assistant all ask here. An anomaly model's frame is ``anomaly`` when it reached its threshold

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from linewatch.edge.errors import ModelError
-from linewatch.edge.model.artifact import GOOD_NAMES, ModelArtifact
+from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.card import InputSpec
 from linewatch.edge.model.images import prepare
 
@@ -161,10 +161,6 @@ class Engine:
         self.height, self.width = int(inp[0]["shape"][1]), int(inp[0]["shape"][2])
         if not model.labels:
             raise ModelError(f"{model.path} has no model card with labels: pass --labels FILE")
-        if not model.good_outcomes:  # nothing could pass: every part a defect (artifact.load gave the usual names)
-            raise ModelError(f"{model.path} names no good class, so every frame would be a defect: name the good "
-                             f"classes' folders {' or '.join(GOOD_NAMES)} and train again, or give those names in "
-                             "the labels file")
         classes = int(out[0]["shape"][1])
         if self.task == "classify" and len(model.labels) != classes:
             raise ModelError(f"{model.path} outputs {classes} classes but {len(model.labels)} labels were given")
