@@ -333,7 +333,8 @@ def env_name(dotted: str) -> str:
     return ENV_PREFIX + dotted.replace(".", "_").upper()
 
 
-def _get(tree: dict[str, Any], dotted: str) -> Any:
+def get_key(tree: dict[str, Any], dotted: str) -> Any:
+    """``a.b.c`` of a nested dict (``KeyError`` when a part is missing)."""
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
             raise KeyError(dotted)
@@ -370,7 +371,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
             raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     for dotted, value in (defaults or {}).items():
         try:
-            _get(tree, dotted)
+            get_key(tree, dotted)
         except KeyError:
             options.set_key(tree, dotted, value)
     given = {**_env_overrides(dict(os.environ if environ is None else environ)), **(overrides or {})}
@@ -418,7 +419,7 @@ def read_page_settings(state_dir: Path) -> dict[str, Any]:
     found = {}
     for dotted in PAGE_KEYS:
         with contextlib.suppress(KeyError):
-            found[dotted] = _get(tree, dotted)
+            found[dotted] = get_key(tree, dotted)
     return found
 
 

@@ -57,9 +57,7 @@ def _rerooted(path: Path | None, overrides: dict[str, Any], cfg: Config, root: P
     values = cfg.model_dump()
     moved = dict(overrides)
     for key in config.keys_marked(config.FILE):
-        value: Any = values
-        for part in key.split("."):
-            value = value[part]
+        value = config.get_key(values, key)
         if isinstance(value, str) and value.startswith("/"):
             moved[key] = str(root / value.lstrip("/"))
     return config.load_run(path, moved, environ)
