@@ -155,12 +155,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    from linewatch.edge.device.config import read_password
     from linewatch.edge.tools.install import install, still_example
 
     settings = {key: value for key, value in (("device_id", args.device_id), ("mqtt.broker", args.broker),
                                               ("mqtt.username", args.username), ("source.spec", args.source))
                 if value}
-    password = _read_secret(args.password_file, "--password-file") if args.password_file else \
+    password = read_password(args.password_file, environ={}) if args.password_file else \
         _prompt_password() if args.password_prompt else None
     root = Path(args.root)
     outcome = install(root, Path(args.venv) if args.venv else None, args.user,
@@ -184,13 +185,6 @@ def _cmd_install(args: argparse.Namespace) -> int:
     print(f"configuration: {config_path} checked as the daemon reads it"
           + ("" if outcome.started else "; not started (--no-start, --root, or no systemctl here)"))
     return 0
-
-
-def _read_secret(path: str, flag: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"{flag} {path} cannot be read: {exc.strerror}") from None
 
 
 def _prompt_password() -> str:
@@ -344,7 +338,7 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
                                      "code, and whether the broker accepts the credentials")
     p.add_argument("--config", help="TOML config file (default: /etc/linewatch/linewatch.toml when it exists)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, as for run")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's answer (default: 5)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's answer")
     p.add_argument("--no-probe", action="store_true", help="do not connect to the broker")
     p.set_defaults(handler=_cmd_check)
 
@@ -352,8 +346,7 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
                                        "then started")
     p.add_argument("--root", default="/", help="install below this folder instead of / (images, tests)")
     p.add_argument("--venv", help="the venv the service runs (default: the one this linewatch runs from)")
-    p.add_argument("--user", default="linewatch", help="the system user the service runs as (created if missing; "
-                                                       "default: linewatch)")
+    p.add_argument("--user", default="linewatch", help="the system user the service runs as (created if missing)")
     p.add_argument("--model", help="a .tflite to put in place as /var/lib/linewatch/model.tflite")
     p.add_argument("--device-id", help="the device id (default for a new configuration: the host name)")
     p.add_argument("--broker", help="the broker URL, mqtts://HOST:PORT")

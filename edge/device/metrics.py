@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -62,8 +61,7 @@ class DaemonCollector(Collector):
         for stage, window in stats.timings_ms.items():
             values_ms, where = list(window), {"device_id": d.cfg.device_id, "stage": stage}
             for q in (0.5, 0.99):
-                value = float(np.percentile(values_ms, q * 100)) / 1000 if values_ms else 0.0
-                stages.add_sample(stages.name, {**where, "quantile": str(q)}, value)
+                stages.add_sample(stages.name, {**where, "quantile": str(q)}, stats.percentile(stage, q * 100) / 1000)
             stages.add_sample(f"{stages.name}_count", where, len(values_ms))
             stages.add_sample(f"{stages.name}_sum", where, sum(values_ms) / 1000)
         yield stages
