@@ -101,6 +101,23 @@ def wait_until(condition: Callable[[], bool], timeout: float, poll: float = 0.1)
     return condition()
 
 
+class FakeClock:
+    """A ``Clock`` that moves only when a test advances it: timed parts tested without sleeping."""
+
+    def __init__(self, monotonic: float = 1000.0, wall: float = 1_780_000_000.0) -> None:
+        self._monotonic, self._wall = monotonic, wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def time(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        self._monotonic += seconds
+        self._wall += seconds
+
+
 @dataclass(frozen=True)
 class Message:
     topic: str

@@ -122,6 +122,19 @@ def test_imports_follow_docs_architecture() -> None:
     assert not tensorflow
 
 
+def test_the_setup_page_and_the_metrics_see_the_daemon_only_through_its_reading() -> None:
+    """docs/architecture.md: they read a frozen ``DeviceReading`` and change only what they are handed a callable for."""
+    from linewatch.edge.device.view import DeviceReading
+
+    modules = _modules()
+    parts = {f"linewatch.edge.device.{m}" for m in ("daemon", "results", "line", "ota", "commands", "stats", "state")}
+    parts |= {"linewatch.edge.comms.publisher", "linewatch.edge.comms.spool"}
+    for name in ("linewatch.edge.device.setup", "linewatch.edge.device.metrics", "linewatch.edge.device.web"):
+        assert not _imports(modules[name], modules) & parts, name
+        assert "Daemon" not in modules[name].read_text(), name
+    assert DeviceReading.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
 def test_generated_docs_match_their_sources() -> None:
     """Schemas, configuration reference and exit-code tables are what the code says (`make docs`)."""
     proc = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], capture_output=True,

@@ -135,7 +135,8 @@ def test_a_block_of_results_is_spooled_at_once_each_with_its_own_model(tiny: Pat
     spool = Spool(tmp_path / "spool.sqlite")
     publisher = DevicePublisher(parse_broker("mqtt://127.0.0.1:1"), "blocks", spool)  # never started: spool only
     old, new = artifact.load(tiny), artifact.load(tiny_uint8)
-    sink = ResultSink(cfg, old, publisher, threading.Event(), None, None)
+    sink = ResultSink(old, device_id=cfg.device_id, results=cfg.results, events=cfg.events, review=cfg.review,
+                      source=cfg.source, publisher=publisher, paused=threading.Event())
     photos = sorted((holdout / "crack").glob("*.jpg"))[:3] + sorted((holdout / "ok").glob("*.jpg"))[:3]
     frames = [Frame(i, time.time(), read_image(str(photo))) for i, photo in enumerate(photos, 1)]
     results = [Result(frame, Engine(model).predict(frame.image), model)

@@ -19,14 +19,15 @@ from linewatch.edge import __version__
 from linewatch.edge.comms.payloads import PartMessage, Stats
 from linewatch.edge.demo.brokers import free_port
 from linewatch.edge.demo.line import pin_history
+from linewatch.edge.device.clock import SYSTEM_CLOCK
 from linewatch.edge.device.config import LineSection
-from linewatch.edge.device.line import LineController
+from linewatch.edge.device.line import READY_CHECK_S, LineController
 from linewatch.edge.device.pipeline import Frame, Result
 from linewatch.edge.model import artifact
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.card import ModelCard
 from linewatch.edge.model.engine import Prediction
-from tests.helpers import Collector, linewatch, start_daemon, stop_daemon
+from tests.helpers import Collector, FakeClock, linewatch, start_daemon, stop_daemon, wait_until
 
 LABELS = ["crack", "empty", "ok", "scratch", "stain"]
 GOOD = ["ok", "empty"]
@@ -34,7 +35,8 @@ MODEL = ModelArtifact(Path("m.tflite"), b"", ModelCard(labels=LABELS, good_label
 TRIGGER, REJECT, GOOD_PIN, READY = 17, 27, 23, 22
 
 
-def _line(**settings: Any) -> tuple[LineController, list[dict[str, Any]]]:
+def _line(clock: FakeClock | None = None, **settings: Any) -> tuple[LineController, list[dict[str, Any]]]:
+    """A controller on mock pins; on a fake clock its scheduler thread is not started: the test ticks it."""
     cfg = LineSection(mode="gpio", trigger_pin=TRIGGER, reject_pin=REJECT, good_pin=GOOD_PIN, ready_pin=READY,
                       pin_factory="mock", reject_delay_ms=300, reject_pulse_ms=40, **settings)
     messages: list[dict[str, Any]] = []
@@ -43,11 +45,18 @@ def _line(**settings: Any) -> tuple[LineController, list[dict[str, Any]]]:
         messages.append(PartMessage.model_validate_json(build(len(messages) + 1), strict=True).model_dump())
         return len(messages)
 
-    line = LineController(cfg, publish, "dev", lambda: True)
+    line = LineController(cfg, publish=publish, device_id="dev", spool_writable=lambda: True,
+                          clock=clock or SYSTEM_CLOCK)
     for pin in (REJECT, GOOD_PIN, READY):
-        line.outputs.factory.pin(pin).clear_states()  # type: ignore[union-attr]
-    line.start()
+        _pin(line, pin).clear_states()
+    if clock is None:
+        line.start()
     return line, messages
+
+
+def _pin(line: LineController, number: int) -> Any:
+    assert line.outputs is not None
+    return line.outputs.factory.pin(number)
 
 
 def _result(frame_id: int, ts: float, label: str) -> Result:
@@ -56,106 +65,133 @@ def _result(frame_id: int, ts: float, label: str) -> Result:
     return Result(Frame(frame_id, ts, np.zeros((4, 4, 3), np.uint8)), Prediction(scores, LABELS), MODEL)
 
 
-def _edge(line: LineController) -> float:
-    """The photo-eye sees a part: a 5 ms pulse on the trigger pin; its monotonic time."""
-    pin = line.outputs.factory.pin(TRIGGER)  # type: ignore[union-attr]
-    started = time.monotonic()
+def _edge(line: LineController) -> None:
+    """The photo-eye sees a part: a pulse on the trigger pin (gpiozero calls the line back at the rising edge)."""
+    pin = _pin(line, TRIGGER)
     pin.drive_high()
-    time.sleep(0.005)
     pin.drive_low()
-    return started
 
 
-def _highs(line: LineController, number: int, base: float) -> list[tuple[float, float]]:
-    """(start, length) in seconds after ``base`` of each time the output pin was high."""
-    pulses, start = [], None
-    for t, high in pin_history(line.outputs.factory.pin(number)):  # type: ignore[union-attr]
-        if high and start is None:
-            start = t
-        elif not high and start is not None:
-            pulses.append((start - base, t - start))
-            start = None
-    return pulses
+class Scope:
+    """Runs a line on a fake clock a millisecond at a time and records its outputs' pulses in that clock's time."""
+
+    STEP_S = 0.001
+
+    def __init__(self, line: LineController, clock: FakeClock) -> None:
+        self.line, self.clock = line, clock
+        self.pulses: dict[int, list[list[float]]] = {pin: [] for pin in (REJECT, GOOD_PIN)}  # [start, end]
+        self.ready: list[tuple[float, bool]] = []
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / self.STEP_S)):
+            self.clock.advance(self.STEP_S)
+            self.line.tick()
+            now = self.clock.monotonic()
+            for pin, pulses in self.pulses.items():
+                high, in_pulse = bool(_pin(self.line, pin).state), bool(pulses) and pulses[-1][1] == float("inf")
+                if high and not in_pulse:
+                    pulses.append([now, float("inf")])
+                elif in_pulse and not high:
+                    pulses[-1][1] = now
+            ready = bool(_pin(self.line, READY).state)
+            if not self.ready or self.ready[-1][1] != ready:
+                self.ready.append((now, ready))
 
 
 def test_parts_in_transit_get_their_own_verdicts_and_only_the_bad_one_is_pushed_off() -> None:
-    line, messages = _line()
-    try:
-        base = time.monotonic()
-        frame, edges = 0, []
-        for label in ("ok", "scratch", "ok", "stain"):
-            edge_time = _edge(line) - base
-            edges.append(edge_time)
-            now = time.time()
-            for offset in (-0.03, 0.0, 0.03, 0.06):  # frames around the trigger, classified a little later
-                frame += 1
-                line.on_result(_result(frame, now + offset, "ok" if offset else label))
-            assert edge_time < 0.5
-            time.sleep(0.08)
-        time.sleep(0.5)
-    finally:
-        line.stop()
+    clock = FakeClock()
+    line, messages = _line(clock)
+    scope = Scope(line, clock)
+    frame, edges = 0, []
+    for label in ("ok", "scratch", "ok", "stain"):
+        edges.append(clock.monotonic())
+        _edge(line)
+        now = clock.time()
+        for offset in (-0.03, 0.0, 0.03, 0.06):  # frames around the trigger, classified a little later
+            frame += 1
+            line.on_result(_result(frame, now + offset, "ok" if offset else label))
+        scope.run(0.08)
+    scope.run(0.5)
+    line.stop()
     assert [m["verdict"] for m in messages] == ["good", "defect", "good", "defect"]
     assert [m["rejected"] for m in messages] == [False, True, False, True]
     assert [m["reason"] for m in messages] == [None, "defect", None, "defect"]
-    assert [m["seq"] for m in messages] == [1, 2, 3, 4] and all(m["decision_ms"] < 300 for m in messages)
-    rejects, goods = _highs(line, REJECT, base), _highs(line, GOOD_PIN, base)
-    assert len(rejects) == 2 and len(goods) == 2
-    for (start, length), edge_time in zip(rejects, (edges[1], edges[3])):
-        assert start - edge_time == pytest.approx(0.3, abs=0.02)  # on time: the delay after its own trigger
-        assert length == pytest.approx(0.04, abs=0.01)
+    assert [m["seq"] for m in messages] == [1, 2, 3, 4] and all(m["decision_ms"] == 0 for m in messages)
+    rejects, goods = scope.pulses[REJECT], scope.pulses[GOOD_PIN]
+    for pulses, parts in ((rejects, (edges[1], edges[3])), (goods, (edges[0], edges[2]))):
+        assert len(pulses) == 2
+        for (start, end), edge_time in zip(pulses, parts):
+            assert start - edge_time == pytest.approx(0.3, abs=Scope.STEP_S)  # on time: the delay after its trigger
+            assert end - start == pytest.approx(0.04, abs=Scope.STEP_S)
     counters = line.counters.as_dict()
     assert counters["parts"] == 4 and counters["good"] == 2 and counters["rejected"] == 2 and counters["yield"] == 0.5
 
 
-def test_a_part_without_a_verdict_by_its_deadline_is_rejected_as_late_unless_fail_safe_is_off() -> None:
-    for fail_safe in (True, False):
-        line, messages = _line(fail_safe=fail_safe)
-        try:
-            line.on_result(_result(1, time.time() - 0.5, "ok"))  # the pipeline is behind: nothing after the trigger
-            _edge(line)
-            time.sleep(0.45)
-        finally:
-            line.stop()
-        assert [(m["verdict"], m["rejected"], m["reason"]) for m in messages] == \
-            [("late", True, "late") if fail_safe else ("late", False, None)]
-        assert len(_highs(line, REJECT, 0)) == (1 if fail_safe else 0) and line.counters.late == 1
+@pytest.mark.parametrize("fail_safe", [True, False])
+def test_a_part_without_a_verdict_by_its_deadline_is_rejected_as_late_unless_fail_safe_is_off(fail_safe: bool) -> None:
+    clock = FakeClock()
+    line, messages = _line(clock, fail_safe=fail_safe)
+    scope = Scope(line, clock)
+    line.on_result(_result(1, clock.time() - 0.5, "ok"))  # the pipeline is behind: nothing after the trigger
+    edge_time = clock.monotonic()
+    _edge(line)
+    scope.run(0.299)
+    assert messages == [] and scope.pulses[REJECT] == []  # undecided until the part reaches the gate
+    scope.run(0.15)
+    line.stop()
+    assert [(m["verdict"], m["rejected"], m["reason"]) for m in messages] == \
+        [("late", True, "late") if fail_safe else ("late", False, None)]
+    assert [start - edge_time for start, _ in scope.pulses[REJECT]] == \
+        ([pytest.approx(0.3, abs=Scope.STEP_S)] if fail_safe else [])
+    assert line.counters.late == 1 and messages[0]["decision_ms"] is None
 
 
 def test_bounce_and_double_triggers_are_counted_not_parts_and_no_frame_is_a_verdict() -> None:
-    line, messages = _line(debounce_ms=5, min_spacing_ms=60)
-    try:
-        pin = line.outputs.factory.pin(TRIGGER)  # type: ignore[union-attr]
-        for _ in range(3):  # contact bounce: edges 1 ms apart
-            pin.drive_high()
-            pin.drive_low()
-        time.sleep(0.02)
-        _edge(line)  # 20 ms after the first: a double trigger
-        later = time.time() + 0.5
-        line.on_result(_result(1, later, "ok"))  # a frame well after the window: none within it
-        time.sleep(0.45)
-    finally:
-        line.stop()
+    clock = FakeClock()
+    line, messages = _line(clock, debounce_ms=5, min_spacing_ms=60)
+    scope = Scope(line, clock)
+    for _ in range(3):  # contact bounce: edges 1 ms apart
+        _edge(line)
+        clock.advance(0.001)
+    scope.run(0.02)
+    _edge(line)  # 20 ms after the first: a double trigger
+    line.on_result(_result(1, clock.time() + 0.5, "ok"))  # a frame well after the window: none within it
+    scope.run(0.45)
+    line.stop()
     counters = line.counters.as_dict()
     assert counters["parts"] == 1 and counters["double_triggers"] == 1 and line.counters.bounces == 2
     assert [(m["verdict"], m["rejected"]) for m in messages] == [("no-frame", True)]
+    assert len(scope.pulses[REJECT]) == 1
+
+
+def test_ready_is_held_while_frames_arrive_and_dropped_a_second_after_they_stop() -> None:
+    clock = FakeClock()
+    line, _ = _line(clock)
+    scope = Scope(line, clock)
+    for i in range(10):
+        line.on_result(_result(i + 1, clock.time(), "ok"))
+        scope.run(0.05)
+    last_frame = clock.monotonic() - 0.05
+    scope.run(1.5)
+    line.stop()
+    (on, high), (off, low) = scope.ready
+    assert high and not low and on <= last_frame - 0.4
+    assert 1.0 <= off - last_frame <= 1.0 + READY_CHECK_S + Scope.STEP_S  # checked every READY_CHECK_S
 
 
 def test_stopping_rejects_the_parts_in_transit_at_their_deadlines_and_drops_ready() -> None:
+    """The scheduler thread on the real clock: stop() waits for the part's deadline, so its pulse is not lost."""
     line, messages = _line()
-    base = time.monotonic()
     for i in range(5):
         line.on_result(_result(i + 1, time.time(), "ok"))
-        time.sleep(0.05)
-    time.sleep(0.3)
-    ready = line.outputs.factory.pin(READY)  # type: ignore[union-attr]
-    assert ready.state  # frames arriving, spool writable
+    assert wait_until(lambda: bool(_pin(line, READY).state), 2, poll=0.01)  # frames arriving, spool writable
     _edge(line)
     stopping = time.monotonic()
     line.stop()  # the frame loop has stopped: the part in transit has no verdict
     assert time.monotonic() - stopping >= 0.25  # it waited for the part's deadline
     assert [(m["verdict"], m["rejected"]) for m in messages] == [("late", True)]
-    assert len(_highs(line, REJECT, base)) == 1 and not ready.state
+    assert [high for _, high in pin_history(_pin(line, REJECT))] == [False, True, False]
+    assert not _pin(line, READY).state
 
 
 def test_the_daemon_takes_mqtt_triggers_and_publishes_one_part_message_each(tiny: Path, broker,

@@ -61,8 +61,8 @@ def _prediction(model: ModelArtifact, outcome: str) -> Prediction:
                                   "an anomaly model"])
 def test_every_consumer_follows_the_models_verdict(case: str, tiny: Path, tiny_anomaly: Path, tmp_path: Path) -> None:
     model = _model(case, tiny, tiny_anomaly, tmp_path)
-    line = LineController(LineSection(mode="mqtt", reject_pin=27, pin_factory="mock"), lambda *a: 0, "dev",
-                          lambda: True)
+    line = LineController(LineSection(mode="mqtt", reject_pin=27, pin_factory="mock"), publish=lambda *a: 0,
+                          device_id="dev", spool_writable=lambda: True)
     encode = ResultEncoder("dev", model, top_k=2)
     verdicts = {}
     for n, outcome in enumerate(model.outcomes, start=1):

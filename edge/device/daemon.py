@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
-from linewatch.edge.device.config import Config
+from linewatch.edge.device.config import Config, HttpSection, LineSection, MqttSection, Rotation
 from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, decision_latency_ms
 from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater
@@ -38,6 +39,7 @@ from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
 from linewatch.edge.device.systemd import ServiceNotifier
+from linewatch.edge.device.view import DeviceReader
 from linewatch.edge.device.web import SetupServer
 from linewatch.edge.errors import BrokerError, LinewatchError, ModelError, UsageError
 from linewatch.edge.files import write_atomic
@@ -68,7 +70,12 @@ def make_engine(cfg: Config, model: ModelArtifact) -> Engine:
 
 
 class Daemon:
-    """One running device. ``run()`` returns the exit summary."""
+    """One running device. ``run()`` returns the exit summary.
+
+    Built by short ``init_*`` steps in the order the parts depend on each other; each step hands a
+    part its own config section and, by keyword, the few collaborators it needs. The setup page
+    and the metrics get a ``DeviceReader``, never the daemon.
+    """
 
     def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict[str, Any] | None = None,
                  once: bool = False, max_frames: int | None = None, source: Source | None = None) -> None:
@@ -77,73 +84,117 @@ class Daemon:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.once = once
+        self.state_dir = Path(cfg.state_dir)
         self.model = artifact.load(cfg.model.path, cfg.model.labels)
-        self.engine = self._engine(self.model)
+        self.engine = make_engine(cfg, self.model)
         self.source = source or open_source(cfg.source.spec, fps=cfg.source.fps, loop=cfg.source.loop,
                                             camera_size=cfg.source.camera_size)
-        state = Path(cfg.state_dir)
-        try:
-            self.spool = Spool(state / f"spool-{cfg.device_id}.sqlite", cfg.spool.max_entries, cfg.spool.max_mb)
-        except OSError as exc:
-            raise UsageError(f"state_dir {state}: {exc}") from None
-        mqtt_cfg = cfg.mqtt
-        for warning in config_module.check_files(mqtt_cfg):
-            logger.warning(warning)
-        self.publisher = DevicePublisher(
-            parse_broker(mqtt_cfg.broker), cfg.device_id, self.spool, mqtt_cfg.prefix, mqtt_cfg.protocol,
-            Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
-                        mqtt_cfg.cert_file, mqtt_cfg.key_file),
-            mqtt_cfg.keepalive, model=(self.model.name, self.model.version, self.model.sha256),
-            reconnect_max_s=mqtt_cfg.reconnect_max_s, insecure=mqtt_cfg.insecure)
-        self.review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
-        self.snapshots = JpegArchive(state / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
-            if cfg.events.snapshots else None
         self.paused = threading.Event()
         self.stop_event = threading.Event()
-        self.state = StateReporter(cfg.device_id, self.publisher)
-        self.metrics = Metrics(self)
-        self.line = self._line() if cfg.line.mode != "free" else None
-        self.sink = ResultSink(cfg, self.model, self.publisher, self.paused, self.snapshots, self.review,
-                               self.line.on_result if self.line else None, self.state.update)
-        self.updater = ModelUpdater(
-            Path(cfg.model.path), state / "ota", self.install, self._engine, lambda: list(self.sink.reference),
-            signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key else None, int(cfg.ota.max_mb * MB))
-        handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
-        if cfg.ota.enabled:
-            handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
-        if self.line is not None and cfg.line.mode == "mqtt":
-            handlers["trigger"] = self._trigger
-        self.commands = CommandRouter(cfg.device_id, handlers, self.publisher.reply)
-        self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused, lambda: self.cfg.stats.interval_s,
-                                   self.line.counters.as_dict if self.line else None,
-                                   lambda fps: self.state.update(fps=fps))
-        self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
-                                 rotate=cfg.source.rotate)
-        self.notifier = ServiceNotifier(self._last_progress, self._status_line)
-        self.sink.on_first_result = self.notifier.ready
-        self.status_file = state / f"status-{cfg.device_id}.json"
-        self.publisher.on_state(self._on_broker_state)
-        self.web = self._setup_page(state) if cfg.http.listen else None
         self.refusal: str | None = None
         self.interrupted = False
         self._finished = False  # the pipeline ended; the daemon only waits now
-        if cfg.metrics.listen:  # bound now: a port in use is a one-line error at start
-            try:
-                self.metrics.serve(*config_module.parse_listen(cfg.metrics.listen))
-            except OSError as exc:
-                raise UsageError(f"metrics.listen {cfg.metrics.listen}: {exc.strerror or exc}") from None
+        self.init_publisher(cfg.mqtt)
+        self.state = StateReporter(cfg.device_id, self.publisher)
+        self.line = self.init_line(cfg.line) if cfg.line.mode != "free" else None
+        self.init_sink()
+        self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
+                                 rotate=cfg.source.rotate)
+        self.read = DeviceReader(device_id=cfg.device_id, pipeline=self.pipeline, sink=self.sink,
+                                 publisher=self.publisher, paused=self.paused, line=self.line)
+        self.metrics = Metrics(cfg.device_id, self.read)
+        if self.line is not None:
+            self.line.on_decision = self.metrics.decision.observe
+        self.updater = ModelUpdater(Path(cfg.model.path), self.state_dir / "ota", install=self.install,
+                                    make_engine=self._engine, reference_frames=lambda: list(self.sink.reference),
+                                    public_key=signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key
+                                    else None, max_bytes=int(cfg.ota.max_mb * MB))
+        self.init_commands()
+        self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused,
+                                   interval=lambda: self.cfg.stats.interval_s,
+                                   line=self.line.counters.as_dict if self.line else None,
+                                   on_fps=lambda fps: self.state.update(fps=fps))
+        self.notifier = ServiceNotifier(self._last_progress, self._status_line)
+        self.sink.on_first_result = self.notifier.ready
+        self.status_file = self.state_dir / f"status-{cfg.device_id}.json"
+        self.publisher.on_state(self._on_broker_state)
+        self.web = self.init_setup_page(cfg.http) if cfg.http.listen else None
+        if cfg.metrics.listen:
+            self.init_metrics_listener(cfg.metrics.listen)
 
-    def _line(self) -> LineController:
+    def init_publisher(self, mqtt_cfg: MqttSection) -> None:
+        """The spool in ``state_dir`` and the MQTT side that drains it."""
+        try:
+            self.spool = Spool(self.state_dir / f"spool-{self.cfg.device_id}.sqlite", self.cfg.spool.max_entries,
+                               self.cfg.spool.max_mb)
+        except OSError as exc:
+            raise UsageError(f"state_dir {self.state_dir}: {exc}") from None
+        for warning in config_module.check_files(mqtt_cfg):
+            logger.warning(warning)
+        credentials = Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file),
+                                  mqtt_cfg.ca_file, mqtt_cfg.cert_file, mqtt_cfg.key_file)
+        self.publisher = DevicePublisher(
+            parse_broker(mqtt_cfg.broker), self.cfg.device_id, self.spool, prefix=mqtt_cfg.prefix,
+            protocol=mqtt_cfg.protocol, credentials=credentials, keepalive=mqtt_cfg.keepalive,
+            model=(self.model.name, self.model.version, self.model.sha256), reconnect_max_s=mqtt_cfg.reconnect_max_s,
+            insecure=mqtt_cfg.insecure)
+
+    def init_line(self, line: LineSection) -> LineController:
         """Line I/O, refused at start (exit 2) when the reject would come before the daemon can decide."""
-        line = self.cfg.line
         needed = decision_latency_ms(self.engine, self.cfg.source.fps) + line.capture_offset_ms + line.window_ms / 2
         if line.reject_delay_ms < needed + LATENCY_MARGIN_MS:
             raise UsageError(f"line.reject_delay_ms {line.reject_delay_ms:g} is shorter than this device needs to "
                              f"decide ({needed:.0f} ms measured, plus {LATENCY_MARGIN_MS} ms margin): move the reject "
                              "gate further down the line, or shorten line.window_ms")
-        return LineController(line, self.publisher.spool_message, self.cfg.device_id,
-                              self.spool.writable, self.state.update,
-                              lambda seconds: self.metrics.decision.observe(seconds))
+        return LineController(line, publish=self.publisher.spool_message, device_id=self.cfg.device_id,
+                              spool_writable=self.spool.writable, on_part=self.state.update)
+
+    def init_sink(self) -> None:
+        """Results, events and snapshots; the frames kept for review."""
+        cfg = self.cfg
+        review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
+        snapshots = JpegArchive(self.state_dir / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
+            if cfg.events.snapshots else None
+        self.archives = [archive for archive in (review, snapshots) if archive is not None]
+        self.review = review
+        self.sink = ResultSink(self.model, device_id=cfg.device_id, results=cfg.results, events=cfg.events,
+                               review=cfg.review, source=cfg.source, publisher=self.publisher, paused=self.paused,
+                               snapshots=snapshots, review_archive=review,
+                               on_result=self.line.on_result if self.line else None, on_events=self.state.update)
+
+    def init_commands(self) -> None:
+        """``cmd/<name>`` for this device's id only: the built-in commands, OTA when enabled, triggers for a line."""
+        handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
+        if self.cfg.ota.enabled:
+            handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
+        if self.line is not None and self.cfg.line.mode == "mqtt":
+            handlers["trigger"] = self._trigger
+        self.commands = CommandRouter(self.cfg.device_id, handlers, self.publisher.reply)
+
+    def init_setup_page(self, http: HttpSection) -> SetupServer:
+        """The setup page's server, bound now so that a port in use is a one-line error at start (exit 2)."""
+        host, port = config_module.parse_listen(http.listen or "")
+        view = SetupView(read=self.read, apply_view=self.apply_view, state_dir=self.state_dir,
+                         save_dir=Path(self.cfg.review.dir) if self.cfg.review.dir else self.state_dir / "collected",
+                         metrics=self.metrics.text, overridden=self.overrides.keys())
+        try:
+            return SetupServer(view, host, port, page_token(http.token, self.state_dir), http.fps, http.cert_file,
+                               http.key_file)
+        except OSError as exc:
+            raise UsageError(f"http.listen {http.listen}: {exc.strerror or exc} (another program on that port? "
+                             "choose another, or check http.cert_file and http.key_file)") from None
+
+    def init_metrics_listener(self, listen: str) -> None:
+        """Prometheus on an address of its own, bound now: a port in use is a one-line error at start."""
+        try:
+            self.metrics.serve(*config_module.parse_listen(listen))
+        except OSError as exc:
+            raise UsageError(f"metrics.listen {listen}: {exc.strerror or exc}") from None
+
+    def apply_view(self, roi: tuple[float, float, float, float] | None, rotate: Rotation) -> None:
+        """The setup page's region of interest and rotation, from the next frame on."""
+        self.cfg.source.roi, self.cfg.source.rotate = roi, rotate  # validated by the config model
+        self.pipeline.roi, self.pipeline.rotate = roi, rotate
 
     def _trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         """``cmd/trigger``: a part is in front of the camera now, with an optional id of the PLC's."""
@@ -152,17 +203,6 @@ class Daemon:
             raise ValueError('"part" is the PLC\'s id for the part: a string or a number')
         assert self.line is not None
         return self.line.trigger(None if part is None else str(part))
-
-    def _setup_page(self, state: Path) -> SetupServer:
-        """The setup page's server, bound now so that a port in use is a one-line error at start (exit 2)."""
-        http = self.cfg.http
-        host, port = config_module.parse_listen(http.listen or "")
-        try:
-            return SetupServer(SetupView(self), host, port, page_token(http.token, state), http.fps, http.cert_file,
-                               http.key_file)
-        except OSError as exc:
-            raise UsageError(f"http.listen {http.listen}: {exc.strerror or exc} (another program on that port? "
-                             "choose another, or check http.cert_file and http.key_file)") from None
 
     def _engine(self, model: ModelArtifact) -> Engine:
         return make_engine(self.cfg, model)
@@ -221,6 +261,7 @@ class Daemon:
         except UsageError as exc:
             raise ValueError(str(exc)) from None
         self.cfg.results, self.cfg.stats = fresh.results, fresh.stats
+        self.sink.results = fresh.results
         self.cfg.events.thresholds = fresh.events.thresholds
         self.stats.reschedule()
         for label, value in fresh.events.thresholds.items():
@@ -283,6 +324,9 @@ class Daemon:
         if self.web is not None:
             self.web.start()
         if self.line is not None:
+            # A thread waiting for the GIL may wait a whole switch interval (5 ms by default) behind the
+            # pipeline's Python: a reject pulse must not. Half a millisecond costs the pipeline little.
+            sys.setswitchinterval(0.0005)
             self.line.start()
         first = time.monotonic()
         try:
@@ -309,9 +353,8 @@ class Daemon:
             self.stats.stop()
             self.state.stop()
             self.publisher.stop()
-            for archive in (self.review, self.snapshots):
-                if archive is not None:
-                    archive.close()
+            for archive in self.archives:
+                archive.close()
             spool_dropped = self.spool.dropped()
             self.spool.close()
         if self.refusal is not None:

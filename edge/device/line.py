@@ -26,7 +26,6 @@ import functools
 import heapq
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.edge.comms.payloads import PartMessage, PartVerdict, rfc3339
+from linewatch.edge.device.clock import SYSTEM_CLOCK, Clock
 from linewatch.edge.device.config import LineSection
 from linewatch.edge.device.pipeline import Result
 from linewatch.edge.errors import UsageError
@@ -140,15 +140,20 @@ class Outputs:
 
 
 class LineController:
-    """Triggers in, verdicts matched from results, reject pulses out on time, one ``part`` message each."""
+    """Triggers in, verdicts matched from results, reject pulses out on time, one ``part`` message each.
 
-    def __init__(self, cfg: LineSection, publish: Callable[[str, Callable[[int], bytes]], int], device_id: str,
-                 spool_writable: Callable[[], bool],
-                 on_part: Callable[..., None] | None = None,
-                 on_decision: Callable[[float], None] | None = None) -> None:
-        """``on_part(**facts)`` hears each part's verdict and the counts (the ``state`` topic), ``on_decision`` its
-        decision latency in seconds (the metrics' histogram)."""
+    Every time it reads comes from ``clock``; its scheduler thread only waits and calls ``tick()``,
+    so a test on a fake clock leaves the thread unstarted and calls ``tick()`` itself.
+    """
+
+    def __init__(self, cfg: LineSection, *, publish: Callable[[str, Callable[[int], bytes]], int], device_id: str,
+                 spool_writable: Callable[[], bool], on_part: Callable[..., None] | None = None,
+                 on_decision: Callable[[float], None] | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``publish(kind, build)`` spools a message built from its ``seq``; ``on_part(**facts)`` hears each part's
+        verdict and the counts (the ``state`` topic), ``on_decision`` its decision latency in seconds (the metrics'
+        histogram)."""
         self.cfg = cfg
+        self.clock = clock
         self.publish = publish
         self.device_id = device_id
         self.spool_writable = spool_writable
@@ -167,6 +172,7 @@ class LineController:
         self._last_part = -float("inf")
         self._stopping = False
         self._ready = False
+        self._next_ready = -float("inf")  # when tick() next refreshes the ready output
         self.outputs = Outputs(cfg, lambda: self.trigger()) if cfg.mode != "free" else None
         self._thread = threading.Thread(target=self._run, name="line", daemon=True)
 
@@ -174,7 +180,7 @@ class LineController:
 
     def trigger(self, external_id: str | None = None) -> dict[str, Any]:
         """A part is in front of the camera now (the photo-eye's edge, or ``cmd/trigger``)."""
-        now, wall = time.monotonic(), time.time()
+        now, wall = self.clock.monotonic(), self.clock.time()
         with self._lock:
             if now - self._last_edge < self.cfg.debounce_ms / 1000:
                 self.counters.bounces += 1
@@ -199,7 +205,7 @@ class LineController:
     def on_result(self, result: Result) -> None:
         """Every classified frame, from the publish thread: a candidate for the parts around its capture time."""
         with self._lock:
-            self._last_frame = time.monotonic()
+            self._last_frame = self.clock.monotonic()
             self._history.append(result)
             while self._history and self._history[0].frame.ts < result.frame.ts - HISTORY_S:
                 self._history.popleft()
@@ -237,7 +243,7 @@ class LineController:
         return {"good": 0, "anomaly": 1, "defect": 2}[verdict], -score if verdict == "good" else score
 
     def _decide(self, part: Part) -> None:
-        part.decided_mono = time.monotonic()
+        part.decided_mono = self.clock.monotonic()
         if not part.candidates:
             part.verdict = "no-frame"
             return
@@ -279,7 +285,7 @@ class LineController:
 
     def _pulse(self, device: Any) -> None:
         device.on()
-        self._at(time.monotonic() + self.cfg.reject_pulse_ms / 1000, device.off)
+        self._at(self.clock.monotonic() + self.cfg.reject_pulse_ms / 1000, device.off)
 
     def _message(self, part: Part, verdict: PartVerdict, rejected: bool, seq: int) -> bytes:
         result = part.result
@@ -304,30 +310,32 @@ class LineController:
             heapq.heappush(self._timers, (when, next(self._order), action))
             self._wake.notify()
 
+    def tick(self) -> bool:
+        """Run the actions due by now and refresh the ready output; True once stopped with nothing left to do."""
+        now = self.clock.monotonic()
+        with self._wake:
+            actions = []
+            while self._timers and self._timers[0][0] <= now:
+                actions.append(heapq.heappop(self._timers)[2])
+        for action in actions:
+            try:
+                action()
+            except Exception:  # a GPIO call that fails: logged, the line thread goes on
+                logger.exception("line: an output action failed")
+        if now >= self._next_ready:
+            self._set_ready(not self._stopping and now - self._last_frame < 1.0 and self.spool_writable())
+            self._next_ready = now + READY_CHECK_S
+        with self._wake:
+            return self._stopping and not self._timers and not self._in_transit
+
     def _run(self) -> None:
-        next_ready = 0.0
-        while True:
+        """The scheduler thread: sleep until the next action is due (or the next ready check), then tick."""
+        while not self.tick():
             with self._wake:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 due = self._timers[0][0] if self._timers else now + READY_CHECK_S
                 if due > now:
                     self._wake.wait(min(due - now, READY_CHECK_S))
-                    now = time.monotonic()
-                actions = []
-                while self._timers and self._timers[0][0] <= now:
-                    actions.append(heapq.heappop(self._timers)[2])
-                done = self._stopping and not self._timers and not self._in_transit
-            for action in actions:
-                try:
-                    action()
-                except Exception:  # a GPIO call that fails: logged, the line thread goes on
-                    logger.exception("line: an output action failed")
-            if time.monotonic() >= next_ready:
-                self._set_ready(not self._stopping and time.monotonic() - self._last_frame < 1.0
-                                and self.spool_writable())
-                next_ready = time.monotonic() + READY_CHECK_S
-            if done:
-                return
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self._ready:
@@ -337,13 +345,13 @@ class LineController:
                 self.outputs.ready.value = ready
 
     def start(self) -> None:
-        # A thread waiting for the GIL may wait a whole switch interval (5 ms by default) behind the
-        # pipeline's Python: a pulse must not. Half a millisecond costs the pipeline little.
-        sys.setswitchinterval(0.0005)
+        """Start the scheduler thread (the daemon does; a test on a fake clock ticks by hand instead)."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Drop ready, then reject the parts still in transit at their deadlines (fail-safe) before returning."""
+        """Drop ready, then reject the parts still in transit at their deadlines (fail-safe) before returning.
+
+        Without the scheduler thread (a fake clock), the parts wait for the ticks that reach their deadlines."""
         with self._wake:
             if self._stopping:
                 return
@@ -353,6 +361,7 @@ class LineController:
         if in_transit:
             logger.info("line: stopping with %d part(s) in transit: each is rejected at its deadline", in_transit)
         self._set_ready(False)
-        self._thread.join(self.cfg.reject_delay_ms / 1000 + self.cfg.reject_pulse_ms / 1000 + 5)
+        if self._thread.ident is not None:
+            self._thread.join(self.cfg.reject_delay_ms / 1000 + self.cfg.reject_pulse_ms / 1000 + 5)
         if self.outputs is not None:
             self.outputs.close()

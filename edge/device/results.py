@@ -20,7 +20,7 @@ import numpy as np
 from linewatch.edge.comms.payloads import SCHEMA, Event, ModelRef, rfc3339_ms
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.archive import JpegArchive
-from linewatch.edge.device.config import Config
+from linewatch.edge.device.config import EventsSection, ResultsSection, ReviewSection, SourceSection
 from linewatch.edge.device.events import Alarm, EventTracker
 from linewatch.edge.device.pipeline import Result as Classified
 from linewatch.edge.device.system import process_age
@@ -110,17 +110,23 @@ class ResultSink:
     the configuration's) change with the first result of the new model.
     """
 
-    def __init__(self, cfg: Config, model: ModelArtifact, publisher: DevicePublisher, paused: threading.Event,
-                 snapshots: JpegArchive | None, review: JpegArchive | None,
+    def __init__(self, model: ModelArtifact, *, device_id: str, results: ResultsSection, events: EventsSection,
+                 review: ReviewSection, source: SourceSection, publisher: DevicePublisher, paused: threading.Event,
+                 snapshots: JpegArchive | None = None, review_archive: JpegArchive | None = None,
                  on_result: Callable[[Classified], None] | None = None,
                  on_events: Callable[..., None] | None = None) -> None:
-        """``on_result`` sees every frame, paused or not (line I/O judges parts from them); ``on_events(**facts)``
-        hears when events open or close (the ``state`` topic)."""
-        self.cfg = cfg
+        """Its sections are read at each frame (a reload replaces ``results``; the setup page changes ``source``'s
+        view, which snapshots' heat maps follow). ``on_result`` sees every frame, paused or not (line I/O judges
+        parts from them); ``on_events(**facts)`` hears when events open or close (the ``state`` topic)."""
+        self.device_id = device_id
+        self.results = results
+        self.events = events
+        self.review_below = review.below
+        self.source = source
         self.publisher = publisher
         self.paused = paused
         self.snapshots = snapshots
-        self.review = review
+        self.review = review_archive
         self.on_result = on_result
         self.on_events = on_events
         self.events_started = 0
@@ -137,20 +143,20 @@ class ResultSink:
         card = model.card
         self.model = model
         # An anomaly model's frames are scored 0.5 at its threshold (the engine's), so its events use 0.5.
-        thresholds = {} if card.task == "anomaly" else {**card.thresholds, **self.cfg.events.thresholds}
-        self.tracker = EventTracker(model.outcomes, model.good_outcomes, thresholds, self.cfg.events.k,
-                                    self.cfg.events.n)
-        self._encode = ResultEncoder(self.cfg.device_id, model, self.cfg.results.top_k)
+        thresholds = {} if card.task == "anomaly" else {**card.thresholds, **self.events.thresholds}
+        self.tracker = EventTracker(model.outcomes, model.good_outcomes, thresholds, self.events.k,
+                                    self.events.n)
+        self._encode = ResultEncoder(self.device_id, model, self.results.top_k)
 
     def _wanted(self, result: Classified) -> bool:
         """Whether this frame's result is published, by the configured mode."""
-        mode = self.cfg.results.mode
+        mode = self.results.mode
         if mode == "change":
             changed = result.prediction.label != self._last_label
             self._last_label = result.prediction.label
             return changed
         if mode == "sample":
-            return (self._frames_seen - 1) % self.cfg.results.sample_every == 0
+            return (self._frames_seen - 1) % self.results.sample_every == 0
         return True
 
     def __call__(self, results: list[Classified]) -> None:
@@ -199,7 +205,7 @@ class ResultSink:
                 open_labels = self.tracker.open_labels
                 self.on_events(open_events=open_labels, events=self.events_started, defect=bool(open_labels),
                                anomaly=bool(open_labels) and self.model.card.task == "anomaly")
-        if self.review is not None and prediction.score < self.cfg.review.below:
+        if self.review is not None and prediction.score < self.review_below:
             self.review.add(f"{prediction.label}/{time.strftime('%Y%m%dT%H%M%S')}_{result.frame.id:08d}_"
                             f"{prediction.score:.2f}.jpg", result.frame.image)
 
@@ -216,7 +222,7 @@ class ResultSink:
             raise ValueError("snapshots are off: set events.snapshots = true")
         heat, image = result.prediction.heat_map, result.frame.image
         if heat is not None:
-            image = heat_map_overlay(crop_rotate(image, self.cfg.source.roi, self.cfg.source.rotate), heat)
+            image = heat_map_overlay(crop_rotate(image, self.source.roi, self.source.rotate), heat)
         jpeg = encode_jpeg(image)
         self.snapshots.add(name, jpeg)
         return lambda seq: jpeg
@@ -227,6 +233,6 @@ class ResultSink:
     def _event(self, alarm: Alarm, seq: int, snapshot: str | None) -> Event:
         # By the payload's own names: its "class" is a keyword Python reserves (events are rare: validating is cheap).
         return Event.model_validate({
-            "device_id": self.cfg.device_id, "seq": seq, "ts": rfc3339_ms(alarm.ts_ms), "ts_ms": alarm.ts_ms,
+            "device_id": self.device_id, "seq": seq, "ts": rfc3339_ms(alarm.ts_ms), "ts_ms": alarm.ts_ms,
             "type": alarm.type, "event_id": alarm.event_id, "class": alarm.label, "peak_score": alarm.peak_score,
             "frames": alarm.frames, "started_ms": alarm.started_ms, "frame_id": alarm.frame_id, "snapshot": snapshot})

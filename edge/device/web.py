@@ -46,7 +46,7 @@ SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.jpg$")
 
 
 class DeviceView(Protocol):
-    """What the page reads from and asks of the running daemon (``Daemon`` implements it)."""
+    """What the page reads from and asks of the running daemon (``setup.SetupView`` implements it)."""
 
     def status(self) -> dict[str, Any]:
         """Model card, latest result, view (ROI, rotation), stats and recent events: no secrets."""
