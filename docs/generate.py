@@ -25,7 +25,8 @@ from linewatch.edge.errors import exit_code_table
 ROOT = Path(__file__).resolve().parents[1]
 # Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`, `make bench`.
 RECORDED = {"soak": ROOT / "docs" / "reliability.md", "bench-train": ROOT / "docs" / "training.md",
-            "bench": ROOT / "benchmarks" / "results.md", "bench-anomaly": ROOT / "docs" / "anomaly.md",
+            "bench": ROOT / "benchmarks" / "results.md", "bench-headline": ROOT / "benchmarks" / "results.md",
+            "bench-anomaly": ROOT / "docs" / "anomaly.md",
             "setup-page": ROOT / "docs" / "http.md", "line-demo": ROOT / "docs" / "line-io.md"}
 
 
