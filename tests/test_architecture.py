@@ -123,7 +123,7 @@ def test_imports_follow_docs_architecture() -> None:
 
 
 def test_the_setup_page_and_the_metrics_see_the_daemon_only_through_its_reading() -> None:
-    """docs/architecture.md: they read a frozen ``DeviceReading`` and change only what they are handed a callable for."""
+    """docs/architecture.md: they read a frozen ``DeviceReading``, and change only what they are handed."""
     from linewatch.edge.device.view import DeviceReading
 
     modules = _modules()
