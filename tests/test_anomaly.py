@@ -18,26 +18,9 @@ from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
 from linewatch.edge.model.images import read_image
 from linewatch.train.anomaly import auroc, synthetic_defect, threshold_for
-from tests.conftest import TrainedModel
 from tests.helpers import Collector, linewatch
 
 pytestmark = pytest.mark.workstation
-
-
-@pytest.fixture(scope="session")
-def anomaly_model(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The session's photos, learned from their good parts and empty belt only, converted to int8: (run, model).
-
-    A half-width network trained until its learning rate has dropped twice: the full width
-    stopped at 30 epochs while still learning, and where it had got to depended on the
-    machine's arithmetic (test AUROC 0.85 on one build machine, 0.73 on another, same seed;
-    this one gave 0.89, 0.87 and 0.94 for seeds 0 to 2 in about the same time)."""
-    base = tmp_path_factory.mktemp("anomaly")
-    run, model = base / "run", base / "anomaly.tflite"
-    linewatch("train", str(trained.data), "-o", str(run), "--task", "anomaly", "--good", "ok,empty", "--epochs", "60",
-              "--width", "0.5")
-    linewatch("convert", str(run), "-o", str(model))
-    return run, model
 
 
 def test_anomaly_training_learns_good_parts_only_and_reports_auroc(anomaly_model: tuple[Path, Path]) -> None:

@@ -83,9 +83,10 @@ class SourceSection(Section):
                                              json_schema_extra=_flag("--rotate"))
     camera_size: tuple[int, int] = Field(
         default=CAMERA_SIZE,
-        description="picamera: the lores stream fed to the model (w, h); the model's own input size leaves nothing "
-                    "to resize on the device (the ISP scales for free), at the cost of a smaller live view and "
-                    "snapshots; a whole multiple of it on both axes resizes cheaply, other ratios several times slower")
+        description="picamera: the size (w, h) of the camera's second, low-resolution (\"lores\") stream, the one "
+                    "fed to the model; the model's own input size leaves nothing to resize on the device (the ISP "
+                    "scales for free), at the cost of a smaller live view and snapshots; a whole multiple of it on "
+                    "both axes resizes cheaply, other ratios several times slower")
 
     @field_validator("roi", mode="before")
     @classmethod
