@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -85,6 +85,11 @@ class Result:
     model: ModelArtifact
 
 
+def latency_percentile(values_ms: Sequence[float], q: float) -> float:
+    """A stage's latency percentile over its recent frames, in milliseconds (0 before its first frame)."""
+    return float(np.percentile(values_ms, q)) if len(values_ms) else 0.0
+
+
 @dataclass
 class PipelineStats:
     """Counters and recent per-frame stage timings (a block's time shared by its frames), read by the stats."""
@@ -100,8 +105,7 @@ class PipelineStats:
     outside_cpu_s: dict[str, float] = field(default_factory=dict)
 
     def percentile(self, stage: str, q: float) -> float:
-        values = list(self.timings_ms[stage])
-        return float(np.percentile(values, q)) if values else 0.0
+        return latency_percentile(list(self.timings_ms[stage]), q)
 
 
 class Handoff:

@@ -12,11 +12,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.line import LineController, LineCounters
-from linewatch.edge.device.pipeline import Pipeline, Result
+from linewatch.edge.device.pipeline import Pipeline, Result, latency_percentile
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.model.artifact import ModelArtifact
 
@@ -45,8 +43,7 @@ class DeviceReading:
 
     def percentile(self, stage: str, q: float) -> float:
         """A stage's latency percentile in milliseconds (0 before its first frame)."""
-        values = self.latency_ms[stage]
-        return float(np.percentile(values, q)) if values else 0.0
+        return latency_percentile(self.latency_ms[stage], q)
 
 
 class DeviceReader:
