@@ -131,23 +131,22 @@ def line_photos(folder: Path) -> Path:
     return folder
 
 
-def _train_classifier(base: Path) -> TrainedModel:
+def _train_classifier(data: Path, base: Path) -> TrainedModel:
     run, model = base / "run", base / "model.tflite"
-    data = line_photos(base / "data")
     linewatch("train", str(data), "-o", str(run), "--epochs", "30")
     linewatch("convert", str(run), "-o", str(model))
     return TrainedModel(data, run, model)
 
 
-def _train_anomaly(base: Path) -> tuple[Path, Path]:
-    """The same photos learned from their good parts and empty belt only, converted to int8: (run, model).
+def _train_anomaly(data: Path, base: Path) -> tuple[Path, Path]:
+    """The photos learned from their good parts and empty belt only, converted to int8: (run, model).
 
     A half-width network trained until its learning rate has dropped twice: the full width
     stopped at 30 epochs while still learning, and where it had got to depended on the
     machine's arithmetic (test AUROC 0.85 on one build machine, 0.73 on another, same seed;
     this one gave 0.89, 0.87 and 0.94 for seeds 0 to 2 in about the same time)."""
     run, model = base / "run", base / "anomaly.tflite"
-    linewatch("train", str(line_photos(base / "data")), "-o", str(run), "--task", "anomaly", "--good", "ok,empty",
+    linewatch("train", str(data), "-o", str(run), "--task", "anomaly", "--good", "ok,empty",
               "--epochs", "60", "--width", "0.5")
     linewatch("convert", str(run), "-o", str(model))
     return run, model
@@ -168,10 +167,11 @@ def session_models(request: pytest.FixtureRequest,
     other); two trainings side by side use them. Only the models this session's tests use are made.
     """
     used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    data = line_photos(tmp_path_factory.mktemp("line") / "data")
     with ThreadPoolExecutor(2) as pool:
         yield SessionModels(
-            pool.submit(_train_classifier, tmp_path_factory.mktemp("trained")) if "trained" in used else None,
-            pool.submit(_train_anomaly, tmp_path_factory.mktemp("anomaly")) if "anomaly_model" in used else None)
+            pool.submit(_train_classifier, data, tmp_path_factory.mktemp("trained")) if "trained" in used else None,
+            pool.submit(_train_anomaly, data, tmp_path_factory.mktemp("anomaly")) if "anomaly_model" in used else None)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ status, replies). Topics and payloads: docs/mqtt.md and docs/schemas/.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -106,7 +107,8 @@ class Daemon:
         if self.line is not None:
             self.line.on_decision = self.metrics.decision.observe
         self.updater = ModelUpdater(Path(cfg.model.path), self.state_dir / "ota", install=self.install,
-                                    make_engine=self._engine, reference_frames=lambda: list(self.sink.reference),
+                                    make_engine=functools.partial(make_engine, cfg),
+                                    reference_frames=lambda: list(self.sink.reference),
                                     public_key=signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key
                                     else None, max_bytes=int(cfg.ota.max_mb * MB))
         self.init_commands()
@@ -203,9 +205,6 @@ class Daemon:
             raise ValueError('"part" is the PLC\'s id for the part: a string or a number')
         assert self.line is not None
         return self.line.trigger(None if part is None else str(part))
-
-    def _engine(self, model: ModelArtifact) -> Engine:
-        return make_engine(self.cfg, model)
 
     def set_threshold(self, label: str, value: float) -> None:
         """An event threshold, live (``cmd/threshold``, reload): see ``commands.apply_threshold``."""
