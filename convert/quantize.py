@@ -184,7 +184,7 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     stratified sample of the training split. Raises ``GateError`` when the parity gate or
     the op audit rejects the model; the rejected model is kept as ``*.rejected.tflite``.
     """
-    import keras
+    from linewatch.train.layers import load_model
 
     cfg = cfg or ConvertConfig()
     quantization = cfg.quantization
@@ -193,7 +193,7 @@ def convert(run_dir: Path | str, out: Path | str, cfg: ConvertConfig | None = No
     h, w, mode = spec.height, spec.width, spec.resize_mode
     splits = data.load_splits(run_dir / "splits.json")
     try:
-        model: Any = keras.models.load_model(run_dir / "model.keras")  # a keras.Model (keras's types say maybe not)
+        model: Any = load_model(run_dir / "model.keras")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {run_dir / 'model.keras'}: {str(exc).splitlines()[0]}") from None
     if card.task == "anomaly":

@@ -181,9 +181,9 @@ def _suggest(trial: Any, base: tuple[int, int]) -> dict[str, Any]:
 def _int8_accuracy(run: Path, items: list[data.Item], classes: list[str], size: tuple[int, int],
                    calibration: np.ndarray) -> tuple[float, int, float]:
     """Int8 accuracy of a trained run on ``items``, with its size and latency here."""
-    import keras
+    from linewatch.train.layers import load_model
 
-    nbytes, engine = _int8_engine(keras.models.load_model(run / "model.keras"), calibration)
+    nbytes, engine = _int8_engine(load_model(run / "model.keras"), calibration)
     x, y, _, _ = data.load_images(items, classes, *size)
     scores = np.stack([engine.predict_pixels(image).scores for image in x])
     return classification_metrics(y, scores, classes)["accuracy"], nbytes, latency_ms(engine, x[0])["p50"]

@@ -6,18 +6,25 @@ here the session's freshly trained one goes through the daemon to a real mosquit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import cv2
+import keras
 import numpy as np
 import pytest
 
 from linewatch.convert.anomaly import MIN_RANK_CORRELATION
+from linewatch.convert.quantize import convert
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
 from linewatch.edge.model.images import read_image
 from linewatch.train.anomaly import auroc, synthetic_defect, threshold_for
+from linewatch.train.config import TrainConfig
+from linewatch.train.model import mobilenetv2_backbone
+from linewatch.train.trainer import train
 from tests.helpers import Collector, linewatch
 
 pytestmark = pytest.mark.workstation
@@ -35,6 +42,10 @@ def test_anomaly_training_learns_good_parts_only_and_reports_auroc(anomaly_model
     assert card["anomaly"]["score_scale"] > 0 and card["anomaly"]["false_alarm"] == 0.01
     for name in ("report.html", "scores.png", "roc.png", "heat_maps.png", "model.keras"):
         assert (run / name).stat().st_size > 0, name
+    # The default combines the scar network and the memory: each part is measured alone beside the whole,
+    # and on marks on a part the whole does about as well as the scar network (the memory adds little noise).
+    assert card["anomaly"]["method"] == "combined" and set(metrics["parts"]) == {"scars", "memory"}
+    assert test["auroc"] >= metrics["parts"]["scars"]["auroc"] - 0.03, metrics["parts"]
 
 
 def test_int8_anomaly_model_passes_the_auroc_gate_and_scores_photos(anomaly_model: tuple[Path, Path],
@@ -90,6 +101,66 @@ def test_the_daemon_flags_unseen_defects_with_the_trained_model_and_evaluate_ref
     assert [e["class"] for e in sub.on("/event") if e["type"] == "start"] == ["anomaly"], sub.on("/event")
     proc = linewatch("evaluate", str(model), str(run.parent / "no-photos-needed"), check=False)
     assert proc.returncode == 2 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _parts_in_a_fixture(folder: Path, shape: str, count: int, rng: np.random.Generator) -> None:
+    """Photos of one kind of part held in a fixture: always about the same place, size and light."""
+    (folder / shape).mkdir(parents=True)
+    for i in range(count):
+        photo = np.full((48, 48, 3), rng.uniform(60, 90), np.float32)
+        centre, size, shade = rng.integers(22, 27, 2), int(rng.integers(11, 15)), rng.uniform(170, 230)
+        if shape == "round":
+            cv2.circle(photo, (int(centre[0]), int(centre[1])), size, (shade, shade, shade), -1)
+        else:
+            cv2.rectangle(photo, (int(centre[0] - size), int(centre[1] - size)),
+                          (int(centre[0] + size), int(centre[1] + size)), (shade, shade, shade), -1)
+        cv2.imwrite(str(folder / shape / f"{i:03d}.png"), np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255))
+
+
+def test_the_memory_flags_a_whole_other_part_and_keeps_its_ranking_in_int8(tmp_path: Path) -> None:
+    """A square part where a round one belongs: no mark to find, the whole part is wrong. No network is trained.
+
+    Its int8 model is calibrated with a black frame too: without it the memory's distance had the range of
+    the good photos only, every anomaly tied at the top, and the rank correlation fell below the gate's.
+    """
+    rng = np.random.default_rng(0)
+    _parts_in_a_fixture(tmp_path / "data", "round", 80, rng)
+    _parts_in_a_fixture(tmp_path / "data", "square", 40, rng)
+    run, model = tmp_path / "run", tmp_path / "memory.tflite"
+    test = train(TrainConfig(data=str(tmp_path / "data"), out=str(run), task="anomaly", good=("round",),
+                             anomaly_method="memory", report=False), quiet=True)["test"]
+    assert test["auroc"] >= 0.95 and test["detection_rate"] >= 0.8, test
+    parity = convert(run, model)["parity"]
+    assert parity["accepted"] and parity["float_auroc"] - parity["quantized_auroc"] <= 0.01, parity
+    assert parity["rank_correlation"] >= 0.9, parity
+    engine = Engine(artifact.load(str(model)))
+    square = engine.predict(read_image(str(next((tmp_path / "data" / "square").glob("*.png")))))
+    assert square.heat_map is not None and square.heat_map.shape == (1, 1)  # one number: there is no "where"
+    assert square.anomalous and square.anomaly_score is not None and square.anomaly_score > 1.0
+
+
+def test_features_need_local_weights_and_give_a_heat_map_per_cell_in_int8(tmp_path: Path) -> None:
+    """PatchCore's idea on a local MobileNetV2 file: here an untrained one stands in for ImageNet's."""
+    rng = np.random.default_rng(1)
+    _parts_in_a_fixture(tmp_path / "data", "round", 120, rng)
+    _parts_in_a_fixture(tmp_path / "data", "square", 60, rng)
+    proc = linewatch("train", str(tmp_path / "data"), "-o", str(tmp_path / "none"), "--task", "anomaly",
+                     "--good", "round", "--anomaly-method", "features", check=False)
+    assert proc.returncode == 2 and "give --weights FILE" in proc.stderr and "Traceback" not in proc.stderr
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "standin.weights.h5"
+    mobilenetv2_backbone(48, 48, 0.35).save_weights(weights)
+    run, model = tmp_path / "run", tmp_path / "features.tflite"
+    test = train(TrainConfig(data=str(tmp_path / "data"), out=str(run), task="anomaly", good=("round",),
+                             anomaly_method="features", weights=str(weights), width=0.35, report=False),
+                 quiet=True)["test"]
+    assert test["auroc"] >= 0.75, test  # untrained features: better than chance is all they promise
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["training"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    parity = convert(run, model)["parity"]
+    assert parity["accepted"] and parity["float_auroc"] - parity["quantized_auroc"] <= 0.01, parity
+    square = Engine(artifact.load(str(model))).predict(read_image(str(next((tmp_path / "data" / "square").glob("*")))))
+    assert square.heat_map is not None and square.heat_map.shape == (6, 6)  # one cell per 8x8 pixels: where
 
 
 def test_synthetic_defects_change_a_part_of_the_photo_and_the_threshold_keeps_its_false_alarm_rate() -> None:

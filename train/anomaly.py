@@ -1,15 +1,19 @@
 """Anomaly detection learned from good photos only: for defects nobody has photographed yet.
 
-Nothing pretrained can be downloaded, so both methods learn from scratch on a few hundred good
-photos, and both give a heat map (where) whose largest cell is the score (how much):
+Nothing pretrained can be downloaded, so every method but ``features`` learns from scratch on a
+few hundred good photos, and each gives a heat map (where) whose largest cell is the score (how much):
 
-- ``scars`` (the default): a small fully convolutional network learns to find synthetic defects
-  (scars, blobs, patches cut from elsewhere in the photo) drawn on good photos, one cell of
-  its map per 8x8 pixels. What it learns is "this does not belong on a good part", which a
-  real scratch, crack or stain also is.
+- ``scars``: a small fully convolutional network learns to find synthetic defects (scars, blobs,
+  patches cut from elsewhere in the photo) drawn on good photos, one cell of its map per 8x8
+  pixels. What it learns is "this does not belong on a good part", which a real scratch, crack
+  or stain also is; a whole other object has no such mark.
+- ``memory``: the distance to the nearest good photo, for a whole other object (another digit,
+  the wrong part, an empty belt); a mark of a few pixels hardly moves it. One cell.
+- ``combined`` (the default): both, each in units of its own threshold, the larger counting.
 - ``autoencoder``: squeezes a good photo through a bottleneck and rebuilds it; the heat map
-  is the reconstruction error, averaged over cells. Better when an anomaly is a whole other
-  object rather than a mark on the right one (another digit, say).
+  is the reconstruction error, averaged over cells.
+- ``features`` (with ``--weights``, a local MobileNetV2 file): each cell's pretrained features
+  against the nearest good cell, as PatchCore does.
 
 docs/anomaly.md compares them. The threshold is set on held-out good photos at
 ``--false-alarm``, and scores are scaled so that 1.0 is that threshold.
@@ -27,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from linewatch.edge.errors import DataError
+from linewatch.edge.errors import DataError, UsageError
 from linewatch.edge.model.card import AnomalySpec, InputSpec, ModelCard
 from linewatch.edge.model.engine import heat_map_peaks
 from linewatch.train import data
@@ -119,6 +123,119 @@ def build_autoencoder(height: int, width: int, width_mult: float) -> tuple[Any, 
     return trained, heat
 
 
+MEMORY_METHODS = ("memory", "combined", "features")  # the methods whose model holds good photos
+MEMORY_SIDE = 32  # the memory compares photos at about this many pixels a side: the shape, not the grain
+MEMORY_PHOTOS = 1000  # good photos it keeps at most (a row each of a constant in the converted model)
+FEATURE_LAYER = "block_6_expand_relu"  # MobileNetV2's first map at 1/8 of the photo: texture, and where
+FEATURE_ROWS = 1000  # cells of good photos the feature memory keeps: each costs every cell of a frame a distance
+
+
+def _gaussian_kernel(sigma: float = 1.0, size: int = 5) -> np.ndarray:
+    """A blur kernel for each of three channels (size x size x 3 x 1)."""
+    line = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma**2))
+    kernel = np.outer(line, line) / np.outer(line, line).sum()
+    return np.repeat(kernel[:, :, None, None], 3, axis=2).astype(np.float32)
+
+
+def build_memory(x_good: np.ndarray, rng: np.random.Generator) -> Any:
+    """The nearest good photo: the distance to the closest of ``x_good``, each blurred, shrunk and scaled.
+
+    One number per photo (a heat map of one cell), for anomalies that are a whole other object, not
+    a mark on the right one; photos are compared pixel by pixel, so the part must sit about where
+    it sat in the good ones. Blurring first lets a stroke a pixel off still match; taking away the
+    photo's mean and scaling to unit length make it blind to the light and to the background's
+    share of the photo. The memory is a constant of the model, and its distances are int8 ops
+    (``NearestDistance`` says how they keep their precision).
+    """
+    import keras
+    from keras import layers
+
+    from linewatch.train.layers import UnitLength
+
+    height, width = x_good.shape[1:3]
+    pool = math.ceil(math.sqrt(height * width / MEMORY_SIDE**2))
+    inputs = keras.Input((height, width, 3))
+    x = layers.Rescaling(1 / 255)(inputs)
+    blur = layers.Conv2D(1, 5, padding="same", use_bias=False, trainable=False, name="grey_blur")
+    x = blur(x)
+    blur.set_weights([_gaussian_kernel() / 3])
+    if pool > 1:
+        x = layers.AveragePooling2D(pool)(x)
+    x = layers.Subtract()([x, layers.GlobalAveragePooling2D(keepdims=True)(x)])  # the part, not the light
+    x = UnitLength()(layers.Flatten()(x))
+    kept = x_good[rng.permutation(len(x_good))[:MEMORY_PHOTOS]].astype(np.float32)
+    encoder: Any = keras.Model(inputs, x)  # keras's types want verbose a str
+    features = np.asarray(encoder.predict(kept, batch_size=64, verbose=0))
+    distance = nearest_of(features, x, "differences")
+    return keras.Model(inputs, layers.Reshape((1, 1, 1), name="heat_map")(distance), name="memory")
+
+
+def build_feature_memory(x_good: np.ndarray, weights: str, width_mult: float, rng: np.random.Generator) -> Any:
+    """PatchCore's idea on a local backbone: each cell's features against the nearest of the good photos' cells.
+
+    The features are MobileNetV2's (``weights``, a local file) at 1/8 of the photo, each cell
+    averaged with its neighbours; the memory is a random sample of the good photos' cells (the
+    paper picks a greedy coreset). The heat map is the distance per cell: where, at the features'
+    own resolution.
+    """
+    import keras
+    from keras import layers
+
+    from linewatch.train.layers import UnitLength
+    from linewatch.train.model import mobilenetv2_backbone
+
+    height, width = x_good.shape[1:3]
+    try:
+        backbone = mobilenetv2_backbone(height, width, width_mult, weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    inputs = keras.Input((height, width, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = keras.Model(backbone.inputs, backbone.get_layer(FEATURE_LAYER).output, name="features")(x)
+    x = layers.AveragePooling2D(3, strides=1, padding="same")(x)
+    rows, cols, channels = x.shape[1:]
+    x = UnitLength()(layers.Reshape((rows * cols, channels))(x))  # int8 keeps a distance's steps on a unit scale
+    encoder: Any = keras.Model(inputs, x)
+    cells = np.asarray(encoder.predict(x_good.astype(np.float32), batch_size=64, verbose=0)).reshape(-1, channels)
+    kept = cells[rng.permutation(len(cells))[:FEATURE_ROWS]]
+    distance = nearest_of(kept, x, "products")
+    return keras.Model(inputs, layers.Reshape((rows, cols, 1), name="heat_map")(distance), name="features")
+
+
+def nearest_of(rows: np.ndarray, x: Any, by: str) -> Any:
+    """The squared distance from ``x`` to the nearest of ``rows`` (a constant of the model), as a tensor.
+
+    Past twice the largest distance from a row to its nearest other row, every distance reads as
+    that; ``by`` is how int8 computes it (``NearestDistance``).
+    """
+    from linewatch.train.layers import NearestDistance
+
+    squares = (rows**2).sum(axis=1)
+    between = squares[:, None] + squares[None, :] - 2 * rows @ rows.T
+    np.fill_diagonal(between, np.inf)
+    memory = NearestDistance(len(rows), rows.shape[1], float(2 * between.min(axis=1).max()), by, name="memory")
+    distance = memory(x)
+    memory.set_weights([rows.astype(np.float32)])
+    return distance
+
+
+def combine(parts: list[Any], x_val: np.ndarray, false_alarm: float) -> Any:
+    """Several heat-map models as one: each in units of its own threshold on ``x_val``, the largest counts.
+
+    In those units a good photo stays below 1 in every part, so a part that cannot tell this kind of
+    anomaly from a good photo adds little noise, while a part that can flags it alone.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(x_val.shape[1:])
+    scaled = []
+    for part in parts:
+        threshold = threshold_for(heat_map_peaks(heat_maps(part, x_val)), false_alarm)
+        scaled.append(layers.Rescaling(1 / threshold, name=f"{part.name}_in_threshold_units")(part(inputs)))
+    return keras.Model(inputs, layers.Maximum(name="heat_map")(scaled), name="combined")
+
+
 def heat_maps(model: Any, x: np.ndarray) -> np.ndarray:
     """The heat map of every image (N x h x w), as the model computes it."""
     return np.asarray(model.predict(x, batch_size=64, verbose=0))[..., 0]
@@ -195,51 +312,21 @@ def _scarred_pairs(x: np.ndarray, rng: np.random.Generator, jitter: bool = True)
     return pairs, np.tile([0.0, 1.0], len(x))[:, None]
 
 
-def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
-    """Train on the good classes of ``cfg.data`` and write a run folder ``linewatch convert`` takes."""
+def fit_network(method: str, cfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray, out: Path, deadline: float,
+                say: Any) -> tuple[Any, dict[str, list[float]], int, bool]:
+    """Train the scar network or the autoencoder on good photos: (heat-map model, history, best epoch, interrupted)."""
     import keras
     import tensorflow as tf
 
     from linewatch.train.trainer import _make_checkpointer, _State, fit_keeping_best
 
-    started = time.monotonic()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = data.scan(cfg.data)
-    unknown = [g for g in cfg.good if g not in dataset.classes]
-    if unknown:
-        raise DataError(f"--good names {', '.join(unknown)} but {dataset.root} has only "
-                        f"{', '.join(dataset.classes)}: name the good class folders")
-    splits = data.split(dataset, cfg.seed)
-    height, width = cfg.size or data.auto_size(splits["train"])
-    cfg.size = (height, width)
-    (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
-    arrays, skipped = {}, list(dataset.skipped)
-    for name, items in splits.items():
-        x, y, splits[name], bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
-        arrays[name], skipped = (x, y), skipped + bad
-    dataset = dataset.used([item for items in splits.values() for item in items], skipped)
-    data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
-    good_index = [dataset.classes.index(g) for g in cfg.good]
-
-    def good_of(name: str) -> np.ndarray:
-        x, y = arrays[name]
-        return x[np.isin(y, good_index)]
-
-    x_train, x_val = good_of("train"), good_of("val")
-    if len(x_train) < 10 or len(x_val) < 3:
-        raise DataError(f"{len(x_train)} training and {len(x_val)} validation photos of {', '.join(cfg.good)}: "
-                        "an anomaly model needs some tens of good photos at least")
-    say(dataset.summary())
-    say(f"anomaly ({cfg.anomaly_method}) at {height}x{width}: trained on {len(x_train)} good photos "
-        f"({', '.join(cfg.good)}), threshold from {len(x_val)} held-out ones; other classes only tested")
-
+    height, width = x_train.shape[1:3]
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(cfg.seed)
-    build = build_scar_detector if cfg.anomaly_method == "scars" else build_autoencoder
+    build = build_scar_detector if method == "scars" else build_autoencoder
     trained, heat = build(height, width, cfg.width)
-    if cfg.anomaly_method == "scars":
+    if method == "scars":
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
         val_set = _scarred_pairs(x_val, np.random.default_rng(cfg.seed + 1), jitter=False)
         batch = max(2, cfg.batch_size // 2 * 2)  # whole pairs
@@ -271,7 +358,7 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
         train_data = tf.data.Dataset.from_tensor_slices((x_train.astype(np.float32), x_train / 255.0)) \
             .shuffle(len(x_train), seed=cfg.seed).batch(cfg.batch_size)
         fit_args = {"validation_data": (x_val.astype(np.float32), x_val / 255.0)}
-    scars = cfg.anomaly_method == "scars"
+    scars = method == "scars"
     # The scar network has no batch normalization: at the classifier's learning rate one large step could
     # kill every unit for good (the loss back at ln 2 and staying there; one seed in three on the line).
     # Half the rate and clipped gradients keep it learning.
@@ -279,12 +366,68 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     state = _State(learning_rate=rate)
     shown = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)] if scars else []
     trained.compile(optimizer=keras.optimizers.Adam(rate, clipnorm=1.0 if scars else None), loss=loss, metrics=shown)
-    deadline = started + cfg.minutes * 60
-    steps = len(train_data) if cfg.anomaly_method == "scars" else math.ceil(len(x_train) / cfg.batch_size)
+    steps = len(train_data) if scars else math.ceil(len(x_train) / cfg.batch_size)
     interrupted = fit_keeping_best(lambda: trained.fit(
         train_data, epochs=cfg.epochs, verbose=0, **fit_args,
         callbacks=[_make_checkpointer(out, state, cfg, deadline, EpochProgress(cfg.epochs, steps, deadline), say,
                                       None)]), trained, out, state, say)
+    return heat, state.history, state.best_epoch, interrupted
+
+
+def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
+    """Train on the good classes of ``cfg.data`` and write a run folder ``linewatch convert`` takes."""
+    from linewatch.train.trainer import card_training
+
+    started = time.monotonic()
+    if cfg.anomaly_method == "features" and not cfg.weights:
+        raise UsageError("--anomaly-method features compares pretrained features: give --weights FILE, a local "
+                         "MobileNetV2 no-top file of the same --width (docs/anomaly.md)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data.scan(cfg.data)
+    unknown = [g for g in cfg.good if g not in dataset.classes]
+    if unknown:
+        raise DataError(f"--good names {', '.join(unknown)} but {dataset.root} has only "
+                        f"{', '.join(dataset.classes)}: name the good class folders")
+    splits = data.split(dataset, cfg.seed)
+    height, width = cfg.size or data.auto_size(splits["train"])
+    cfg.size = (height, width)
+    (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
+    arrays, skipped = {}, list(dataset.skipped)
+    for name, items in splits.items():
+        x, y, splits[name], bad = data.load_images(items, dataset.classes, height, width, cfg.resize_mode)
+        arrays[name], skipped = (x, y), skipped + bad
+    dataset = dataset.used([item for items in splits.values() for item in items], skipped)
+    data.save_splits(out / "splits.json", splits, dataset.classes, cfg.seed)
+    good_index = [dataset.classes.index(g) for g in cfg.good]
+
+    def good_of(name: str) -> np.ndarray:
+        x, y = arrays[name]
+        return x[np.isin(y, good_index)]
+
+    x_train, x_val = good_of("train"), good_of("val")
+    if len(x_train) < 10 or len(x_val) < 3:
+        raise DataError(f"{len(x_train)} training and {len(x_val)} validation photos of {', '.join(cfg.good)}: "
+                        "an anomaly model needs some tens of good photos at least")
+    say(dataset.summary())
+    say(f"anomaly ({cfg.anomaly_method}) at {height}x{width}: trained on {len(x_train)} good photos "
+        f"({', '.join(cfg.good)}), threshold from {len(x_val)} held-out ones; other classes only tested")
+
+    rng = np.random.default_rng(cfg.seed)
+    deadline = started + cfg.minutes * 60
+    history: dict[str, list[float]] = {}
+    best_epoch, interrupted = 0, False
+    parts: dict[str, Any] = {}  # of a combined model: each part alone, measured beside the whole
+    if cfg.anomaly_method == "memory":
+        heat = build_memory(x_train, rng)
+    elif cfg.anomaly_method == "features":
+        heat = build_feature_memory(x_train, cfg.weights or "", cfg.width, rng)
+    else:
+        network = "autoencoder" if cfg.anomaly_method == "autoencoder" else "scars"
+        heat, history, best_epoch, interrupted = fit_network(network, cfg, x_train, x_val, out, deadline, say)
+        if cfg.anomaly_method == "combined":
+            parts = {network: heat, "memory": build_memory(x_train, rng)}
+            heat = combine(list(parts.values()), x_val, cfg.false_alarm)
     heat.save(out / "model.keras")
 
     val_scores = heat_map_peaks(heat_maps(heat, x_val))
@@ -295,9 +438,12 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     bad_by_class = {label: test_scores[y_test == i] for i, label in enumerate(dataset.classes)
                     if i not in good_index and (y_test == i).any()}
     metrics: dict[str, Any] = {"task": "anomaly", "test": evaluate_scores(test_scores[is_good], bad_by_class, 1.0),
-               "history": state.history, "best_epoch": state.best_epoch, "interrupted": interrupted,
+               "history": history, "best_epoch": best_epoch, "interrupted": interrupted,
                "skipped": [{"path": p, "reason": r} for p, r in dataset.skipped],
                "train_seconds": round(time.monotonic() - started, 1)}
+    if parts:
+        peaks = {name: heat_map_peaks(heat_maps(part, x_test)) for name, part in parts.items()}
+        metrics["parts"] = {name: {"auroc": round(auroc(p[is_good], p[~is_good]), 4)} for name, p in peaks.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "labels.txt").write_text("\n".join(cfg.good) + "\n")
     now = datetime.now(UTC)
@@ -308,7 +454,7 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
         input=InputSpec(height=height, width=width, resize_mode=cfg.resize_mode),
         labels=list(cfg.good), good_labels=list(cfg.good),
         dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
-        training=cfg.model_dump(mode="json"),
+        training=card_training(cfg),
         metrics={"test_auroc": metrics["test"]["auroc"], "false_alarm_rate": metrics["test"]["false_alarm_rate"],
                  "detection_rate": metrics["test"]["detection_rate"]})
     (out / "model_card.json").write_text(card.to_json())
@@ -318,7 +464,7 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
         order = np.argsort(-test_scores)[:8]
         write_anomaly_report(out, f"linewatch anomaly report: {out.name}", metrics["test"], test_scores[is_good],
                              bad_by_class, x_test[order], heat_maps(heat, x_test[order]), test_scores[order],
-                             [dataset.classes[i] for i in y_test[order]], history=state.history,
+                             [dataset.classes[i] for i in y_test[order]], history=history,
                              summary=dataset.summary())
     say(f"test AUROC {metrics['test']['auroc']:.4f}, false alarms {metrics['test']['false_alarm_rate']:.2%}, "
         f"detected {metrics['test']['detection_rate'] or 0:.2%} at the threshold; run folder {out} "

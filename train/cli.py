@@ -22,8 +22,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
                                                    **options.given(args, TrainConfig)}, noun="setting")
     if cfg.weights and not os.path.isfile(cfg.weights):
         raise UsageError(f"weights file {cfg.weights} does not exist (nothing is downloaded: pass a local file)")
-    if cfg.weights and cfg.architecture != "mobilenetv2":
-        raise UsageError("--weights goes with --architecture mobilenetv2")
+    if cfg.weights and not (cfg.anomaly_method == "features" if cfg.task == "anomaly" else
+                            cfg.architecture == "mobilenetv2"):
+        raise UsageError("--weights goes with --architecture mobilenetv2, or with --task anomaly "
+                         "--anomaly-method features")
     return cfg
 
 

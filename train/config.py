@@ -61,7 +61,8 @@ class TrainConfig(BaseModel):
     width: float = Field(default=1.0, gt=0, description="width multiplier (alpha for mobilenetv2)",
                          json_schema_extra=_flag("--width"))
     weights: str | None = Field(default=None,
-                                description="local backbone weights file for mobilenetv2 (never downloaded)",
+                                description="local backbone weights file for mobilenetv2 and --anomaly-method features "
+                                            "(never downloaded)",
                                 json_schema_extra=_flag("--weights"))
     fine_tune_epochs: int = Field(default=10, ge=0, description="second stage with --weights: the top of the backbone",
                                   json_schema_extra=_flag("--fine-tune-epochs"))
@@ -86,11 +87,14 @@ class TrainConfig(BaseModel):
                                gt=0, lt=0.5, description="with --task anomaly: share of held-out good photos "
                                                          "allowed over the threshold",
                                json_schema_extra=_flag("--false-alarm"))
-    anomaly_method: Literal["autoencoder", "scars"] = Field(
-        default="scars",
-        description="with --task anomaly: scars, a network that finds synthetic scars, blobs and pasted "
-                    "patches on good photos; autoencoder, reconstruction error (docs/anomaly.md compares "
-                    "them)", json_schema_extra=_flag("--anomaly-method"))
+    anomaly_method: Literal["combined", "scars", "memory", "autoencoder", "features"] = Field(
+        default="combined",
+        description="with --task anomaly: combined, the larger of scars and memory in units of their own "
+                    "thresholds; scars, a network that finds synthetic scars, blobs and pasted patches on good "
+                    "photos (marks on a part); memory, the distance to the nearest good photo (a whole other "
+                    "object); autoencoder, reconstruction error; features, with --weights, each cell's "
+                    "pretrained features against the nearest good cell. docs/anomaly.md compares them",
+        json_schema_extra=_flag("--anomaly-method"))
     seed: int = Field(default=0, description="the split, the initial weights and the augmentation",
                       json_schema_extra=_flag("--seed"))
     report: bool = Field(default=True, description="write report.html and its plots")

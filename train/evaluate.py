@@ -30,15 +30,14 @@ def _images(source: Path) -> tuple[list[data.Item], str]:
 
 
 def _keras_scorer(path: Path) -> tuple[Any, ModelCard, InputSpec, list[str]]:
-    import keras
-
+    from linewatch.train.layers import load_model
     from linewatch.train.trainer import predict_scores
 
     card_path = path.parent / "model_card.json"
     if not card_path.is_file():
         raise ModelError(f"{path} has no model_card.json beside it: evaluate the model.keras of a run folder")
     try:
-        model = keras.models.load_model(path)
+        model = load_model(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {path} ({str(exc).splitlines()[0]}): is it a complete .keras file?") from None
     card = artifact.read_card(card_path)

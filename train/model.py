@@ -40,14 +40,12 @@ def published_weights_name(alpha: float, size: int = 224) -> str:
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{size}_no_top.h5"
 
 
-def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplier: float = 1.0,
-                      weights: str | None = None) -> keras.Model:
-    """MobileNetV2 with a ``width_multiplier`` (alpha) and a new classification head.
+def mobilenetv2_backbone(height: int, width: int, width_multiplier: float = 1.0,
+                         weights: str | None = None) -> keras.Model:
+    """MobileNetV2 without its top, named ``backbone``, with ``weights`` from a local file (random without).
 
-    ``weights`` is a local file of backbone weights (for example the ImageNet "no top" file
-    for the same alpha): nothing is downloaded at run time. Without it the backbone trains
-    from scratch. The backbone is the layer named ``backbone``, so it can be frozen and
-    partly unfrozen for fine-tuning.
+    ``weights`` is for example the ImageNet "no top" file for the same alpha: nothing is
+    downloaded at run time. Raises ValueError, naming the file to use, when they do not fit.
     """
     if min(height, width) < 32:
         raise ValueError("mobilenetv2 needs an input of at least 32x32: use --size 32 or larger")
@@ -62,7 +60,18 @@ def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplie
             raise ValueError(f"{weights} does not fit MobileNetV2 at --width {width_multiplier:g} "
                              f"({str(exc).splitlines()[0][:120]}): use the published no-top file of the same width, "
                              f"{published_weights_name(width_multiplier)}") from None
-    else:
+    return backbone
+
+
+def build_mobilenetv2(num_classes: int, height: int, width: int, width_multiplier: float = 1.0,
+                      weights: str | None = None) -> keras.Model:
+    """MobileNetV2 with a ``width_multiplier`` (alpha) and a new classification head.
+
+    Without ``weights`` the backbone trains from scratch. The backbone is the layer named
+    ``backbone``, so it can be frozen and partly unfrozen for fine-tuning.
+    """
+    backbone = mobilenetv2_backbone(height, width, width_multiplier, weights)
+    if not weights:
         # Keras builds it with momentum 0.999, tuned for ImageNet-sized epochs: on a few hundred
         # photos the moving statistics would lag for dozens of epochs and validation would stall.
         for layer in backbone.layers:

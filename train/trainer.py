@@ -69,11 +69,14 @@ def _tf_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, augmenter=N
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _sha256(path: Path) -> str:
+def card_training(cfg: TrainConfig) -> dict[str, Any]:
+    """The model card's ``training``: the settings, and the sha256 of a weights file the run started from."""
     import hashlib
 
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    if not cfg.weights:
+        return cfg.model_dump(mode="json")
+    with Path(cfg.weights).open("rb") as f:
+        return {**cfg.model_dump(mode="json"), "weights_sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
 def class_weights(y: np.ndarray, n: int, mode: str = "auto") -> dict[int, float] | None:
@@ -231,6 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     import keras
     import tensorflow as tf
 
+    from linewatch.train.layers import load_model
     from linewatch.train.model import set_fine_tuning
 
     say = _silent if quiet else _say
@@ -282,7 +286,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     model: Any  # a keras.Model: keras's own annotations say load_model may return a function, or None
     if resuming:
         state = _State(**json.loads((out / CHECKPOINT_STATE).read_text()))
-        model = keras.models.load_model(out / CHECKPOINT)
+        model = load_model(out / CHECKPOINT)
         say(f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})")
     else:
         model = build_model(cfg, len(dataset.classes), height, width)
@@ -344,8 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
         labels=dataset.classes, good_labels=default_good_labels(dataset.classes),
         thresholds={c: 0.5 for c in dataset.classes},
         dataset={"fingerprint": dataset.fingerprint(), "counts": dataset.counts()},
-        training={**cfg.model_dump(mode="json"),
-                  **({"weights_sha256": _sha256(Path(cfg.weights))} if cfg.weights else {})},
+        training=card_training(cfg),
         metrics={"test_accuracy": metrics["test"]["accuracy"],
                  "defect_miss_rate": metrics["test"]["defect"]["miss_rate"],
                  "false_alarm_rate": metrics["test"]["defect"]["false_alarm_rate"]})
@@ -361,8 +364,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
 
 def write_run_report(run: Path) -> Path:
     """``report.html`` and its plots for a run folder trained with ``report=False`` (a search's winner)."""
-    import keras
-
+    from linewatch.train.layers import load_model
     from linewatch.train.report import write_report
 
     card = ModelCard.model_validate_json((run / "model_card.json").read_text())
@@ -370,7 +372,7 @@ def write_run_report(run: Path) -> Path:
     assert card.input is not None  # the trainer always writes it
     x, y, _, _ = data.load_images(data.load_splits(run / "splits.json")["test"], card.labels, card.input.height,
                                   card.input.width, card.input.resize_mode)
-    scores = predict_scores(keras.models.load_model(run / "model.keras"), x)
+    scores = predict_scores(load_model(run / "model.keras"), x)
     return write_report(run, f"linewatch training report: {run.name}", metrics["test"], card.labels, x, y, scores,
                         history=metrics["history"], skipped=metrics["skipped"])
 
