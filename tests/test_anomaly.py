@@ -12,19 +12,14 @@ import shutil
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 import pytest
 
 from linewatch.convert.anomaly import MIN_RANK_CORRELATION
-from linewatch.convert.quantize import convert
 from linewatch.edge.model import artifact
 from linewatch.edge.model.engine import Engine
 from linewatch.edge.model.images import read_image
 from linewatch.train.anomaly import auroc, synthetic_defect, threshold_for
-from linewatch.train.config import TrainConfig
-from linewatch.train.model import mobilenetv2_backbone
-from linewatch.train.trainer import train
 from tests.helpers import Collector, linewatch
 
 pytestmark = pytest.mark.workstation
@@ -123,6 +118,10 @@ def test_the_memory_flags_a_whole_other_part_and_keeps_its_ranking_in_int8(tmp_p
     Its int8 model is calibrated with a black frame too: without it the memory's distance had the range of
     the good photos only, every anomaly tied at the top, and the rank correlation fell below the gate's.
     """
+    from linewatch.convert.quantize import convert
+    from linewatch.train.config import TrainConfig
+    from linewatch.train.trainer import train
+
     rng = np.random.default_rng(0)
     _parts_in_a_fixture(tmp_path / "data", "round", 80, rng)
     _parts_in_a_fixture(tmp_path / "data", "square", 40, rng)
@@ -141,6 +140,13 @@ def test_the_memory_flags_a_whole_other_part_and_keeps_its_ranking_in_int8(tmp_p
 
 def test_features_need_local_weights_and_give_a_heat_map_per_cell_in_int8(tmp_path: Path) -> None:
     """PatchCore's idea on a local MobileNetV2 file: here an untrained one stands in for ImageNet's."""
+    import keras
+
+    from linewatch.convert.quantize import convert
+    from linewatch.train.config import TrainConfig
+    from linewatch.train.model import mobilenetv2_backbone
+    from linewatch.train.trainer import train
+
     rng = np.random.default_rng(1)
     _parts_in_a_fixture(tmp_path / "data", "round", 120, rng)
     _parts_in_a_fixture(tmp_path / "data", "square", 60, rng)
