@@ -230,6 +230,23 @@ def _broker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
 
 
+def _cmd_station(args: argparse.Namespace) -> int:
+    from linewatch.edge.comms.mqtt import Credentials
+    from linewatch.edge.device.config import read_password
+    from linewatch.edge.station.app import Station, StationOptions
+
+    if args.per_hour <= 0 or args.max_inbox < 1:
+        raise UsageError("--per-hour and --max-inbox must be above 0")
+    station = Station(StationOptions(
+        broker=args.broker, data=Path(args.data), http=args.http, prefix=args.prefix, protocol=args.protocol,
+        credentials=Credentials(args.username, read_password(args.password_file), args.ca_file),
+        devices=set(args.device) if args.device else None, per_hour=args.per_hour, max_inbox=args.max_inbox,
+        token_file=args.token_file, cert_file=args.cert_file, key_file=args.key_file))
+    print(f"station: samples into {station.inbox.folder}; labelling page at {station.url}", flush=True)
+    station.run()
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from linewatch.edge.simulator import write_dataset
 
@@ -308,6 +325,23 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-every", type=float, default=10.0,
                    help="seconds between per-device tables: status, last label, defect rate, frames/s, gaps")
     p.set_defaults(handler=_cmd_monitor)
+
+    p = sub.add_parser("station", help="receive the devices' samples into DATA/_inbox and serve the page that labels "
+                                       "them into DATA/<label>/ (docs/station.md)")
+    _broker_options(p)
+    p.add_argument("--data", required=True, help="the dataset's folder, as 'linewatch train' reads it")
+    p.add_argument("--http", default="127.0.0.1:8090", help="serve the labelling page at HOST:PORT")
+    p.add_argument("--token-file", help="file holding the page's token (or LINEWATCH_STATION_TOKEN; else one is made "
+                                        "and kept in DATA/_inbox/http-token)")
+    p.add_argument("--cert-file", help="TLS certificate (PEM) for https")
+    p.add_argument("--key-file", help="its private key")
+    p.add_argument("--device", action="append", help="take samples from this device id only (repeatable; default: "
+                                                     "any device that announced its status)")
+    p.add_argument("--per-hour", type=float, default=3600.0, help="samples a device may send an hour (a tenth at "
+                                                                  "once); the rest wait on the device")
+    p.add_argument("--max-inbox", type=int, default=5000, help="photos waiting for a label, at most; then the oldest "
+                                                               "go, counted")
+    p.set_defaults(handler=_cmd_station)
 
     p = sub.add_parser("inspect", help="print a .tflite's model card, ops and input/output quantization")
     p.add_argument("model", help="a .tflite")

@@ -1,7 +1,7 @@
 """A real headless Chromium (Debian's ``chromium``) driven over its DevTools protocol: no browser download.
 
-Enough of the protocol for the setup page's test: open a page, run JavaScript, move and click
-the mouse, take a screenshot. ``Browser.find()`` is None where Chromium is not installed.
+Enough of the protocol for the pages' tests: open a page, run JavaScript, move and click the
+mouse, press keys, take a screenshot. ``Browser.find()`` is None where Chromium is not installed.
 """
 
 from __future__ import annotations
@@ -102,6 +102,13 @@ class Browser:
         box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
                             ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()")
         self.drag(tuple(box), tuple(box), steps=1)  # type: ignore[arg-type]
+
+    def press(self, key: str) -> None:
+        """A key pressed and released, as a person types it: ``"2"``, ``"u"``, ``"Enter"``."""
+        codes = {"Enter": 13, "ArrowLeft": 37, "ArrowRight": 39}
+        extra: dict[str, Any] = {"windowsVirtualKeyCode": codes[key]} if key in codes else {"text": key}
+        self.send("Input.dispatchKeyEvent", type="keyDown", key=key, **extra)
+        self.send("Input.dispatchKeyEvent", type="keyUp", key=key, **extra)
 
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from linewatch.edge.comms.mqtt import Credentials
 from linewatch.edge.demo.brokers import MosquittoBroker
+from linewatch.edge.station.app import Station, StationOptions
 from tests.helpers import (
     CLI,
     ENV,
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installing sets owner
 
 ACL = ROOT / "docs" / "mosquitto" / "linewatch.acl"
 USERS = {"line-3": "pw-of-line-3", "line-4": "pw-of-line-4", "operator": "pw-of-operator",
-         "dashboard": "pw-of-dashboard", "homeassistant": "pw-of-ha"}
+         "dashboard": "pw-of-dashboard", "homeassistant": "pw-of-ha", "station": "pw-of-station"}
 
 
 def _shipped_broker(make_broker: Callable[..., MosquittoBroker], folder: Path) -> tuple[MosquittoBroker, Path]:
@@ -100,9 +102,14 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
     home_assistant = _as("homeassistant", broker, ca, "homeassistant/#")
     operator = _as("operator", broker, ca, "linewatch/line-3/cmd/+/reply")
     intruder = _as("line-4", broker, ca, "linewatch/line-3/cmd/#")
+    station = Station(StationOptions(broker=broker.url, data=tmp_path / "DATA", http="127.0.0.1:0",
+                                     credentials=Credentials("station", USERS["station"], str(ca)),
+                                     token_file=str(_secret(tmp_path, "station"))))
+    station.start()
     proc = subprocess.Popen([*CLI, "run", "--config", str(etc / "linewatch.toml"), "--fps", "25", "--ha-discovery",
                              "--stats-interval", "1", "--line", "mqtt", "--reject-pin", "27", "--reject-delay-ms",
-                             "1500", "--set", "line.pin_factory=mock", "--set", "line.window_ms=600"],
+                             "1500", "--set", "line.pin_factory=mock", "--set", "line.window_ms=600", "--samples",
+                             "--set", "samples.below=1", "--set", "samples.per_hour=360"],
                             cwd=ROOT, env={**ENV, **below_root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -112,7 +119,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
             time.sleep(0.3)
         operator.client.publish("linewatch/line-3/cmd/snapshot", json.dumps({"id": "snap"}), qos=1)
         everything = ("status", "result", "event", "snapshot", "stats", "state", "part", "cmd/trigger/reply",
-                      "cmd/snapshot/reply")
+                      "cmd/snapshot/reply", "sample")
         assert dashboard.wait_for(lambda s: all(s.on(f"line-3/{t}") for t in everything) and
                                   len(s.on("line-3/part")) == 3, 60), \
             ([t for t in everything if not dashboard.on(f"line-3/{t}")], dashboard.on("line-3/part"))
@@ -138,6 +145,12 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
         assert forged.is_failure and forged.value == 0x87, forged  # Not authorized
         assert _publish_as("line-4", broker, ca, "linewatch/line-3/cmd/pause", b"{}").is_failure
         assert _publish_as("dashboard", broker, ca, "linewatch/line-3/cmd/pause", b"{}").is_failure
+        # The station hears every device's samples and acknowledges them; it may command nothing else.
+        assert wait_until(lambda: station.inbox.stats()["counters"].get("acknowledged", 0) >= 5, 60), \
+            station.inbox.stats()
+        assert all(s["device_id"] == "line-3" for s in station.inbox.samples())
+        assert _publish_as("station", broker, ca, "linewatch/line-3/cmd/pause", b"{}").is_failure
+        assert _publish_as("line-4", broker, ca, "linewatch/line-3/sample", b"{}").is_failure
         assert not wait_until(lambda: any(isinstance(r, dict) and r.get("forged")
                                           for r in dashboard.on("line-3/result")), timeout=1)
         assert not intruder.messages  # mosquitto grants the subscription, and delivers none of A's commands to B
@@ -146,6 +159,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
         proc.kill()
         for client in (dashboard, home_assistant, operator, intruder):
             client.close()
+        station.stop()
 
 
 def test_a_device_the_acl_does_not_cover_says_so_in_its_log(tiny: Path, make_broker: Callable[..., MosquittoBroker],

@@ -72,7 +72,7 @@ class Dataset:
 
 def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> list[Item]:
     items: list[Item] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         found = len(items)
         for path in sorted(class_dir.rglob("*")):
             if not path.is_file() or path.name.startswith("."):

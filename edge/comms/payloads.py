@@ -40,6 +40,9 @@ def _absent_if_none(value: Any) -> bool:
 DeviceStatus = Literal["online", "offline", "stopped"]  # the retained status: connected, the will, a clean exit
 PartVerdict = Literal["good", "defect", "anomaly", "late", "no-frame"]  # a part's verdict (line I/O)
 SourceState = Literal["starting", "ok", "reconnecting", "ended", "failed"]  # the frame source, as stats say it
+# Why a device sent a frame to be labelled (samples): the first that applies, in this order.
+SampleReason = Literal["operator", "random", "anomalous", "low_confidence"]
+SAMPLE_ID = r"^[0-9]{13}-[0-9]{1,12}$"  # the frame's capture time in epoch ms, then its frame id
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -152,6 +155,47 @@ class PartMessage(Payload):
     decision_ms: float | None = Field(description="From the trigger to its verdict; null when it had none in time.")
 
 
+class Sample(Payload):
+    """A frame worth labelling, announced before its JPEG: QoS 1, not spooled (it never takes a result's room).
+
+    The JPEG follows in ``chunks`` binary messages on ``<prefix>/<device_id>/sample/<sample_id>/<index>``. The
+    station answers ``cmd/samples`` ``{"ack": [sample_id, ...]}`` once the photo is stored; until then the device
+    sends it again every ``samples.resend_s``. Receivers drop duplicates by (device_id, sample_id).
+    """
+
+    model_config = ConfigDict(title="linewatch sample (topic <prefix>/<device_id>/sample)")
+
+    sample_id: str = Field(pattern=SAMPLE_ID, description="Per device: the frame's capture time in epoch ms, a dash, "
+                                                          "its frame id.")
+    reason: SampleReason = Field(description="operator: saved on the setup page; random: one frame in "
+                                             "samples.random_every, an unbiased measure of the live error rate; "
+                                             "anomalous: an anomaly model's score passed its threshold; "
+                                             "low_confidence: the top score was under samples.below.")
+    ts: str = Field(description="Capture time, UTC, RFC 3339.")
+    ts_ms: int
+    frame_id: int = Field(ge=1)
+    label: str = Field(description="The model's label for the frame.")
+    score: float = Field(ge=0, le=1)
+    top: list[Score] = Field(min_length=1)
+    anomaly_score: float | None = Field(default=None, ge=0, exclude_if=_absent_if_none)
+    suggested: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                  description="operator: the label given on the setup page.")
+    model: ModelRef
+    size: int = Field(ge=1, description="Bytes of the JPEG.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the JPEG.")
+    chunk_size: int = Field(ge=1, description="Bytes a chunk (the last may be shorter).")
+    chunks: int = Field(ge=1)
+
+
+class SampleStats(_Part):
+    sent: int = Field(ge=0, description="Samples sent since start (a resend counts again).")
+    acked: int = Field(ge=0, description="Samples the station stored and acknowledged since start.")
+    pending: int = Field(ge=0, description="Samples on disk waiting for the station's acknowledgement.")
+    limited: dict[str, int] = Field(description="Frames not sent, per reason, because that reason's rate was spent.")
+    dropped: int = Field(ge=0, description="Samples deleted unsent: the oldest first, to keep samples.quota_mb, or "
+                                           "behind a busy writer.")
+
+
 class LineStats(_Part):
     parts: int = Field(ge=0)
     good: int = Field(ge=0)
@@ -214,6 +258,8 @@ class Stats(Payload):
     cpu_temp_c: float | None
     max_rss_mb: float
     line: LineStats | None = Field(default=None, exclude_if=_absent_if_none, description="With line I/O: part counts.")
+    samples: SampleStats | None = Field(default=None, exclude_if=_absent_if_none,
+                                        description="With samples.enabled: frames sent to be labelled.")
 
 
 class Reply(Payload):
@@ -231,14 +277,16 @@ class Reply(Payload):
 
 
 TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,
-                                              "reply": Reply, "part": PartMessage, "state": DeviceState}
+                                              "reply": Reply, "part": PartMessage, "state": DeviceState,
+                                              "sample": Sample}
 
 
 def json_schema(model: type[Payload], name: str) -> dict[str, Any]:
     """The JSON Schema of a payload as published: every field required but those absent when unused."""
     schema = model.model_json_schema(by_alias=True, mode="serialization")
     parts: dict[str, type[BaseModel]] = {model.__name__: model, "Score": Score, "ModelRef": ModelRef,
-                                         "Percentiles": Percentiles, "SpoolStats": SpoolStats, "LineStats": LineStats}
+                                         "Percentiles": Percentiles, "SpoolStats": SpoolStats, "LineStats": LineStats,
+                                         "SampleStats": SampleStats}
     for node_name, node in [(model.__name__, schema), *schema.get("$defs", {}).items()]:
         cls = parts[node_name]
         node["required"] = [f.alias or key for key, f in cls.model_fields.items() if f.exclude_if is None]

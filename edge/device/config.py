@@ -181,6 +181,24 @@ class ReviewSection(Section):
                             json_schema_extra=_flag("--review-quota-mb"))
 
 
+class SamplesSection(Section):
+    """Frames worth labelling, sent to the station (``linewatch station``) over MQTT: docs/station.md."""
+
+    enabled: bool = Field(default=False, description="send frames worth labelling on <prefix>/<device_id>/sample",
+                          json_schema_extra=_flag("--samples"))
+    below: float = Field(default=0.6, gt=0, le=1, description="a frame whose top score is under this is sent as "
+                                                              "low_confidence")
+    random_every: int = Field(default=1000, ge=0, description="one frame in this many is sent as random, an unbiased "
+                                                              "measure of the live error rate; 0: none")
+    per_hour: float = Field(default=60.0, gt=0, description="the most samples an hour for each reason (a burst of a "
+                                                            "tenth of it at once); the rest are counted, not sent")
+    quota_mb: float = Field(default=50.0, gt=0, description="disk for samples the station has not acknowledged yet "
+                                                            "(state_dir/samples); then the oldest go first, counted")
+    resend_s: float = Field(default=60.0, ge=1, description="a sample the station has not acknowledged is sent again "
+                                                            "after this long")
+    chunk_kb: int = Field(default=64, ge=1, le=1024, description="the JPEG travels in messages of this size")
+
+
 class OtaSection(Section):
     enabled: bool = Field(default=True, description="accept new models over MQTT (cmd/ota) and cmd/rollback")
     public_key: str | None = Field(default=None,
@@ -318,6 +336,7 @@ class Config(Section):
     stats: StatsSection = StatsSection()
     spool: SpoolSection = SpoolSection()
     review: ReviewSection = ReviewSection()
+    samples: SamplesSection = SamplesSection()
     ota: OtaSection = OtaSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     http: HttpSection = HttpSection()

@@ -34,7 +34,8 @@ from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
-from linewatch.edge.device.setup import SetupView, page_token
+from linewatch.edge.device.samples import Sampler
+from linewatch.edge.device.setup import SetupView
 from linewatch.edge.device.sources import Source, open_source
 from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
@@ -44,6 +45,7 @@ from linewatch.edge.device.view import DeviceReader
 from linewatch.edge.device.web import SetupServer
 from linewatch.edge.errors import BrokerError, LinewatchError, ModelError, UsageError
 from linewatch.edge.files import write_atomic
+from linewatch.edge.http import page_token
 from linewatch.edge.model import artifact, signing
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import Engine
@@ -115,6 +117,7 @@ class Daemon:
         self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused,
                                    interval=lambda: self.cfg.stats.interval_s,
                                    line=self.line.counters.as_dict if self.line else None,
+                                   samples=self.sampler.stats if self.sampler else None,
                                    on_fps=lambda fps: self.state.update(fps=fps))
         self.notifier = ServiceNotifier(self._last_progress, self._status_line)
         self.sink.on_first_result = self.notifier.ready
@@ -152,8 +155,10 @@ class Daemon:
                               spool_writable=self.spool.writable, on_part=self.state.update)
 
     def init_sink(self) -> None:
-        """Results, events and snapshots; the frames kept for review."""
+        """Results, events and snapshots; the frames kept for review, and those sent to be labelled."""
         cfg = self.cfg
+        self.sampler = Sampler(cfg.samples, self.state_dir / "samples", cfg.device_id, self.publisher, cfg.source) \
+            if cfg.samples.enabled else None
         review = JpegArchive(Path(cfg.review.dir), int(cfg.review.quota_mb * MB)) if cfg.review.dir else None
         snapshots = JpegArchive(self.state_dir / "snapshots", int(cfg.events.snapshot_quota_mb * MB)) \
             if cfg.events.snapshots else None
@@ -161,7 +166,7 @@ class Daemon:
         self.review = review
         self.sink = ResultSink(self.model, device_id=cfg.device_id, results=cfg.results, events=cfg.events,
                                review=cfg.review, source=cfg.source, publisher=self.publisher, paused=self.paused,
-                               snapshots=snapshots, review_archive=review,
+                               snapshots=snapshots, review_archive=review, sampler=self.sampler,
                                on_result=self.line.on_result if self.line else None, on_events=self.state.update)
 
     def init_commands(self) -> None:
@@ -169,6 +174,8 @@ class Daemon:
         handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
         if self.cfg.ota.enabled:
             handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
+        if self.sampler is not None:
+            handlers["samples"] = self.sampler.ack
         if self.line is not None and self.cfg.line.mode == "mqtt":
             handlers["trigger"] = self._trigger
         self.commands = CommandRouter(self.cfg.device_id, handlers, self.publisher.reply)
@@ -178,10 +185,11 @@ class Daemon:
         host, port = config_module.parse_listen(http.listen or "")
         view = SetupView(read=self.read, apply_view=self.apply_view, state_dir=self.state_dir,
                          save_dir=Path(self.cfg.review.dir) if self.cfg.review.dir else self.state_dir / "collected",
+                         sampler=self.sampler,
                          metrics=self.metrics.text, overridden=self.overrides.keys())
         try:
-            return SetupServer(view, host, port, page_token(http.token, self.state_dir), http.fps, http.cert_file,
-                               http.key_file)
+            token = page_token(http.token, self.state_dir, "setup page")
+            return SetupServer(view, host, port, token, http.fps, http.cert_file, http.key_file)
         except OSError as exc:
             raise UsageError(f"http.listen {http.listen}: {exc.strerror or exc} (another program on that port? "
                              "choose another, or check http.cert_file and http.key_file)") from None
@@ -320,6 +328,8 @@ class Daemon:
         logger.info("classifying %s with %s (%d threads)", self.source.name, self.model.path, self.engine.num_threads)
         self.stats.start(self.pipeline.stats)
         self.state.start()
+        if self.sampler is not None:
+            self.sampler.start()
         if self.web is not None:
             self.web.start()
         if self.line is not None:
@@ -352,6 +362,8 @@ class Daemon:
             self.stats.stop()
             self.state.stop()
             self.publisher.stop()
+            if self.sampler is not None:
+                self.sampler.close()
             for archive in self.archives:
                 archive.close()
             spool_dropped = self.spool.dropped()

@@ -1,4 +1,4 @@
-"""What happens to each classified frame: a result message, defect events, snapshots, review frames.
+"""What happens to each classified frame: a result message, defect events, snapshots, review frames, samples.
 
 The pipeline calls ``ResultSink`` from its publish thread, never from the inference loop.
 Results and events are spooled (``DevicePublisher.spool_messages``) so none is lost while the
@@ -23,6 +23,7 @@ from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.config import EventsSection, ResultsSection, ReviewSection, SourceSection
 from linewatch.edge.device.events import Alarm, EventTracker
 from linewatch.edge.device.pipeline import Result as Classified
+from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.system import process_age
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import best_first
@@ -113,7 +114,7 @@ class ResultSink:
     def __init__(self, model: ModelArtifact, *, device_id: str, results: ResultsSection, events: EventsSection,
                  review: ReviewSection, source: SourceSection, publisher: DevicePublisher, paused: threading.Event,
                  snapshots: JpegArchive | None = None, review_archive: JpegArchive | None = None,
-                 on_result: Callable[[Classified], None] | None = None,
+                 sampler: Sampler | None = None, on_result: Callable[[Classified], None] | None = None,
                  on_events: Callable[..., None] | None = None) -> None:
         """Its sections are read at each frame (a reload replaces ``results``; the setup page changes ``source``'s
         view, which snapshots' heat maps follow). ``on_result`` sees every frame, paused or not (line I/O judges
@@ -127,6 +128,7 @@ class ResultSink:
         self.paused = paused
         self.snapshots = snapshots
         self.review = review_archive
+        self.sampler = sampler
         self.on_result = on_result
         self.on_events = on_events
         self.events_started = 0
@@ -171,7 +173,7 @@ class ResultSink:
             self.publisher.spool_messages(messages)
 
     def _judge(self, result: Classified, messages: list[tuple[str, Callable[[int], bytes]]]) -> None:
-        """One frame: its result message, events and snapshots (added to ``messages``), review frames."""
+        """One frame: its result message, events and snapshots (added to ``messages``), review frames, samples."""
         self.latest = result
         if result.frame.id % REFERENCE_EVERY == 1:
             self.reference.append(result.frame.image)
@@ -208,6 +210,8 @@ class ResultSink:
         if self.review is not None and prediction.score < self.review_below:
             self.review.add(f"{prediction.label}/{time.strftime('%Y%m%dT%H%M%S')}_{result.frame.id:08d}_"
                             f"{prediction.score:.2f}.jpg", result.frame.image)
+        if self.sampler is not None:
+            self.sampler.offer(result)
 
     def publish_snapshot(self, result: Classified, name: str) -> None:
         """The frame as JPEG, kept under the snapshot quota and spooled on ``snapshot`` at once (``cmd/snapshot``)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Collection
@@ -23,6 +22,7 @@ import numpy as np
 
 from linewatch.edge.device.config import PAGE_KEYS, PAGE_SETTINGS, Rotation, env_name
 from linewatch.edge.device.pipeline import Result
+from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.system import cpu_temperature
 from linewatch.edge.device.view import DeviceReading
 from linewatch.edge.files import write_atomic
@@ -30,20 +30,6 @@ from linewatch.edge.model.images import encode_jpeg
 
 logger = logging.getLogger(__name__)
 
-TOKEN_FILE = "http-token"
-
-
-def page_token(configured: str | None, state_dir: Path) -> str:
-    """The configured token, or the one kept in ``state_dir/http-token`` (made at the first start, mode 0600)."""
-    if configured:
-        return configured
-    path = state_dir / TOKEN_FILE
-    if path.is_file():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(24)
-    write_atomic(path, token + "\n", mode=0o600)
-    logger.warning("setup page: a token was made and kept in %s (read it there; it is never logged)", path)
-    return token
 
 
 def latest_view(latest: Result) -> dict[str, Any]:
@@ -58,14 +44,17 @@ class SetupView:
     """``web.DeviceView`` for a running daemon: reads a ``DeviceReading``, never the daemon, never blocks it."""
 
     def __init__(self, *, read: Callable[[], DeviceReading], apply_view: Callable[[Any, Rotation], None],
-                 state_dir: Path, save_dir: Path, metrics: Callable[[], bytes], overridden: Collection[str]) -> None:
-        """``apply_view(roi, rotate)`` sets the next frames' view; ``overridden`` are the settings given by flag."""
+                 state_dir: Path, save_dir: Path, metrics: Callable[[], bytes], overridden: Collection[str],
+                 sampler: Sampler | None = None) -> None:
+        """``apply_view(roi, rotate)`` sets the next frames' view; ``overridden`` are the settings given by flag; a
+        frame saved with ``sampler`` is also sent to the station, as an ``operator`` sample."""
         self.read = read
         self.apply_view = apply_view
         self.state_dir = state_dir
         self.save_dir = save_dir
         self.metrics = metrics
         self.overridden = overridden
+        self.sampler = sampler
         self._rate: deque[tuple[float, int]] = deque(maxlen=20)  # (monotonic time, frames) for frames/s
 
     def _fps(self, frames: int) -> float:
@@ -123,6 +112,8 @@ class SetupView:
             write_atomic(path, encode_jpeg(latest.frame.image))
         except OSError as exc:
             raise ValueError(f"cannot write {path} ({exc.strerror})") from None
+        if self.sampler is not None:
+            self.sampler.take(latest, "operator", suggested=label)
         return str(path)
 
     def snapshot(self, name: str) -> bytes | None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from linewatch.edge.comms.payloads import LineStats, Percentiles, SpoolStats, Stats, rfc3339
+from linewatch.edge.comms.payloads import LineStats, Percentiles, SampleStats, SpoolStats, Stats, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.pipeline import PipelineStats
 from linewatch.edge.device.system import cpu_temperature, max_rss_mb
@@ -24,13 +24,16 @@ class StatsReporter:
 
     def __init__(self, device_id: str, publisher: DevicePublisher, paused: threading.Event,
                  interval: Callable[[], float], line: Callable[[], dict[str, Any]] | None = None,
-                 on_fps: Callable[[float], None] | None = None) -> None:
-        """``interval`` is read before each wait, so a reloaded config takes effect; ``line`` gives part counts."""
+                 on_fps: Callable[[float], None] | None = None,
+                 samples: Callable[[], SampleStats] | None = None) -> None:
+        """``interval`` is read before each wait, so a reloaded config takes effect; ``line`` gives part counts,
+        ``samples`` the samples' counters."""
         self.device_id = device_id
         self.publisher = publisher
         self.paused = paused
         self.interval = interval
         self.line = line
+        self.samples = samples
         self.on_fps = on_fps  # the state topic shows frames/s as of the last stats message
         self.started = time.time()
         self._stopping = False
@@ -47,7 +50,8 @@ class StatsReporter:
                         for s in stats.timings_ms},
             spool=SpoolStats(backlog=spool.backlog(), dropped=spool.dropped(), recovered=len(spool.recovered)),
             acknowledged=self.publisher.acked, cpu_temp_c=cpu_temperature(), max_rss_mb=max_rss_mb(),
-            line=LineStats.model_validate(self.line()) if self.line else None)
+            line=LineStats.model_validate(self.line()) if self.line else None,
+            samples=self.samples() if self.samples else None)
 
     def start(self, stats: PipelineStats) -> None:
         self._thread = threading.Thread(target=self._run, args=(stats,), name="stats", daemon=True)

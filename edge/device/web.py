@@ -9,15 +9,11 @@ step) talks to a few JSON endpoints (docs/http.md). What it costs the daemon:
   at most ``fps`` times a second, and shared by every viewer;
 - with viewers, one JPEG encode per frame shown, and a status document a second per viewer.
 
-Security: everything but the page shell and its login needs the token, as
-``Authorization: Bearer TOKEN`` or the HttpOnly cookie ``POST /login`` sets; it is compared in
-constant time, never logged, and never sent to the page. Over TLS with a configured
-certificate, or behind a reverse proxy that terminates it.
+Security: the token, as ``linewatch.edge.http`` keeps it for both pages.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -25,8 +21,7 @@ import ssl
 import threading
 import time
 from http import HTTPStatus
-from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -35,12 +30,11 @@ import cv2
 import numpy as np
 
 from linewatch.edge.device.config import ROTATIONS, Rotation
+from linewatch.edge.http import JsonHandler, TokenServer
 from linewatch.edge.model.images import encode_jpeg, parse_roi
 
 logger = logging.getLogger(__name__)
 
-COOKIE = "linewatch_token"
-MAX_BODY = 16 * 1024
 LIVE_WIDTH = 640  # the live view is scaled down to this width: a phone shows no more, and it encodes faster
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.jpg$")
 
@@ -103,108 +97,30 @@ class LiveFrame:
             return self._frame_id, self._jpeg
 
 
-class SetupServer:
-    """The HTTP server in a thread of its own; ``start`` and ``stop`` follow the daemon's run."""
+class SetupServer(TokenServer):
+    """The setup page's server; ``start`` and ``stop`` follow the daemon's run."""
+
+    whose = "the device's"
 
     def __init__(self, view: DeviceView, host: str, port: int, token: str, fps: float = 4.0,
                  cert_file: str | None = None, key_file: str | None = None) -> None:
         self.view = view
-        self.host = host
-        self.token = token
         self.live = LiveFrame(view, fps)
-        self.page = resources.files("linewatch.edge.device").joinpath("page.html").read_bytes()
-        self.server = ThreadingHTTPServer((host, port), _handler(self))
-        self.server.daemon_threads = True
-        self.scheme = "http"
-        if cert_file:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert_file, key_file)
-            # The handshake happens in the request's thread, at its first read: a client that stalls in it
-            # holds up its own thread only, never the accept loop.
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
-                                                     do_handshake_on_connect=False)
-            self.scheme = "https"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
-        self._stopping = threading.Event()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.server.server_port}/"
+        page = resources.files("linewatch.edge.device").joinpath("page.html").read_bytes()
+        super().__init__(_handler(self), page, host, port, token, cert_file, key_file)
 
     def start(self) -> None:
-        self._thread.start()
+        super().start()
         logger.info("setup page at %s (the token is in the config, or in state_dir/http-token)", self.url)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def authorized(self, headers: Any) -> bool:
-        given = ""
-        auth = headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[len("Bearer "):].strip()
-        else:
-            cookie = SimpleCookie(headers.get("Cookie", ""))
-            if COOKIE in cookie:
-                given = cookie[COOKIE].value
-        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
 
 def _handler(server: SetupServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "linewatch"
-        sys_version = ""  # no Python version in the Server header
-
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("http %s %s", self.address_string(), format % args)
-
-        # --- replies ---------------------------------------------------------------------------
-
-        def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, value: Any, extra: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(value).encode(), "application/json", extra)
-
-        def _error(self, status: int, message: str) -> None:
-            self._json(status, {"error": message})
-
-        def _body(self) -> dict[str, Any] | None:
-            """The request's JSON object, or None after answering 400 or 413."""
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"more than {MAX_BODY} bytes")
-                return None
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                body = None
-            if not isinstance(body, dict):
-                self._error(HTTPStatus.BAD_REQUEST, "send a JSON object")
-                return None
-            return body
-
+    class Handler(JsonHandler):
         # --- routes ----------------------------------------------------------------------------
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
-            if path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, server.page, "text/html; charset=utf-8")
-                return
-            if not server.authorized(self.headers):
-                self._error(HTTPStatus.UNAUTHORIZED, "log in with the device's token")
+            if not self._public(server, path):
                 return
             if path == "/api/status":
                 self._json(HTTPStatus.OK, server.view.status())
@@ -231,20 +147,8 @@ def _handler(server: SetupServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
-            body = self._body()
+            body = self._posted(server, path)
             if body is None:
-                return
-            if path == "/login":
-                token = str(body.get("token", ""))
-                if not token or not hmac.compare_digest(token.encode(), server.token.encode()):
-                    self._error(HTTPStatus.UNAUTHORIZED, "wrong token")
-                    return
-                secure = "; Secure" if server.scheme == "https" else ""
-                self._json(HTTPStatus.OK, {"ok": True},
-                           {"Set-Cookie": f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}"})
-                return
-            if not server.authorized(self.headers):
-                self._error(HTTPStatus.UNAUTHORIZED, "log in with the device's token")
                 return
             try:
                 if path == "/api/config":
@@ -267,10 +171,10 @@ def _handler(server: SetupServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.close_connection = True
             try:
-                while not server._stopping.is_set():
+                while not server.stopping.is_set():
                     self.wfile.write(b"data: " + json.dumps(server.view.status()).encode() + b"\n\n")
                     self.wfile.flush()
-                    server._stopping.wait(1.0)
+                    server.stopping.wait(1.0)
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 pass  # the viewer left
 
