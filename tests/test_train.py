@@ -241,3 +241,41 @@ def test_the_console_shows_linewatch_progress_and_no_tensorflow_noise(photos: Pa
     assert "oneDNN" in (run / "tensorflow.log").read_text()
     verbose = linewatch("train", str(photos), "-o", str(tmp_path / "v"), "--size", "32", "--epochs", "1", "--verbose")
     assert "oneDNN" in verbose.stderr and not (tmp_path / "v" / "tensorflow.log").exists()
+
+
+def test_from_a_run_keeps_its_splits_grows_the_head_and_compares_on_the_same_test_photos(photos: Path,
+                                                                                         tmp_path: Path) -> None:
+    import shutil
+
+    import cv2
+
+    run1, run2, data2 = tmp_path / "run1", tmp_path / "run2", tmp_path / "data2"
+    linewatch("train", str(photos), "-o", str(run1), "--epochs", "2", "--size", "32", "--width", "0.5")
+    shutil.copytree(photos, data2)
+    (data2 / "inverted").mkdir()  # a defect RUN1 never saw: ok parts in negative
+    for n, path in enumerate(sorted((photos / "ok").glob("*.jpg"))[:8]):
+        cv2.imwrite(str(data2 / "inverted" / f"inverted{n}.png"), 255 - cv2.imread(str(path)))
+    (data2 / "_inbox" / "cell-1").mkdir(parents=True)  # the station's inbox is not a class
+    shutil.copy(next((photos / "ok").glob("*.jpg")), data2 / "_inbox" / "cell-1" / "1780000000000-1.jpg")
+    moved = sorted((data2 / "scratch").glob("*.jpg"))[0]  # relabelled: it keeps its split, with its new label
+    moved.rename(data2 / "crack" / moved.name)
+
+    refused = linewatch("train", str(data2), "-o", str(tmp_path / "bad"), "--from", str(run1), "--size", "48",
+                        check=False)
+    assert refused.returncode == 2 and "keeps its size" in refused.stderr and "Traceback" not in refused.stderr
+    linewatch("train", str(data2), "-o", str(run2), "--from", str(run1), "--epochs", "2")
+
+    old_labels = (run1 / "labels.txt").read_text().split()
+    assert (run2 / "labels.txt").read_text().split() == [*old_labels, "inverted"]
+    assert json.loads((run2 / "train_config.json").read_text())["size"] == [32, 32]
+    old, new = (json.loads((run / "splits.json").read_text()) for run in (run1, run2))
+    for split in ("train", "val", "test"):
+        names = {Path(e["path"]).name for e in new[split]}
+        assert {Path(e["path"]).name for e in old[split]} <= names, split
+    assert {e["label"] for e in new["test"] if Path(e["path"]).name == moved.name} <= {"crack"}
+    assert not any("_inbox" in e["path"] for split in ("train", "val", "test") for e in new[split])
+    compare = json.loads((run2 / "metrics.json").read_text())["compare"]
+    assert compare["run1_test"]["images"] == len(old["test"]) and compare["classes_added"] == ["inverted"]
+    assert compare["per_class"]["inverted"]["images"] >= 1 and compare["per_class"]["inverted"]["run1"] == 0.0
+    assert compare["new_test"]["images"] == len(new["test"]) - len(old["test"])
+    assert "Compared with" in (run2 / "report.html").read_text()

@@ -95,6 +95,11 @@ class TrainConfig(BaseModel):
                     "object); autoencoder, reconstruction error; features, with --weights, each cell's "
                     "pretrained features against the nearest good cell. docs/anomaly.md compares them",
         json_schema_extra=_flag("--anomaly-method"))
+    from_run: str | None = Field(default=None,
+                                 description="go on from this run folder: its weights, input size and architecture; "
+                                             "its photos stay in their splits, new classes grow the head, and the "
+                                             "report compares the two runs on the same test photos",
+                                 json_schema_extra=_flag("--from"))
     seed: int = Field(default=0, description="the split, the initial weights and the augmentation",
                       json_schema_extra=_flag("--seed"))
     report: bool = Field(default=True, description="write report.html and its plots")

@@ -113,8 +113,8 @@ img{{max-width:100%;border:1px solid #eee}}.big{{font-size:1.4em}}</style></head
 
 def write_report(out: Path, title: str, metrics: dict[str, Any], classes: list[str], images: np.ndarray,
                  y: np.ndarray, scores: np.ndarray, history: dict[str, list[float]] | None = None,
-                 skipped: list[dict[str, str]] | None = None, summary: str = "") -> Path:
-    """Write the plots and ``report.html`` into ``out``; returns the HTML path."""
+                 skipped: list[dict[str, str]] | None = None, summary: str = "", extra: str = "") -> Path:
+    """Write the plots and ``report.html`` into ``out`` (``extra``: HTML after the table); returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     if history:
@@ -139,6 +139,7 @@ def write_report(out: Path, title: str, metrics: dict[str, Any], classes: list[s
 every other class counts as a defect. Top-k accuracy: {', '.join(f'top-{k} {v:.4f}' for k, v in metrics['top_k_accuracy'].items())}.
 Macro precision {metrics['macro']['precision']:.4f}, recall {metrics['macro']['recall']:.4f}, F1 {metrics['macro']['f1']:.4f}.</p>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th></tr>{rows}</table>
+{extra}
 {figures}
 <h2>Skipped files</h2><ul>{skipped_html or '<li>none</li>'}</ul>
 </body></html>"""

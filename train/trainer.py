@@ -28,7 +28,7 @@ from linewatch.edge.errors import DataError, UsageError
 from linewatch.edge.files import write_atomic
 from linewatch.edge.model.artifact import GOOD_NAMES, default_good_labels
 from linewatch.edge.model.card import InputSpec, ModelCard
-from linewatch.train import data
+from linewatch.train import data, retrain
 from linewatch.train.augment import build_augmenter
 from linewatch.train.config import TrainConfig
 from linewatch.train.console import EpochProgress
@@ -241,6 +241,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
     if cfg.task == "anomaly":
         if resume:
             raise UsageError("--resume is for classifiers: train an anomaly model again (it takes minutes)")
+        if cfg.from_run:
+            raise UsageError("--from goes on from a classifier: --task anomaly trains from the good photos alone")
         from linewatch.train.anomaly import train_anomaly
 
         return train_anomaly(cfg, say)
@@ -251,10 +253,20 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
         raise DataError(f"nothing to resume in {out}: no {CHECKPOINT_STATE} there; train without --resume")
     if resuming:
         cfg = _load_config(out)  # the run goes on as it was started
+    previous = retrain.load_previous(Path(cfg.from_run)) if cfg.from_run else None
+    if previous is not None:
+        retrain.adopt(cfg, previous)
     out.mkdir(parents=True, exist_ok=True)
 
     dataset = data.scan(cfg.data)
-    splits = data.load_splits(out / "splits.json") if resuming else data.split(dataset, cfg.seed)
+    if previous is not None:
+        dataset.classes = retrain.classes(previous, dataset)
+    if resuming:
+        splits = data.load_splits(out / "splits.json")
+    elif previous is not None and dataset.presplit is None:
+        splits = retrain.carry_splits(previous, dataset.items, cfg.seed)
+    else:
+        splits = data.split(dataset, cfg.seed)
     height, width = cfg.size or data.auto_size(splits["train"])
     cfg.size = (height, width)
     (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
@@ -288,6 +300,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
         state = _State(**json.loads((out / CHECKPOINT_STATE).read_text()))
         model = load_model(out / CHECKPOINT)
         say(f"resuming after epoch {state.epoch} (best so far: epoch {state.best_epoch})")
+    elif previous is not None:
+        model = retrain.start_model(previous, len(dataset.classes))
+        say(f"starting from {previous.run}'s weights")
     else:
         model = build_model(cfg, len(dataset.classes), height, width)
     weights = class_weights(arrays["train"][1], len(dataset.classes), cfg.class_weights)
@@ -339,6 +354,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
                "interrupted": interrupted,
                "skipped": [{"path": p, "reason": r} for p, r in dataset.skipped],
                "train_seconds": round(time.monotonic() - started, 1)}
+    if previous is not None:
+        old_scores = predict_scores(load_model(previous.run / "model.keras"), x_test)
+        metrics["compare"] = retrain.compare(previous, dataset.classes, splits["test"], y_test, scores, old_scores)
+        say(retrain.describe(metrics["compare"]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     now = datetime.now(UTC)
     card = ModelCard(
@@ -357,7 +376,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch: EpochHook | None = N
         from linewatch.train.report import write_report
 
         write_report(out, f"linewatch training report: {out.name}", metrics["test"], dataset.classes, x_test,
-                     y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary())
+                     y_test, scores, history=state.history, skipped=metrics["skipped"], summary=dataset.summary(),
+                     extra=retrain.comparison_html(metrics["compare"]) if previous is not None else "")
     say(f"test {describe(metrics['test'])}; run folder {out} ({metrics['train_seconds']} s)")
     return metrics
 
