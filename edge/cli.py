@@ -140,18 +140,52 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from linewatch.edge.comms.mqtt import Credentials
     from linewatch.edge.device.config import read_password
-    from linewatch.edge.errors import ModelError
-    from linewatch.edge.tools.deploy import deploy
+    from linewatch.edge.errors import GateError, ModelError
+    from linewatch.edge.tools.deploy import Rules, deploy, end_shadow, online, watch_shadow
 
     if bool(args.device) == args.all:
         raise UsageError("name the devices with --device-id ID (repeatable), or pass --all for every device online")
-    results = deploy(args.model, args.broker, None if args.all else args.device, prefix=args.prefix,
-                     protocol=args.protocol, timeout=args.timeout,
-                     credentials=Credentials(args.username, read_password(args.password_file), args.ca_file))
-    refused = {device: reply.get("error") for device, reply in results.items() if not reply.get("ok")}
-    if refused:
-        raise ModelError("; ".join(f"{device} refused it: {error}" for device, error in refused.items()))
+    devices = None if args.all else args.device
+    reach = {"prefix": args.prefix, "protocol": args.protocol, "timeout": args.timeout,
+             "credentials": Credentials(args.username, read_password(args.password_file), args.ca_file)}
+    if args.promote or args.abort:
+        if args.model or args.shadow or args.auto or (args.promote and args.abort):
+            raise UsageError("--promote or --abort ends the shadow that runs: no MODEL, --shadow or --auto with it")
+        ended = end_shadow(args.broker, devices, "promote" if args.promote else "abort", args.reason, **reach)
+        _refused(ended, ModelError)
+        return 0
+    if not args.model:
+        raise UsageError("name the MODEL to deploy (or --promote or --abort the candidate in shadow)")
+    if args.auto and not args.shadow:
+        raise UsageError("--auto decides on a candidate in shadow: add --shadow")
+    if (args.then or args.then_all) and not args.auto:
+        raise UsageError("--then and --then-all follow a promotion by --auto: add --shadow --auto")
+    results = deploy(args.model, args.broker, devices, shadow=args.shadow, **reach)
+    _refused(results, ModelError)
+    if not args.auto:
+        return 0
+    rules = Rules(args.min_frames, args.min_agreement, args.max_defect_rate_change)
+    verdicts = {device: watch_shadow(args.broker, device, rules, prefix=args.prefix, protocol=args.protocol,
+                                     credentials=reach["credentials"], timeout=args.auto_timeout)
+                for device in results}
+    if args.json:
+        print(json.dumps(verdicts))
+    aborted = {device: v["reason"] for device, v in verdicts.items() if not v["promoted"]}
+    if aborted:
+        raise GateError("; ".join(f"{device}: {reason}" for device, reason in aborted.items()))
+    if args.then or args.then_all:  # never the promoted devices again: their previous model is their rollback
+        named = online(args.broker, args.prefix, args.protocol, reach["credentials"]) if args.then_all else args.then
+        then = [device for device in named if device not in results]
+        if then:
+            _refused(deploy(args.model, args.broker, then, **reach), ModelError)
     return 0
+
+
+def _refused(replies: dict[str, dict[str, Any]], error: type[LinewatchError]) -> None:
+    """Raise ``error`` naming every device that refused."""
+    refused = {device: reply.get("error") for device, reply in replies.items() if not reply.get("ok")}
+    if refused:
+        raise error("; ".join(f"{device} refused it: {why}" for device, why in refused.items()))
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -359,8 +393,26 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", required=True, help="the private key from 'linewatch keygen'")
     p.set_defaults(handler=_cmd_sign)
 
-    p = sub.add_parser("deploy", help="send a .tflite to devices over MQTT; each checks it, swaps it in and replies")
-    p.add_argument("model", help="a .tflite made by 'linewatch convert' (MODEL.sig is sent along when present)")
+    p = sub.add_parser("deploy", help="send a .tflite to devices over MQTT; each checks it, swaps it in (or runs it in "
+                                      "shadow) and replies")
+    p.add_argument("model", nargs="?", help="a .tflite made by 'linewatch convert' (MODEL.sig is sent along when "
+                                            "present)")
+    p.add_argument("--shadow", action="store_true", help="run it beside the current model on the same frames, acting "
+                                                         "on none, until --promote or --abort (docs/fleet.md)")
+    p.add_argument("--promote", action="store_true", help="the candidate in shadow becomes the current model")
+    p.add_argument("--abort", action="store_true", help="the candidate in shadow is dropped")
+    p.add_argument("--reason", help="with --promote or --abort: why, for the devices' shadow message")
+    p.add_argument("--auto", action="store_true", help="with --shadow: watch it and promote or abort by the rules "
+                                                       "below (exit 5 when aborted)")
+    p.add_argument("--min-frames", type=int, default=500, help="with --auto: frames both models classified first")
+    p.add_argument("--min-agreement", type=float, default=0.9, help="with --auto: share of frames with the same label")
+    p.add_argument("--max-defect-rate-change", type=float, default=0.05,
+                   help="with --auto: the most the share of frames called not good may move")
+    p.add_argument("--auto-timeout", type=float, default=3600.0, help="with --auto: seconds to wait for --min-frames")
+    p.add_argument("--then", action="append", default=[], help="with --auto: after the promotion, deploy the model to "
+                                                               "this device too (repeatable)")
+    p.add_argument("--then-all", action="store_true", help="with --auto: after the promotion, to every device online")
+    p.add_argument("--json", action="store_true", help="with --auto: print the verdicts as JSON")
     p.add_argument("--device-id", "--device", dest="device", action="append",
                    help="a device id (repeat for several); --device is the older name")
     p.add_argument("--all", action="store_true", help="every device whose status is online")

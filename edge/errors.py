@@ -25,8 +25,9 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "missing dataset or source folder, fewer than 2 classes, a class too small to split"),
     ExitCode(4, "model error",
              "model file missing, truncated, altered (sha256 mismatch), not a classifier, labels that do not fit"),
-    ExitCode(5, "the converted model failed the parity gate",
-             "int8 accuracy dropped more than `--max-drop` points, or a class's recall more than 3 points"),
+    ExitCode(5, "a model failed its gate: the parity gate at conversion, or the shadow rules of `deploy --auto`",
+             "int8 accuracy dropped more than `--max-drop` points, or a class's recall more than 3 points; a "
+             "candidate in shadow under `--min-agreement`"),
     ExitCode(6, "MQTT broker unreachable or refused the connection", "nothing listens at `--broker`, a wrong password"),
     ExitCode(130, "interrupted (Ctrl-C)"),
 )

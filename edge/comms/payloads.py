@@ -41,7 +41,7 @@ DeviceStatus = Literal["online", "offline", "stopped"]  # the retained status: c
 PartVerdict = Literal["good", "defect", "anomaly", "late", "no-frame"]  # a part's verdict (line I/O)
 SourceState = Literal["starting", "ok", "reconnecting", "ended", "failed"]  # the frame source, as stats say it
 # Why a device sent a frame to be labelled (samples): the first that applies, in this order.
-SampleReason = Literal["operator", "random", "anomalous", "low_confidence"]
+SampleReason = Literal["operator", "random", "disagreement", "anomalous", "low_confidence"]
 SAMPLE_ID = r"^[0-9]{13}-[0-9]{1,12}$"  # the frame's capture time in epoch ms, then its frame id
 
 class _Part(BaseModel):
@@ -169,6 +169,7 @@ class Sample(Payload):
                                                           "its frame id.")
     reason: SampleReason = Field(description="operator: saved on the setup page; random: one frame in "
                                              "samples.random_every, an unbiased measure of the live error rate; "
+                                             "disagreement: a candidate in shadow gave another verdict or label; "
                                              "anomalous: an anomaly model's score passed its threshold; "
                                              "low_confidence: the top score was under samples.below.")
     ts: str = Field(description="Capture time, UTC, RFC 3339.")
@@ -181,6 +182,11 @@ class Sample(Payload):
     suggested: str | None = Field(default=None, exclude_if=_absent_if_none,
                                   description="operator: the label given on the setup page.")
     model: ModelRef
+    candidate: ModelRef | None = Field(default=None, exclude_if=_absent_if_none,
+                                       description="disagreement: the candidate in shadow.")
+    candidate_label: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                        description="disagreement: the candidate's label for the frame.")
+    candidate_score: float | None = Field(default=None, ge=0, le=1, exclude_if=_absent_if_none)
     size: int = Field(ge=1, description="Bytes of the JPEG.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of the JPEG.")
     chunk_size: int = Field(ge=1, description="Bytes a chunk (the last may be shorter).")
@@ -194,6 +200,39 @@ class SampleStats(_Part):
     limited: dict[str, int] = Field(description="Frames not sent, per reason, because that reason's rate was spent.")
     dropped: int = Field(ge=0, description="Samples deleted unsent: the oldest first, to keep samples.quota_mb, or "
                                            "behind a busy writer.")
+
+
+ShadowState = Literal["running", "promoted", "aborted", "failed"]
+
+
+class Pair(_Part):
+    current: float | None
+    candidate: float | None
+
+
+class Shadow(Payload):
+    """A candidate model run beside the current one on the same frames (``linewatch deploy --shadow``): QoS 1, every
+    stats.interval_s while it runs, and once when it ends."""
+
+    model_config = ConfigDict(title="linewatch shadow (topic <prefix>/<device_id>/shadow)")
+
+    ts: str
+    state: ShadowState = Field(description="running; promoted (the candidate is the current model now); aborted; "
+                                            "failed (it would not load or check on this device: nothing changed).")
+    reason: str | None = Field(default=None, exclude_if=_absent_if_none, description="Why it ended.")
+    current: ModelRef
+    candidate: ModelRef | None = Field(description="null when it failed before it could be read.")
+    frames: int = Field(ge=0, description="Frames both models classified.")
+    skipped: int = Field(ge=0, description="Frames the candidate had no time for: it takes the newest frame when it "
+                                           "is free, so on a busy device it sees one frame in every.")
+    every: float = Field(ge=1, description="Frames seen per frame the candidate classified (1.0: it keeps up).")
+    agreement: float | None = Field(ge=0, le=1, description="Share of the frames where both gave the same label.")
+    confusion: dict[str, dict[str, int]] = Field(description="Current label -> candidate label -> frames.")
+    defect_rate: Pair = Field(description="Share of the frames each called not good (the model's own rule).")
+    latency_ms: Pair = Field(description="Median invoke per frame: the current model's in the pipeline (in blocks), "
+                                         "the candidate's alone, one frame at a time.")
+    cpu_percent: Pair = Field(description="Of one core, since the shadow started: the candidate's thread, and the "
+                                          "rest of the process.")
 
 
 class LineStats(_Part):
@@ -278,7 +317,7 @@ class Reply(Payload):
 
 TOPIC_PAYLOADS: dict[str, type[Payload]] = {"status": Status, "result": Result, "event": Event, "stats": Stats,
                                               "reply": Reply, "part": PartMessage, "state": DeviceState,
-                                              "sample": Sample}
+                                              "sample": Sample, "shadow": Shadow}
 
 
 def json_schema(model: type[Payload], name: str) -> dict[str, Any]:
@@ -286,7 +325,7 @@ def json_schema(model: type[Payload], name: str) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True, mode="serialization")
     parts: dict[str, type[BaseModel]] = {model.__name__: model, "Score": Score, "ModelRef": ModelRef,
                                          "Percentiles": Percentiles, "SpoolStats": SpoolStats, "LineStats": LineStats,
-                                         "SampleStats": SampleStats}
+                                         "SampleStats": SampleStats, "Pair": Pair}
     for node_name, node in [(model.__name__, schema), *schema.get("$defs", {}).items()]:
         cls = parts[node_name]
         node["required"] = [f.alias or key for key, f in cls.model_fields.items() if f.exclude_if is None]

@@ -22,7 +22,8 @@ import paho.mqtt.client as mqtt
 
 from linewatch.edge.comms.homeassistant import discovery_messages
 from linewatch.edge.comms.mqtt import Credentials, parse_broker
-from linewatch.edge.comms.payloads import rfc3339
+from linewatch.edge.comms.payloads import Shadow as ShadowMessage
+from linewatch.edge.comms.payloads import ShadowState, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
@@ -31,11 +32,12 @@ from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomal
 from linewatch.edge.device.config import Config, HttpSection, LineSection, MqttSection, Rotation
 from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, decision_latency_ms
 from linewatch.edge.device.metrics import Metrics
-from linewatch.edge.device.ota import ModelUpdater
+from linewatch.edge.device.ota import ModelUpdater, candidate_path
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.setup import SetupView
+from linewatch.edge.device.shadow import ShadowRun
 from linewatch.edge.device.sources import Source, open_source
 from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
@@ -55,11 +57,11 @@ logger = logging.getLogger(__name__)
 MB = 2**20
 
 
-def make_engine(cfg: Config, model: ModelArtifact) -> Engine:
-    """An engine for ``model``, at start, for every update and for ``linewatch check``; the device runs full-integer
-    models only, and only models that can call a part good."""
+def make_engine(cfg: Config, model: ModelArtifact, threads: int | None = None) -> Engine:
+    """An engine for ``model``, at start, for every update, a shadow (``threads``: its own) and ``linewatch check``;
+    the device runs full-integer models only, and only models that can call a part good."""
     model.require_good_outcome()
-    engine = Engine(model, cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
+    engine = Engine(model, threads or cfg.model.threads or None, cfg.model.delegate, cfg.model.cpu_fallback)
     if not engine.integer:
         raise ModelError(f"{model.path} is a float model: the device runs full-integer (int8) models, make one "
                          "with 'linewatch convert'")
@@ -112,12 +114,18 @@ class Daemon:
                                     make_engine=functools.partial(make_engine, cfg),
                                     reference_frames=lambda: list(self.sink.reference),
                                     public_key=signing.load_public(Path(cfg.ota.public_key)) if cfg.ota.public_key
-                                    else None, max_bytes=int(cfg.ota.max_mb * MB))
+                                    else None, max_bytes=int(cfg.ota.max_mb * MB), shadow=self.start_shadow,
+                                    shadow_failed=self._shadow_failed)
+        self.shadow: ShadowRun | None = None
+        if candidate_path(Path(cfg.model.path)).is_file():
+            logger.warning("a candidate left in shadow by the last run was dropped: deploy it again with --shadow")
+            self.updater.discard()
         self.init_commands()
         self.stats = StatsReporter(cfg.device_id, self.publisher, self.paused,
                                    interval=lambda: self.cfg.stats.interval_s,
                                    line=self.line.counters.as_dict if self.line else None,
                                    samples=self.sampler.stats if self.sampler else None,
+                                   on_tick=self._publish_shadow,
                                    on_fps=lambda fps: self.state.update(fps=fps))
         self.notifier = ServiceNotifier(self._last_progress, self._status_line)
         self.sink.on_first_result = self.notifier.ready
@@ -173,7 +181,7 @@ class Daemon:
         """``cmd/<name>`` for this device's id only: the built-in commands, OTA when enabled, triggers for a line."""
         handlers = DeviceCommands(self.paused, self.sink, self.set_threshold, self.reload).handlers()
         if self.cfg.ota.enabled:
-            handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback}
+            handlers |= {"ota": self.updater.ota, "rollback": self.updater.rollback, "shadow": self.shadow_command}
         if self.sampler is not None:
             handlers["samples"] = self.sampler.ack
         if self.line is not None and self.cfg.line.mode == "mqtt":
@@ -226,6 +234,59 @@ class Daemon:
         if self.cfg.homeassistant.discovery:
             self._announce()
         logger.info("now classifying with %s %s (sha256 %s…)", model.name, model.version, model.sha256[:12])
+
+    def start_shadow(self, model: ModelArtifact, engine: Engine) -> None:
+        """A checked candidate runs beside the current model (a new one replaces the one in shadow)."""
+        if self.shadow is not None:
+            self._end_shadow("aborted", "replaced by another candidate")
+        run = ShadowRun(self.cfg.device_id, model, engine, self.cfg.source,
+                        current_latency_ms=lambda: self.pipeline.stats.percentile("invoke", 50), sampler=self.sampler)
+        run.start()
+        self.shadow = self.sink.shadow = run
+
+    def shadow_command(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``cmd/shadow``: ``{"action": "status" | "promote" | "abort", "reason": why}``; promote and abort end it."""
+        action, reason = body.get("action", "status"), body.get("reason")
+        if action not in ("status", "promote", "abort") or not isinstance(reason, (str, type(None))):
+            raise ValueError('shadow takes {"action": "status", "promote" or "abort", "reason": TEXT}')
+        if self.shadow is None:
+            raise ValueError("no candidate runs in shadow: deploy one with --shadow")
+        if action == "status":
+            return self.shadow.message(self.model).model_dump(by_alias=True)
+        if action == "abort":
+            self.updater.discard()
+            return self._end_shadow("aborted", reason or "aborted by command").model_dump(by_alias=True)
+        final = self._end_shadow("promoted", reason or "promoted by command", publish=False)
+        try:
+            installed = self.updater.promote()
+        except ValueError as exc:
+            self.updater.discard()
+            failed = final.model_copy(update={"state": "failed", "reason": f"not promoted: {exc}"})
+            self.publisher.publish_now(self.publisher.topic("shadow"), failed.encode(), qos=1)
+            raise
+        self.publisher.publish_now(self.publisher.topic("shadow"), final.encode(), qos=1)
+        return {**final.model_dump(by_alias=True), "installed": installed}
+
+    def _end_shadow(self, state: ShadowState, reason: str, publish: bool = True) -> ShadowMessage:
+        run, self.shadow, self.sink.shadow = self.shadow, None, None
+        assert run is not None
+        run.stop()
+        final = run.message(self.model, state, reason)
+        logger.info("shadow %s: %s (%d frames, agreement %s)", state, reason, final.frames, final.agreement)
+        if publish:
+            self.publisher.publish_now(self.publisher.topic("shadow"), final.encode(), qos=1)
+        return final
+
+    def _shadow_failed(self, reason: str) -> None:
+        logger.warning("shadow: the candidate was refused (%s); the current model goes on", reason)
+        self.publisher.publish_now(self.publisher.topic("shadow"),
+                                   ShadowRun.failed(self.cfg.device_id, self.model, reason).encode(), qos=1)
+
+    def _publish_shadow(self) -> None:
+        """Every stats interval while a candidate runs in shadow."""
+        run = self.shadow
+        if run is not None:
+            self.publisher.publish_now(self.publisher.topic("shadow"), run.message(self.model).encode(), qos=1)
 
     def _last_progress(self) -> float:
         return time.monotonic() if self._finished else self.pipeline.stats.last_progress
@@ -361,6 +422,8 @@ class Daemon:
                 self.line.stop()  # parts in transit are rejected at their deadlines, and their messages spooled
             self.stats.stop()
             self.state.stop()
+            if self.shadow is not None:
+                self.shadow.stop()
             self.publisher.stop()
             if self.sampler is not None:
                 self.sampler.close()

@@ -9,6 +9,10 @@ card pins its bytes, a fresh interpreter loads it, and it classifies the device'
 frames sanely. Then the files are swapped atomically (the previous model is kept beside the
 current one) and the running pipeline moves to the new engine between two frames. Any failure
 is a reply with the reason; the running model stays. ``cmd/rollback`` swaps back.
+
+With ``"shadow": true`` at begin, the same checks lead to ``model.candidate.tflite`` instead, run
+beside the current model (``linewatch.edge.device.shadow``) until ``promote`` swaps it in as
+above or ``discard`` drops it.
 """
 
 from __future__ import annotations
@@ -45,12 +49,18 @@ class Transfer:
     chunks: int
     signature: bytes | None
     path: Path
+    shadow: bool = False  # run it beside the current model (``cmd/shadow`` promotes it), rather than swap it in
     received: set[int] = field(default_factory=set)
 
 
 def previous_path(model_path: Path) -> Path:
     """Where the model before the current one is kept: ``model.previous.tflite`` beside ``model.tflite``."""
     return model_path.with_name(f"{model_path.stem}.previous{model_path.suffix}")
+
+
+def candidate_path(model_path: Path) -> Path:
+    """Where a model in shadow is kept until it is promoted or aborted: ``model.candidate.tflite``."""
+    return model_path.with_name(f"{model_path.stem}.candidate{model_path.suffix}")
 
 
 def self_check(engine: Engine, frames: list[np.ndarray]) -> None:
@@ -72,8 +82,13 @@ class ModelUpdater:
     """The ``ota`` and ``rollback`` commands, and the one way a new model is put to work."""
 
     def __init__(self, model_path: Path, work_dir: Path, install: Callable[[ModelArtifact, Engine], None],
-                 make_engine: Callable[[ModelArtifact], Engine], reference_frames: Callable[[], list[np.ndarray]],
-                 public_key: Ed25519PublicKey | None = None, max_bytes: int = 64 * 2**20) -> None:
+                 make_engine: Callable[[ModelArtifact, int | None], Engine],
+                 reference_frames: Callable[[], list[np.ndarray]], public_key: Ed25519PublicKey | None = None,
+                 max_bytes: int = 64 * 2**20, shadow: Callable[[ModelArtifact, Engine], None] | None = None,
+                 shadow_failed: Callable[[str], None] | None = None) -> None:
+        """``make_engine(model, threads)``: an engine (threads None: as configured); ``shadow(model, engine)`` runs a
+        checked candidate beside the current model (``"shadow": true`` at begin), ``shadow_failed(reason)`` hears
+        of one that did not pass its checks."""
         self.model_path = model_path
         self.work_dir = work_dir
         self.install = install
@@ -81,6 +96,8 @@ class ModelUpdater:
         self.reference_frames = reference_frames
         self.public_key = public_key
         self.max_bytes = max_bytes
+        self.shadow = shadow
+        self.shadow_failed = shadow_failed
         self.transfer: Transfer | None = None
 
     # --- commands ------------------------------------------------------------------------------
@@ -132,7 +149,7 @@ class ModelUpdater:
 
     def _begin(self, body: dict[str, Any]) -> dict[str, Any]:
         transfer_id, size, digest = body.get("transfer"), body.get("size"), body.get("sha256")
-        chunk_size, signature = body.get("chunk_size"), body.get("signature")
+        chunk_size, signature, shadow = body.get("chunk_size"), body.get("signature"), body.get("shadow", False)
         if not isinstance(transfer_id, str) or not TRANSFER_ID.match(transfer_id):
             raise ValueError("begin needs a transfer id of letters, digits, _ or -")
         if not isinstance(size, int) or not 0 < size <= self.max_bytes:
@@ -141,6 +158,8 @@ class ModelUpdater:
             raise ValueError("begin needs the sha256 of the model, 64 hex digits")
         if not isinstance(chunk_size, int) or not 1024 <= chunk_size <= 2**20:
             raise ValueError("begin needs a chunk_size of 1 KiB to 1 MiB")
+        if not isinstance(shadow, bool):
+            raise ValueError('"shadow" is true or false')
         try:
             raw_signature = base64.b64decode(signature, validate=True) if signature else None
         except ValueError:
@@ -151,8 +170,9 @@ class ModelUpdater:
         with path.open("wb") as f:
             f.truncate(size)
         chunks = -(-size // chunk_size)
-        self.transfer = Transfer(transfer_id, size, digest, chunk_size, chunks, raw_signature, path)
-        logger.info("OTA transfer %s: %d bytes in %d chunks", transfer_id, size, chunks)
+        self.transfer = Transfer(transfer_id, size, digest, chunk_size, chunks, raw_signature, path, shadow)
+        logger.info("OTA transfer %s: %d bytes in %d chunks%s", transfer_id, size, chunks,
+                    ", for a shadow" if shadow else "")
         return {"transfer": transfer_id, "chunks": chunks}
 
     def _end(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -171,28 +191,51 @@ class ModelUpdater:
                     signing.verify(data, transfer.signature, self.public_key)
                 except LinewatchError as exc:
                     raise ValueError(str(exc)) from None
-            model, engine = self.checked(transfer.path)
-        except ValueError:
+            model, engine = self.checked(transfer.path, threads=1 if transfer.shadow else None)
+        except ValueError as exc:
             self._drop()
+            if transfer.shadow and self.shadow_failed is not None:
+                self.shadow_failed(str(exc))
             raise
+        self.transfer = None
+        if transfer.shadow:  # kept beside the current model until cmd/shadow promotes or aborts it
+            if self.shadow is None:
+                raise ValueError("this device runs no shadow")
+            target = candidate_path(self.model_path)
+            _durable_rename(transfer.path, target)
+            model.path = target
+            self.shadow(model, engine)
+            return {**_describe(model), "shadow": True}
+        return self._swap_in(transfer.path, model, engine)
+
+    def promote(self) -> dict[str, Any]:
+        """The candidate in shadow becomes the current model, as an update would (``cmd/rollback`` goes back)."""
+        candidate = candidate_path(self.model_path)
+        if not candidate.is_file():
+            raise ValueError("there is no candidate in shadow to promote: deploy one with --shadow")
+        model, engine = self.checked(candidate)
+        return self._swap_in(candidate, model, engine)
+
+    def discard(self) -> None:
+        """The candidate's file goes (aborted, or left by a run that stopped)."""
+        candidate_path(self.model_path).unlink(missing_ok=True)
+
+    def _swap_in(self, path: Path, model: ModelArtifact, engine: Engine) -> dict[str, Any]:
+        """``path`` becomes the model file in one rename, the current one the previous; the pipeline takes it."""
         if self.model_path.is_file():  # the current model becomes the previous one, in one rename
             os.replace(_link_beside(self.model_path, "previous"), previous_path(self.model_path))
-        with transfer.path.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(transfer.path, self.model_path)
-        _sync_dir(self.model_path.parent)
-        self.transfer = None
+        _durable_rename(path, self.model_path)
         model.path = self.model_path
         self.install(model, engine)
         return _describe(model)
 
-    def checked(self, path: Path) -> tuple[ModelArtifact, Engine]:
-        """Load ``path`` in a fresh interpreter and self-check it; ``ValueError`` says why not."""
+    def checked(self, path: Path, threads: int | None = None) -> tuple[ModelArtifact, Engine]:
+        """Load ``path`` in a fresh interpreter (of ``threads``) and self-check it; ``ValueError`` says why not."""
         try:
             model = artifact.load(path)
             if not model.has_card:
                 raise ValueError("the model has no linewatch card: convert it with 'linewatch convert'")
-            engine = self.make_engine(model)
+            engine = self.make_engine(model, threads)
         except LinewatchError as exc:
             raise ValueError(str(exc)) from None
         self_check(engine, self.reference_frames())
@@ -214,6 +257,14 @@ def _link_beside(path: Path, tag: str) -> Path:
     link.unlink(missing_ok=True)
     os.link(path, link)
     return link
+
+
+def _durable_rename(source: Path, target: Path) -> None:
+    """``source`` flushed to disk, then renamed to ``target``, the rename itself made durable."""
+    with source.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(source, target)
+    _sync_dir(target.parent)
 
 
 def _sync_dir(folder: Path) -> None:

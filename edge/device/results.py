@@ -17,13 +17,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from linewatch.edge.comms.payloads import SCHEMA, Event, ModelRef, rfc3339_ms
+from linewatch.edge.comms.payloads import SCHEMA, Event, rfc3339_ms
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.config import EventsSection, ResultsSection, ReviewSection, SourceSection
 from linewatch.edge.device.events import Alarm, EventTracker
 from linewatch.edge.device.pipeline import Result as Classified
-from linewatch.edge.device.samples import Sampler
+from linewatch.edge.device.samples import Sampler, model_ref
+from linewatch.edge.device.shadow import ShadowRun
 from linewatch.edge.device.system import process_age
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import best_first
@@ -96,10 +97,6 @@ def _json(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def model_ref(model: ModelArtifact) -> ModelRef:
-    return ModelRef(name=model.name, version=model.version, sha256=model.sha256)
-
-
 REFERENCE_FRAMES, REFERENCE_EVERY = 4, 25
 
 
@@ -129,6 +126,7 @@ class ResultSink:
         self.snapshots = snapshots
         self.review = review_archive
         self.sampler = sampler
+        self.shadow: ShadowRun | None = None  # a candidate model beside the current one, set while it runs
         self.on_result = on_result
         self.on_events = on_events
         self.events_started = 0
@@ -212,6 +210,9 @@ class ResultSink:
                             f"{prediction.score:.2f}.jpg", result.frame.image)
         if self.sampler is not None:
             self.sampler.offer(result)
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.offer(result)
 
     def publish_snapshot(self, result: Classified, name: str) -> None:
         """The frame as JPEG, kept under the snapshot quota and spooled on ``snapshot`` at once (``cmd/snapshot``)."""

@@ -36,9 +36,15 @@ from linewatch.edge.model.images import crop_rotate, encode_jpeg
 logger = logging.getLogger(__name__)
 
 KB = 1024
+Candidate = tuple[ModelArtifact, Prediction]  # a model in shadow, and what it said of the frame
 IN_FLIGHT = 4  # samples sent and not yet acknowledged, at most: a slow station is not flooded
 MAX_ACK_IDS = 200  # a cmd/samples acknowledges at most this many (the command stays under 16 KB)
 TOP_K = 3
+
+
+def model_ref(model: ModelArtifact) -> ModelRef:
+    """How a message names a model."""
+    return ModelRef(name=model.name, version=model.version, sha256=model.sha256)
 
 
 class Sampler:
@@ -60,7 +66,8 @@ class Sampler:
         self._lock = threading.Lock()
         self._outbox: OrderedDict[str, int] = OrderedDict()  # sample id -> bytes on disk, oldest first
         self._sent_at: dict[str, float] = {}
-        self._queue: queue.Queue[tuple[str, SampleReason, Result, ModelArtifact, str | None] | None] = queue.Queue(8)
+        self._queue: queue.Queue[tuple[str, SampleReason, Result, str | None, Candidate | None] | None] = \
+            queue.Queue(8)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,15 +94,17 @@ class Sampler:
         if reason is not None:
             self.take(result, reason)
 
-    def take(self, result: Result, reason: SampleReason, suggested: str | None = None) -> str | None:
-        """Queue ``result``'s frame as a sample unless its reason's rate is spent; its id, or None."""
+    def take(self, result: Result, reason: SampleReason, suggested: str | None = None,
+             candidate: Candidate | None = None) -> str | None:
+        """Queue ``result``'s frame as a sample unless its reason's rate is spent; its id, or None. ``suggested``: an
+        operator's label; ``candidate``: a model in shadow and its prediction, for a disagreement."""
         with self._lock:  # the sink's thread, and the setup page's
             if not self.limit.take(reason):
                 self.limited[reason] += 1
                 return None
         sample_id = f"{int(result.frame.ts * 1000):013d}-{result.frame.id}"
         try:
-            self._queue.put_nowait((sample_id, reason, result, result.model, suggested))
+            self._queue.put_nowait((sample_id, reason, result, suggested, candidate))
         except queue.Full:
             self.dropped += 1
             return None
@@ -123,9 +132,9 @@ class Sampler:
                 logger.warning("cannot keep sample %s (%s); check %s and its free space", item[0], exc, self.folder)
             self._wake.set()
 
-    def _write(self, sample_id: str, reason: SampleReason, result: Result, model: ModelArtifact,
-               suggested: str | None) -> None:
-        frame, prediction = result.frame, result.prediction
+    def _write(self, sample_id: str, reason: SampleReason, result: Result, suggested: str | None,
+               candidate: Candidate | None) -> None:
+        frame, prediction, model = result.frame, result.prediction, result.model
         jpeg = encode_jpeg(crop_rotate(frame.image, self.source.roi, self.source.rotate))
         ts_ms = int(frame.ts * 1000)
         sample = Sample(
@@ -133,7 +142,10 @@ class Sampler:
             frame_id=frame.id, label=prediction.label, score=round(prediction.score, 4),
             top=[Score(label=label, score=round(score, 4)) for label, score in prediction.top(TOP_K)],
             anomaly_score=None if prediction.anomaly_score is None else round(prediction.anomaly_score, 4),
-            suggested=suggested, model=ModelRef(name=model.name, version=model.version, sha256=model.sha256),
+            suggested=suggested, model=model_ref(model),
+            candidate=None if candidate is None else model_ref(candidate[0]),
+            candidate_label=None if candidate is None else candidate[1].label,
+            candidate_score=None if candidate is None else round(candidate[1].score, 4),
             size=len(jpeg), sha256=hashlib.sha256(jpeg).hexdigest(), chunk_size=self.chunk_size,
             chunks=-(-len(jpeg) // self.chunk_size))
         write_atomic(self.folder / f"{sample_id}.jpg", jpeg)

@@ -25,15 +25,17 @@ class StatsReporter:
     def __init__(self, device_id: str, publisher: DevicePublisher, paused: threading.Event,
                  interval: Callable[[], float], line: Callable[[], dict[str, Any]] | None = None,
                  on_fps: Callable[[float], None] | None = None,
-                 samples: Callable[[], SampleStats] | None = None) -> None:
+                 samples: Callable[[], SampleStats] | None = None,
+                 on_tick: Callable[[], None] | None = None) -> None:
         """``interval`` is read before each wait, so a reloaded config takes effect; ``line`` gives part counts,
-        ``samples`` the samples' counters."""
+        ``samples`` the samples' counters; ``on_tick`` runs after each stats message (a shadow's own)."""
         self.device_id = device_id
         self.publisher = publisher
         self.paused = paused
         self.interval = interval
         self.line = line
         self.samples = samples
+        self.on_tick = on_tick
         self.on_fps = on_fps  # the state topic shows frames/s as of the last stats message
         self.started = time.time()
         self._stopping = False
@@ -70,6 +72,8 @@ class StatsReporter:
                 self.on_fps(round(fps, 1))
             last_frames, last_time = stats.frames, now  # drops are logged by the spool itself, and counted here
             self.publisher.publish_now(self.publisher.topic("stats"), payload.encode())
+            if self.on_tick is not None:
+                self.on_tick()
 
     def reschedule(self) -> None:
         """The interval changed (a reload): take it into account now, not after the old one ends."""

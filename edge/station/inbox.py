@@ -25,8 +25,9 @@ from linewatch.edge.files import write_atomic
 
 INBOX = "_inbox"
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-# What teaches most comes first on the labelling page: what the model flagged, then what it was unsure of.
-PRIORITY = ("anomalous", "low_confidence", "operator", "random")
+# What teaches most comes first on the labelling page: where two models disagree, what the model flagged, then what
+# it was unsure of.
+PRIORITY = ("disagreement", "anomalous", "low_confidence", "operator", "random")
 Stored = Literal["stored", "duplicate"]
 
 SCHEMA = """

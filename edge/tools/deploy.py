@@ -4,6 +4,10 @@ The file goes in chunks with its sha256 (and its signature, ``MODEL.sig``, when 
 each device checks it, puts it to work and replies (see ``linewatch.edge.device.ota``). The
 deployer waits for every chunk to be acknowledged by the broker, shows the progress, and
 reports each device's reply.
+
+With ``--shadow`` the devices run the model beside their current one instead
+(``linewatch.edge.device.shadow``); ``--promote`` and ``--abort`` end that, and ``--auto``
+watches the ``shadow`` messages and decides by ``Rules``, then deploys to ``--then`` devices.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -73,14 +78,14 @@ def _bar(done: int, total: int, device: str, out: TextIO) -> None:
 
 
 def _send(client: mqtt.Client, replies: _Replies, topic: str, data: bytes, signature: bytes | None, device: str,
-          timeout: float, out: TextIO) -> dict[str, Any]:
+          timeout: float, out: TextIO, shadow: bool = False) -> dict[str, Any]:
     """One transfer to one device: begin, every chunk acknowledged by the broker, end. Returns the reply."""
     transfer = uuid.uuid4().hex[:12]
     chunks = -(-len(data) // CHUNK_SIZE)
     begin_id, end_id = f"{transfer}-begin", f"{transfer}-end"
     begin = {"id": begin_id, "action": "begin", "transfer": transfer, "size": len(data),
              "sha256": hashlib.sha256(data).hexdigest(), "chunk_size": CHUNK_SIZE, "chunks": chunks,
-             "signature": base64.b64encode(signature).decode() if signature else None}
+             "signature": base64.b64encode(signature).decode() if signature else None, "shadow": shadow}
     client.publish(f"{topic}/cmd/ota", json.dumps(begin), qos=1)
     reply = replies.wait(begin_id, 30)
     if reply is None:
@@ -106,10 +111,58 @@ def _send(client: mqtt.Client, replies: _Replies, topic: str, data: bytes, signa
     return replies.wait(end_id, timeout) or {"ok": False, "error": f"no reply to end within {timeout:.0f} s"}
 
 
+class Session:
+    """One connection to the broker for a deployer's requests and what it watches; ``close`` ends it."""
+
+    def __init__(self, broker: str, prefix: str = "linewatch", protocol: str = "5",
+                 credentials: Credentials = Credentials()) -> None:
+        self.prefix = prefix
+        self.client = make_client(f"linewatch-deploy-{uuid.uuid4().hex[:8]}", protocol)
+        self.replies = _Replies()
+        self.client.on_message = self.replies.on_message
+        connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
+        connect(self.client, parse_broker(broker), credentials=credentials)
+        if not connected.wait(10):
+            self.close()
+            raise BrokerError(f"cannot reach the MQTT broker at {broker}: check the address and credentials")
+
+    def targets(self, devices: list[str] | None) -> list[str]:
+        """``devices``, or (None) every device online."""
+        targets = devices if devices else online_devices(self.client, self.prefix)
+        if not targets:
+            raise UsageError(f"no device is online under {self.prefix}/: name one with --device")
+        return targets
+
+    def request(self, device: str, command: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """``cmd/<command>`` to ``device``; its reply (``ok`` false when none came in time)."""
+        topic = f"{self.prefix}/{device}/cmd/{command}"
+        self.client.subscribe(f"{topic}/reply", qos=1)
+        request_id = f"{command}-{uuid.uuid4().hex[:12]}"
+        self.client.publish(topic, json.dumps({**body, "id": request_id}), qos=1)
+        return self.replies.wait(request_id, timeout) or \
+            {"ok": False, "error": f"no reply within {timeout:.0f} s: is the device online?"}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def online(broker: str, prefix: str = "linewatch", protocol: str = "5",
+           credentials: Credentials = Credentials()) -> list[str]:
+    """Every device whose retained status says online."""
+    session = Session(broker, prefix, protocol, credentials)
+    try:
+        return session.targets(None)
+    finally:
+        session.close()
+
+
 def deploy(model_path: str, broker: str, devices: list[str] | None, prefix: str = "linewatch",
            protocol: str = "5", credentials: Credentials = Credentials(), timeout: float = 120.0,
-           out: TextIO = sys.stderr) -> dict[str, dict[str, Any]]:
-    """Send ``model_path`` to ``devices`` (None: every device online); the reply of each, by device id."""
+           out: TextIO = sys.stderr, shadow: bool = False) -> dict[str, dict[str, Any]]:
+    """Send ``model_path`` to ``devices`` (None: every device online), to act on it or (``shadow``) to run it beside
+    the current model; the reply of each, by device id."""
     path = Path(model_path)
     model = artifact.load(path)  # refuse a damaged or foreign file here, not on every device
     if not model.has_card:
@@ -117,29 +170,104 @@ def deploy(model_path: str, broker: str, devices: list[str] | None, prefix: str 
     data = path.read_bytes()
     sig_path = path.with_name(path.name + ".sig")
     signature = sig_path.read_bytes() if sig_path.is_file() else None
-    client = make_client(f"linewatch-deploy-{uuid.uuid4().hex[:8]}", protocol)
-    replies = _Replies()
-    client.on_message = replies.on_message
-    connected = threading.Event()
-    client.on_connect = lambda c, u, f, reason, p: connected.set() if not reason.is_failure else None
-    connect(client, parse_broker(broker), credentials=credentials)
+    session = Session(broker, prefix, protocol, credentials)
     try:
-        if not connected.wait(10):
-            raise BrokerError(f"cannot reach the MQTT broker at {broker}: check the address and credentials")
-        targets = devices if devices else online_devices(client, prefix)
-        if not targets:
-            raise UsageError(f"no device is online under {prefix}/: name one with --device")
         results: dict[str, dict[str, Any]] = {}
-        for device in targets:
+        for device in session.targets(devices):
             topic = f"{prefix}/{device}"
-            client.subscribe(f"{topic}/cmd/ota/reply", qos=1)
+            session.client.subscribe(f"{topic}/cmd/ota/reply", qos=1)
             print(f"{device}: {model.name} {model.version}, {len(data) / 1024:.0f} KiB"
-                  f"{', signed' if signature else ''}", file=out, flush=True)
-            results[device] = _send(client, replies, topic, data, signature, device, timeout, out)
+                  f"{', signed' if signature else ''}{', in shadow' if shadow else ''}", file=out, flush=True)
+            results[device] = _send(session.client, session.replies, topic, data, signature, device, timeout, out,
+                                    shadow)
             reply = results[device]
-            outcome = f"installed {reply.get('result')}" if reply.get("ok") else f"refused: {reply.get('error')}"
+            done = "runs in shadow" if shadow else "installed"
+            outcome = f"{done} {reply.get('result')}" if reply.get("ok") else f"refused: {reply.get('error')}"
             print(f"{device}: {outcome}", file=out, flush=True)
         return results
     finally:
-        client.disconnect()
-        client.loop_stop()
+        session.close()
+
+
+@dataclass(frozen=True)
+class Rules:
+    """When ``--auto`` promotes a candidate in shadow: all must hold once ``min_frames`` were compared."""
+
+    min_frames: int = 500
+    min_agreement: float = 0.9
+    max_defect_rate_change: float = 0.05
+
+    def judge(self, shadow: dict[str, Any]) -> tuple[bool, str]:
+        """(promote?, the verdict in words) for a ``shadow`` message that has ``min_frames``."""
+        agreement, rates = shadow["agreement"] or 0.0, shadow["defect_rate"]
+        change = abs((rates["candidate"] or 0.0) - (rates["current"] or 0.0))
+        failures = []
+        if agreement < self.min_agreement:
+            failures.append(f"agreement {agreement:.3f} < {self.min_agreement:g}")
+        if change > self.max_defect_rate_change:
+            failures.append(f"defect rate {rates['current']:.3f} -> {rates['candidate']:.3f}, a change over "
+                            f"{self.max_defect_rate_change:g}")
+        facts = (f"{shadow['frames']} frames, agreement {agreement:.3f}, defect rate {rates['current']:.3f} -> "
+                 f"{rates['candidate']:.3f}")
+        return (not failures, f"promoted by --auto: {facts}" if not failures else
+                f"aborted by --auto: {'; '.join(failures)} ({facts})")
+
+
+def end_shadow(broker: str, devices: list[str] | None, action: str, reason: str | None = None,
+               prefix: str = "linewatch", protocol: str = "5", credentials: Credentials = Credentials(),
+               timeout: float = 120.0, out: TextIO = sys.stderr) -> dict[str, dict[str, Any]]:
+    """``promote`` or ``abort`` the candidate in shadow on ``devices``; the reply of each."""
+    session = Session(broker, prefix, protocol, credentials)
+    try:
+        results = {device: session.request(device, "shadow", {"action": action, "reason": reason}, timeout)
+                   for device in session.targets(devices)}
+    finally:
+        session.close()
+    for device, reply in results.items():
+        outcome = f"{action}d" if reply.get("ok") else f"refused: {reply.get('error')}"
+        print(f"{device}: {outcome}", file=out, flush=True)
+    return results
+
+
+def watch_shadow(broker: str, device: str, rules: Rules, prefix: str = "linewatch", protocol: str = "5",
+                 credentials: Credentials = Credentials(), timeout: float = 3600.0,
+                 out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Follow ``device``'s ``shadow`` messages until ``rules.min_frames`` were compared, then promote or abort by
+    ``rules``; the verdict (``promoted``, ``reason``, the last ``shadow`` message). A candidate that failed, or no
+    verdict in ``timeout``, is an abort."""
+    session = Session(broker, prefix, protocol, credentials)
+    latest: list[dict[str, Any]] = []
+    cond = threading.Condition()
+
+    def on_shadow(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            body = json.loads(msg.payload)
+            with cond:
+                latest.append(body)
+                cond.notify_all()
+
+    topic = f"{prefix}/{device}/shadow"
+    session.client.message_callback_add(topic, on_shadow)
+    session.client.subscribe(topic, qos=1)
+    try:
+        with cond:
+            cond.wait_for(lambda: bool(latest) and (latest[-1].get("state") != "running"
+                                                    or latest[-1].get("frames", 0) >= rules.min_frames), timeout)
+            last = latest[-1] if latest else None
+        if last is None or last.get("state") != "running" or last["frames"] < rules.min_frames:
+            why = "no shadow message" if last is None else last.get("reason") or \
+                f"{last['frames']} of {rules.min_frames} frames in {timeout:.0f} s"
+            if last is None or last.get("state") == "running":
+                session.request(device, "shadow", {"action": "abort", "reason": f"aborted by --auto: {why}"}, 30)
+            verdict = {"promoted": False, "reason": f"aborted by --auto: {why}", "shadow": last}
+            print(f"{device}: {verdict['reason']}", file=out, flush=True)
+            return verdict
+        promote, reason = rules.judge(last)
+        print(f"{device}: {reason}", file=out, flush=True)
+        reply = session.request(device, "shadow", {"action": "promote" if promote else "abort", "reason": reason},
+                                120)
+        if promote and not reply.get("ok"):
+            return {"promoted": False, "reason": f"the promotion failed: {reply.get('error')}", "shadow": last}
+        return {"promoted": promote, "reason": reason, "shadow": last}
+    finally:
+        session.close()

@@ -1,0 +1,110 @@
+"""A candidate model in shadow on a running device, over a real mosquitto: compared, promoted or aborted by the rules
+of ``deploy --auto``, refused when it fails, and every frame where it disagrees sent to be labelled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from linewatch.edge.comms.payloads import TOPIC_PAYLOADS
+from linewatch.edge.device.ota import candidate_path
+from linewatch.edge.model import artifact
+from linewatch.edge.model.card import InputSpec
+from tests.helpers import Collector, linewatch, start_daemon, stop_daemon
+from tests.test_ota import _results_keep_coming, _variant
+
+
+def _device(tiny: Path, broker, tmp_path: Path, device: str, *extra: str):
+    state = tmp_path / "state"
+    state.mkdir()
+    running = state / "model.tflite"
+    running.write_bytes(tiny.read_bytes())
+    sub = Collector(broker.url, f"linewatch/{device}/#")
+    proc = start_daemon(running, broker.url, device, state, "--stats-interval", "1", *extra)
+    assert sub.wait_for(lambda s: len(s.on("/result")) >= 5, timeout=60), proc.stderr
+    return running, sub, proc
+
+
+def _deploy(*args: str) -> tuple[int, str, str]:
+    proc = linewatch("deploy", *args, "--timeout", "60", check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_candidate_in_shadow_is_compared_then_promoted_by_auto_and_rollback_still_goes_back(
+        tiny: Path, broker, tmp_path: Path) -> None:
+    running, sub, proc = _device(tiny, broker, tmp_path, "shadow-1")
+    v1 = artifact.load(tiny).card.version
+    try:
+        v2 = _variant(tiny, tmp_path / "v2.tflite", version="v2")  # the same network: it agrees on every frame
+        code, out, err = _deploy(str(v2), "--broker", broker.url, "--device", "shadow-1", "--shadow", "--auto",
+                                 "--min-frames", "40", "--json")
+        assert code == 0, err
+        verdict = json.loads(out.strip().splitlines()[-1])["shadow-1"]
+        assert verdict["promoted"] and verdict["reason"].startswith("promoted by --auto: ")
+        shadows = sub.on("shadow-1/shadow")
+        for message in shadows:
+            TOPIC_PAYLOADS["shadow"].model_validate(message, strict=True)
+        running_ones = [m for m in shadows if m["state"] == "running"]
+        assert running_ones and all(m["agreement"] in (None, 1.0) for m in running_ones)
+        final = shadows[-1]
+        assert final["state"] == "promoted" and final["frames"] >= 40 and final["candidate"]["version"] == "v2"
+        assert final["defect_rate"]["current"] == final["defect_rate"]["candidate"]
+        assert final["latency_ms"]["candidate"] > 0 and final["cpu_percent"]["candidate"] > 0
+        assert all(set(row) == {label} for label, row in final["confusion"].items())  # the diagonal only
+        assert _results_keep_coming(sub, "v2")
+        assert artifact.load(running).version == "v2" and not candidate_path(running).exists()
+
+        sub.client.publish("linewatch/shadow-1/cmd/rollback", b'{"id": "back"}', qos=1)
+        assert _results_keep_coming(sub, v1)
+        code, _, err = _deploy("--promote", "--broker", broker.url, "--device", "shadow-1")
+        assert code == 4 and "no candidate runs in shadow" in err.strip().splitlines()[-1]
+        stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_a_candidate_that_disagrees_is_aborted_and_what_it_disagreed_on_is_sent_to_be_labelled(
+        tiny: Path, broker, tmp_path: Path) -> None:
+    running, sub, proc = _device(tiny, broker, tmp_path, "shadow-2", "--samples", "--set", "samples.per_hour=3600",
+                                 "--set", "samples.below=0.01")
+    v1 = artifact.load(tiny).card.version
+    try:
+        model = artifact.load(tiny)
+        swapped = tmp_path / "swapped.tflite"  # the same network with its labels in reverse: it disagrees
+        swapped.write_bytes(artifact.pack(model.flatbuffer, model.card.model_copy(update={"version": "swapped"}),
+                                          model.labels[::-1]))
+        code, _, err = _deploy(str(swapped), "--broker", broker.url, "--device", "shadow-2", "--shadow", "--auto",
+                               "--min-frames", "30")
+        assert code == 5 and "aborted by --auto: agreement" in err.strip().splitlines()[-1], err
+        final = sub.on("shadow-2/shadow")[-1]
+        assert final["state"] == "aborted" and final["agreement"] < 0.9
+        assert _results_keep_coming(sub, v1)
+        assert artifact.load(running).version == v1 and not candidate_path(running).exists()
+        disagreements = [s for s in sub.on("/sample") if isinstance(s, dict) and s["reason"] == "disagreement"]
+        assert disagreements, [s["reason"] for s in sub.on("/sample") if isinstance(s, dict)]
+        first = disagreements[0]
+        assert first["candidate"]["version"] == "swapped" and first["candidate_label"] != first["label"]
+        stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_a_candidate_that_fails_on_the_device_changes_nothing_and_says_why(tiny: Path, broker,
+                                                                            tmp_path: Path) -> None:
+    running, sub, proc = _device(tiny, broker, tmp_path, "shadow-3")
+    v1 = artifact.load(tiny).card.version
+    try:
+        bad = _variant(tiny, tmp_path / "shape.tflite", version="v9", input=InputSpec(height=10, width=10))
+        code, _, err = _deploy(str(bad), "--broker", broker.url, "--device", "shadow-3", "--shadow", "--auto")
+        assert code == 4 and "card says 10x10 pixels" in err.strip().splitlines()[-1], err
+        assert sub.wait_for(lambda s: bool(s.on("shadow-3/shadow")), timeout=10)
+        failed = sub.on("shadow-3/shadow")[-1]
+        assert failed["state"] == "failed" and "10x10" in failed["reason"] and failed["candidate"] is None
+        assert _results_keep_coming(sub, v1)
+        assert artifact.load(running).version == v1 and not candidate_path(running).exists()
+        stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
