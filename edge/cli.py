@@ -78,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from linewatch.edge.tools.bench import bench
 
     result = bench(args.model, args.source, frames=args.frames, threads=args.threads, labels=args.labels,
-                   seconds=args.seconds)
+                   seconds=args.seconds, shadow=args.shadow)
     if args.json:
         print(json.dumps(result))
     else:
@@ -90,6 +90,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"outside invoke ({cpu['outside_share_of_invoke']:.0%} of invoke)\n"
               f"stage p50 ms       " + ", ".join(f"{k} {v}" for k, v in result["stage_ms_p50"].items()) + "\n"
               f"model loaded after {result['model_loaded_s']} s; max resident memory {result['max_rss_mb']} MB")
+        if "shadow" in result:
+            shadow = result["shadow"]
+            print(f"with a shadow      {shadow['pipeline_fps']:>8.1f} frames/s  ({shadow['ratio']:.1%} of bare); the "
+                  f"candidate ({shadow['candidate_threads']} thread) saw one frame in {shadow['candidate_every']:g}, "
+                  f"{shadow['cpu_percent']['candidate']}% of a core, invoke {shadow['latency_ms']['candidate']} ms")
     return 0
 
 
@@ -348,6 +353,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=0.5, help="each loop replays the frames for at least this long")
     p.add_argument("--threads", type=int, help="interpreter threads (default: one a core, less one on 3 or more)")
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
+    p.add_argument("--shadow", help="a candidate .tflite run beside, as 'deploy --shadow' runs it; leave it a core "
+                                    "with --threads")
     p.add_argument("--json", action="store_true", help="JSON with pipeline_fps, bare_fps and ratio")
     p.set_defaults(handler=_cmd_bench)
 

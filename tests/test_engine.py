@@ -146,3 +146,15 @@ def test_a_block_invoked_at_once_gives_each_frames_own_scores(tiny: Path, tiny_u
         assert np.array_equal(engine.dequantize(rows), one_by_one)
     engine.batching = False  # as with a delegate: the block goes frame by frame, with the same result
     assert np.array_equal(engine.dequantize(engine.invoke(block)), one_by_one)
+
+
+def test_bench_with_a_shadow_reports_what_the_current_model_keeps_and_what_the_candidate_costs(
+        tiny: Path, holdout: Path) -> None:
+    result = json.loads(linewatch("bench", str(tiny), "--source", str(holdout), "--frames", "40", "--seconds", "0.05",
+                                  "--threads", "1", "--shadow", str(tiny), "--json").stdout)
+    shadow = result["shadow"]
+    assert shadow["candidate_threads"] == 1 and len(shadow["ratios"]) == 5
+    assert shadow["ratio"] == pytest.approx(sorted(shadow["ratios"])[2], abs=0.001) and shadow["pipeline_fps"] > 0
+    assert shadow["candidate_frames"] > 0 and shadow["candidate_every"] >= 1
+    assert shadow["agreement"] == 1.0  # the same model beside itself
+    assert shadow["latency_ms"]["candidate"] > 0 and shadow["cpu_percent"]["candidate"] > 0

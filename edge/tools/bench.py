@@ -16,6 +16,11 @@ milliseconds would count as a cost of every frame.
 Then the pipeline is fed as a live camera at half the bare loop's rate, where it must not
 drop a frame, and must keep the pace: a replayed camera that cannot deliver on time falls
 behind instead of dropping, so the rate it held is reported beside the one asked.
+
+With ``shadow``, a candidate model runs beside the pipeline as a device runs one
+(``linewatch.edge.device.shadow``: its own interpreter thread, the newest frame whenever it is
+free), in rounds against the bare loop again: what the current model keeps of its bare rate,
+and what the candidate costs and sees.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from typing import Any
 import numpy as np
 
 from linewatch.edge.comms.spool import Outgoing, Spool
+from linewatch.edge.device.config import SourceSection
 from linewatch.edge.device.pipeline import Frame, Pipeline, PipelineStats, Result
 from linewatch.edge.device.results import ResultEncoder
+from linewatch.edge.device.shadow import ShadowRun
 from linewatch.edge.device.sources import Captured, open_source
 from linewatch.edge.device.sources.pacing import Pacer
 from linewatch.edge.device.system import max_rss_mb, process_age
@@ -175,9 +182,11 @@ def _outside_s(stats: PipelineStats) -> float:
 
 
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
-          labels: str | None = None, repeats: int = 5, seconds: float = 0.5) -> dict[str, Any]:
+          labels: str | None = None, repeats: int = 5, seconds: float = 0.5,
+          shadow: str | None = None) -> dict[str, Any]:
     """Frames/s of the bare, pipeline and serial loops (``repeats`` rounds of each, back to back: the best rates,
-    the median of the rounds' ratios), CPU per frame, and the frames a live-paced pipeline drops.
+    the median of the rounds' ratios), CPU per frame, and the frames a live-paced pipeline drops; with ``shadow``
+    (a candidate's .tflite), the pipeline again with it beside.
 
     What capture, preparation, hand-offs and payloads cost besides ``invoke()`` is the CPU the
     pipeline's threads spent outside it, read from each thread's own clock: the difference of
@@ -199,13 +208,15 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         count = replays * len(blocks)
         return count / (time.perf_counter() - started), (time.process_time() - cpu) / count
 
-    def pipeline(fps: float | None = None) -> tuple[float, float, PipelineStats]:
-        """Frames/s, process CPU a frame, and the run's stats."""
+    def pipeline(fps: float | None = None, beside: ShadowRun | None = None) -> tuple[float, float, PipelineStats]:
+        """Frames/s, process CPU a frame, and the run's stats; ``beside``: a candidate in shadow."""
         encode = ResultEncoder("bench", model, top_k=3)
 
         def sink(results: list[Result]) -> None:
             for result in results:
                 encode(result, result.frame.id)
+                if beside is not None:
+                    beside.offer(result)
 
         stop = threading.Event()
         # A finite source ends by itself; stopping at its end could cut its last block short.
@@ -247,6 +258,30 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
     # Between blocks the pipeline's threads idle about as long as the interpreter takes for one.
     parts, after_idle_us, payloads = _parts_us(engine, captured, per_call, per_call / bare_fps, repeats)
     spool_us = _spool_us(payloads, per_call, repeats)
+    in_shadow: dict[str, Any] | None = None
+    if shadow is not None:
+        candidate = artifact.load(shadow)
+        candidate_engine = Engine(candidate, 1)
+        shadow_rounds = []
+        for _ in range(repeats):
+            alone_fps, _ = bare()
+            run = ShadowRun("bench", candidate, candidate_engine, SourceSection(spec=source_spec),
+                            lambda: stats.percentile("invoke", 50) if stats else 0.0)
+            run.start()
+            beside_fps, _, _ = pipeline(beside=run)
+            run.stop()
+            shadow_rounds.append((alone_fps, beside_fps, run.message(model)))
+        last = shadow_rounds[-1][2]
+        in_shadow = {
+            "candidate": shadow, "candidate_threads": candidate_engine.num_threads,
+            "pipeline_fps": round(max(b for _, b, _ in shadow_rounds), 1),
+            # What the current model's pipeline keeps of its bare loop with the candidate beside it.
+            "ratio": round(statistics.median(b / a for a, b, _ in shadow_rounds), 3),
+            "ratios": [round(b / a, 3) for a, b, _ in shadow_rounds],
+            "candidate_every": statistics.median(m.every for _, _, m in shadow_rounds),
+            "candidate_frames": last.frames, "agreement": last.agreement,
+            "latency_ms": last.latency_ms.model_dump(), "cpu_percent": last.cpu_percent.model_dump(),
+        }
     return {
         "model": str(model_path),
         "source": source_spec,
@@ -285,4 +320,5 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         "stage_ms_p50": {s: round(stats.percentile(s, 50), 3) for s in stats.timings_ms},
         "model_loaded_s": round(first_result_s, 3),
         "max_rss_mb": max_rss_mb(),
+        **({"shadow": in_shadow} if in_shadow is not None else {}),
     }
