@@ -169,9 +169,22 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     _refused(results, ModelError)
     if not args.auto:
         return 0
-    rules = Rules(args.min_frames, args.min_agreement, args.max_defect_rate_change)
+    station = None
+    if args.labelled_from:
+        from linewatch.edge.station.app import TOKEN_ENV
+        from linewatch.edge.station.client import StationClient
+
+        token = os.environ.get(TOKEN_ENV)
+        if not token:
+            raise UsageError(f"--labelled-from needs the station's token in {TOKEN_ENV} (never on the command line)")
+        station = StationClient(args.labelled_from, token)
+        if not station.answers():
+            raise UsageError(f"--labelled-from {args.labelled_from}: the station does not answer, or refuses the "
+                             f"token in {TOKEN_ENV}")
+    rules = Rules(args.min_frames, args.min_agreement, args.max_defect_rate_change,
+                  args.min_labelled if station else 0, args.min_labelled_accuracy)
     verdicts = {device: watch_shadow(args.broker, device, rules, prefix=args.prefix, protocol=args.protocol,
-                                     credentials=reach["credentials"], timeout=args.auto_timeout)
+                                     credentials=reach["credentials"], timeout=args.auto_timeout, station=station)
                 for device in results}
     if args.json:
         print(json.dumps(verdicts))
@@ -297,6 +310,12 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.edge.demo.demo import run_demo, train_demo_model
 
+    if args.learn:
+        from linewatch.edge.demo.learn import run_learn_demo
+
+        summary = run_learn_demo(args.workdir, broker_url=args.broker, summary_path=args.summary,
+                                 per_class=args.per_class, epochs=args.epochs, budget=args.labels)
+        return 0 if summary["promotion"]["promoted"] else 1
     if not args.line:
         return run_demo(args.workdir, per_class=args.per_class, epochs=args.epochs, frames=args.frames)
     from linewatch.edge.demo.line import run_line_demo
@@ -415,6 +434,13 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, default=0.9, help="with --auto: share of frames with the same label")
     p.add_argument("--max-defect-rate-change", type=float, default=0.05,
                    help="with --auto: the most the share of frames called not good may move")
+    p.add_argument("--labelled-from", metavar="STATION_URL",
+                   help="with --auto: also judge the candidate on the frames where it disagreed, as labelled at this "
+                        "station (its token in LINEWATCH_STATION_TOKEN)")
+    p.add_argument("--min-labelled", type=int, default=20,
+                   help="with --labelled-from: labelled disagreements to wait for")
+    p.add_argument("--min-labelled-accuracy", type=float, default=0.9,
+                   help="with --labelled-from: the candidate's share right of them (and more than the current's)")
     p.add_argument("--auto-timeout", type=float, default=3600.0, help="with --auto: seconds to wait for --min-frames")
     p.add_argument("--then", action="append", default=[], help="with --auto: after the promotion, deploy the model to "
                                                                "this device too (repeatable)")
@@ -471,13 +497,17 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=400, help="conveyor frames for the daemon")
     p.add_argument("--line", action="store_true", help="a line with a photo-eye and a reject gate on simulated "
                                                        "GPIO pins, judged part by part (docs/line-io.md)")
+    p.add_argument("--learn", action="store_true", help="the line drifts and learns: samples from three devices to "
+                                                        "the station, labelled, RUN2 trained --from RUN1, shadowed "
+                                                        "and promoted (docs/station.md)")
+    p.add_argument("--labels", type=int, default=150, help="with --learn: the labelling budget")
     p.add_argument("--model", help="with --line: the int8 model (default: the demo's, trained into --workdir "
                                    "when it is not there)")
     p.add_argument("--parts", type=int, default=300, help="with --line: parts to send down the line")
     p.add_argument("--rate", type=float, default=5.0, help="with --line: parts a second")
     p.add_argument("--reject-delay-ms", type=float, default=500.0, help="with --line: photo-eye to reject gate")
-    p.add_argument("--broker", help="with --line: publish here (default: a broker of its own)")
-    p.add_argument("--summary", help="with --line: write the summary (JSON) here too")
+    p.add_argument("--broker", help="with --line or --learn: publish here (default: a broker of its own)")
+    p.add_argument("--summary", help="with --line or --learn: write the summary (JSON) here too")
     p.add_argument("--stall-ms", type=float, default=0.0, help="with --line: delay every inference this long")
     p.add_argument("--camera-loss-s", type=float, default=0.0, help="with --line: blind the camera this long, "
                                                                    "mid-run")

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("crack", "empty", "ok", "scratch", "stain")
 DEFECT_CLASSES: tuple[str, ...] = ("crack", "scratch", "stain")
+NEW_DEFECT = "chip"  # a defect the line starts making when it drifts: no model trained on CLASSES has seen it
 FRAME_SIZE: tuple[int, int] = (160, 120)  # width, height: a small 4:3 camera view
 
 
@@ -90,6 +91,12 @@ def _draw_part(img: np.ndarray, part: Part, rng: np.random.Generator) -> None:
             pts.append((int(round(x)), int(round(y))))
             rho -= defect_rng.uniform(0.08, 0.15)
         cv2.polylines(img, [np.array(pts, np.int32)], False, (25, 25, 25), 2, cv2.LINE_AA)
+    elif part.label == NEW_DEFECT:
+        # A bite out of the rim, the belt showing through, with a dark broken edge.
+        x, y = on_part(1.0, defect_rng.uniform(0, 2 * math.pi))
+        bite = max(3, int(r * defect_rng.uniform(0.28, 0.38)))
+        cv2.circle(img, (int(x), int(y)), bite + 1, (metal * 0.45,) * 3, -1, cv2.LINE_AA)
+        cv2.circle(img, (int(x), int(y)), bite, belt_colour, -1, cv2.LINE_AA)
     elif part.label == "stain":
         # An irregular oily blob, brownish and darker than the metal.
         x, y = on_part(defect_rng.uniform(0.35, 0.6), defect_rng.uniform(0, 2 * math.pi))
@@ -99,13 +106,25 @@ def _draw_part(img: np.ndarray, part: Part, rng: np.random.Generator) -> None:
             cv2.ellipse(img, centre, ax, defect_rng.uniform(0, 180), 0, 360, (60, 85, 105), -1, cv2.LINE_AA)
 
 
-def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class Lighting:
+    """The hall's light: ``level`` scales it, ``tint`` scales each BGR channel (1, 1, 1: the light it was)."""
+
+    level: float = 1.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+DAYLIGHT = Lighting()
+DRIFTED = Lighting(0.8, (1.05, 1.0, 0.95))  # dimmer and colder: a lamp failed, LED tubes replaced it
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator, lighting: Lighting = DAYLIGHT) -> np.ndarray:
     """Uneven light, a little defocus and sensor noise, then 8-bit BGR like a camera."""
     h, w = img.shape[:2]
     gx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     gy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
-    light = rng.uniform(0.8, 1.2) + rng.uniform(-0.15, 0.15) * gx + rng.uniform(-0.15, 0.15) * gy
-    img = img * light[..., None]
+    light = lighting.level * (rng.uniform(0.8, 1.2) + rng.uniform(-0.15, 0.15) * gx + rng.uniform(-0.15, 0.15) * gy)
+    img = img * light[..., None] * np.array(lighting.tint, np.float32)
     sigma = rng.uniform(0.01, 0.7)
     img = cv2.GaussianBlur(img, (0, 0), sigma)
     img += rng.normal(0, rng.uniform(1, 5), img.shape).astype(np.float32)
@@ -121,13 +140,13 @@ def random_part(label: str, rng: np.random.Generator, size: tuple[int, int] = FR
 
 
 def render(part: Part | None, rng: np.random.Generator, belt_offset: float = 0.0,
-           size: tuple[int, int] = FRAME_SIZE) -> np.ndarray:
+           size: tuple[int, int] = FRAME_SIZE, lighting: Lighting = DAYLIGHT) -> np.ndarray:
     """One BGR frame of the belt with ``part`` on it (``None`` or an ``empty`` part: belt only)."""
     w, h = size
     img = _belt(rng, belt_offset, w, h)
     if part is not None and part.label != "empty":
         _draw_part(img, part, rng)
-    return _finish(img, rng)
+    return _finish(img, rng, lighting)
 
 
 def write_dataset(out: Path, per_class: int, seed: int = 0) -> dict[str, int]:
@@ -158,38 +177,52 @@ class ConveyorFrame:
 
 
 CONVEYOR_MIX = {"ok": 0.55, "scratch": 0.15, "crack": 0.15, "stain": 0.15}  # defects rarer than good parts
+DRIFTED_MIX = {"ok": 0.5, "scratch": 0.1, "crack": 0.1, "stain": 0.1, NEW_DEFECT: 0.2}  # after the drift
 
 
-def conveyor_truth(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4) -> Iterator[str]:
+def conveyor_truth(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4,
+                   drift_from: int | None = None) -> Iterator[str]:
     """The true label of each conveyor frame, in order, without rendering a pixel.
 
     Frame ``n`` (1-based, as the daemon numbers them in ``frame_id``) shows a part of class
     ``truth[n - 1]``. The labels come from their own random stream, so the demo and the tests
-    can judge results by frame id; ground truth never travels with the device's frames.
+    can judge results by frame id; ground truth never travels with the device's frames. From
+    the part that starts at frame ``drift_from`` on, the line has drifted: ``DRIFTED_MIX``, with
+    a defect never seen before, under ``DRIFTED`` light.
     """
     rng = np.random.default_rng([seed, 0])
-    labels, probs = list(CONVEYOR_MIX), np.array(list(CONVEYOR_MIX.values()))
-    slot = 0
+    slot = frame = 0
     while True:
         slot += 1
+        mix = DRIFTED_MIX if drifted(frame + 1, drift_from) else CONVEYOR_MIX
+        labels, probs = list(mix), np.array(list(mix.values()))
         label = "empty" if slot % empty_every == 0 else str(rng.choice(labels, p=probs))
         for _ in range(steps_per_part):
+            frame += 1
             yield label
 
 
+def drifted(frame: int, drift_from: int | None) -> bool:
+    """Whether the part that starts at ``frame`` (1-based) rides on the drifted line."""
+    return drift_from is not None and frame >= drift_from
+
+
 def conveyor(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4,
-             size: tuple[int, int] = FRAME_SIZE) -> Iterator[ConveyorFrame]:
+             size: tuple[int, int] = FRAME_SIZE, drift_from: int | None = None) -> Iterator[ConveyorFrame]:
     """Endless frames of parts riding through the view, left to right.
 
     Each part is seen in ``steps_per_part`` frames while it crosses the middle of the view;
-    every ``empty_every``-th slot the belt is empty (see ``conveyor_truth``).
+    every ``empty_every``-th slot the belt is empty (see ``conveyor_truth``, and for
+    ``drift_from`` how the line changes).
     """
     rng = np.random.default_rng([seed, 1])
     w, _ = size
-    truth = conveyor_truth(seed, steps_per_part, empty_every)
+    truth = conveyor_truth(seed, steps_per_part, empty_every, drift_from)
     offset = 0.0
+    frame = 0
     while True:
         label = next(truth)
+        lighting = DRIFTED if drifted(frame + 1, drift_from) else DAYLIGHT
         part = random_part(label, rng, size)
         # Travel across the central third of the frame so the whole part stays in view.
         start = part.radius + 2
@@ -200,4 +233,5 @@ def conveyor(seed: int = 0, steps_per_part: int = 6, empty_every: int = 4,
             x = start + (stop - start) * step / max(1, steps_per_part - 1)
             moved = Part(part.label, x, part.cy, part.radius, part.angle + 0.05 * step)
             offset += (stop - start) / max(1, steps_per_part - 1)
-            yield ConveyorFrame(render(moved, rng, offset, size), label)
+            frame += 1
+            yield ConveyorFrame(render(moved, rng, offset, size, lighting), label)

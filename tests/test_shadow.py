@@ -108,3 +108,19 @@ def test_a_candidate_that_fails_on_the_device_changes_nothing_and_says_why(tiny:
     finally:
         proc.kill()
         sub.close()
+
+
+def test_the_auto_rules_judge_agreement_defect_rate_and_labelled_disagreements() -> None:
+    from linewatch.edge.tools.deploy import Labelled, Rules
+
+    shadow = {"frames": 600, "agreement": 0.82, "defect_rate": {"current": 0.10, "candidate": 0.24}}
+    promote, reason = Rules(min_agreement=0.9).judge(shadow)
+    assert not promote and "agreement 0.820 < 0.9" in reason and "a change over 0.05" in reason
+    assert Rules(min_agreement=0.8, max_defect_rate_change=0.2).judge(shadow)[0]
+    # A candidate meant to change the current model's mind: judged on what people said where the two disagreed.
+    drift = Rules(min_agreement=0, max_defect_rate_change=1, min_labelled=20, min_labelled_accuracy=0.9)
+    assert not drift.judge(shadow, Labelled(12, 12, 0))[0]  # too few labelled yet
+    promote, reason = drift.judge(shadow, Labelled(20, 19, 1))
+    assert promote and "right on 19, the current model on 1" in reason
+    assert not drift.judge(shadow, Labelled(20, 17, 3))[0]  # 85% right: under 90%
+    assert not drift.judge(shadow, Labelled(20, 10, 10))[0]

@@ -42,6 +42,8 @@ PartVerdict = Literal["good", "defect", "anomaly", "late", "no-frame"]  # a part
 SourceState = Literal["starting", "ok", "reconnecting", "ended", "failed"]  # the frame source, as stats say it
 # Why a device sent a frame to be labelled (samples): the first that applies, in this order.
 SampleReason = Literal["operator", "random", "disagreement", "anomalous", "low_confidence"]
+# What teaches most first: the order a device sends its samples in, and the station shows them to be labelled.
+SAMPLE_PRIORITY: tuple[SampleReason, ...] = ("operator", "disagreement", "anomalous", "low_confidence", "random")
 SAMPLE_ID = r"^[0-9]{13}-[0-9]{1,12}$"  # the frame's capture time in epoch ms, then its frame id
 
 class _Part(BaseModel):

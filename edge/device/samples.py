@@ -3,8 +3,9 @@
 The result sink offers every frame (``offer``), which costs a few comparisons. A frame that is
 to go is handed to a thread of its own that encodes it and writes it into ``state_dir/samples``
 (the JPEG, then its announcement), so a sample never delays a result. A second thread sends what
-is on disk while the broker is up and the results' spool is not catching up: samples ride on the
-bandwidth results leave, and never take the spool's room. The station answers ``cmd/samples`` with the
+is on disk while the broker is up and the results' spool is not catching up, what teaches most
+first (``SAMPLE_PRIORITY``, the newest first within a reason): samples ride on the bandwidth
+results leave, and never take the spool's room. The station answers ``cmd/samples`` with the
 ids it stored; until then a sample is sent again every ``resend_s`` (the station may have been
 restarted mid-upload), and the folder stays under its quota by dropping its oldest, counted.
 """
@@ -12,6 +13,7 @@ restarted mid-upload), and the folder stays under its quota by dropping its olde
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import queue
 import threading
@@ -23,7 +25,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from linewatch.edge.comms.payloads import ModelRef, Sample, SampleReason, SampleStats, Score, rfc3339_ms
+from linewatch.edge.comms.payloads import (
+    SAMPLE_PRIORITY,
+    ModelRef,
+    Sample,
+    SampleReason,
+    SampleStats,
+    Score,
+    rfc3339_ms,
+)
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.comms.ratelimit import RateLimit
 from linewatch.edge.device.config import SamplesSection, SourceSection
@@ -64,7 +74,8 @@ class Sampler:
         self.sent = self.acked = self.dropped = 0
         self._frames = 0
         self._lock = threading.Lock()
-        self._outbox: OrderedDict[str, int] = OrderedDict()  # sample id -> bytes on disk, oldest first
+        self._outbox: OrderedDict[str, tuple[int, SampleReason]] = OrderedDict()  # id -> (bytes, reason), oldest first
+        self._bytes = 0
         self._sent_at: dict[str, float] = {}
         self._queue: queue.Queue[tuple[str, SampleReason, Result, str | None, Candidate | None] | None] = \
             queue.Queue(8)
@@ -113,15 +124,20 @@ class Sampler:
     # --- keeping --------------------------------------------------------------------------------
 
     def _read_outbox(self) -> None:
-        """What an earlier run left unacknowledged; a JPEG without its announcement (a power cut) is removed."""
-        announced = {p.stem for p in self.folder.glob("*.json")}
-        for jpeg in sorted(self.folder.glob("*.jpg")):
-            if jpeg.stem in announced:
-                self._outbox[jpeg.stem] = jpeg.stat().st_size
-            else:
+        """What an earlier run left unacknowledged; a JPEG without a readable announcement (a power cut) is removed."""
+        for announced in sorted(self.folder.glob("*.json")):
+            jpeg = announced.with_suffix(".jpg")
+            try:
+                reason = Sample.model_validate_json(announced.read_bytes()).reason
+                size = jpeg.stat().st_size
+            except (OSError, ValidationError):
+                self._remove(announced.stem)
+                continue
+            self._outbox[announced.stem] = (size, reason)
+            self._bytes += size
+        for jpeg in self.folder.glob("*.jpg"):
+            if jpeg.stem not in self._outbox:
                 jpeg.unlink(missing_ok=True)
-        for orphan in announced - self._outbox.keys():
-            (self.folder / f"{orphan}.json").unlink(missing_ok=True)
 
     def _write_loop(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -151,11 +167,22 @@ class Sampler:
         write_atomic(self.folder / f"{sample_id}.jpg", jpeg)
         write_atomic(self.folder / f"{sample_id}.json", sample.encode())  # last: the sample exists from here on
         with self._lock:
-            self._outbox[sample_id] = len(jpeg)
-            while sum(self._outbox.values()) > self.cfg.quota_mb * 2**20 and len(self._outbox) > 1:
-                oldest, _ = self._outbox.popitem(last=False)
+            self._outbox[sample_id] = (len(jpeg), reason)
+            self._bytes += len(jpeg)
+            while self._bytes > self.cfg.quota_mb * 2**20 and len(self._outbox) > 1:
+                oldest, (size, _) = self._outbox.popitem(last=False)
+                self._bytes -= size
                 self._remove(oldest)
                 self.dropped += 1
+
+    def _forget(self, sample_id: str) -> bool:
+        """Off the disk and the outbox (with the lock held); whether it was there."""
+        entry = self._outbox.pop(sample_id, None)
+        if entry is None:
+            return False
+        self._bytes -= entry[0]
+        self._remove(sample_id)
+        return True
 
     def _remove(self, sample_id: str) -> None:
         self._sent_at.pop(sample_id, None)
@@ -185,8 +212,10 @@ class Sampler:
         now = self.clock()
         with self._lock:
             waiting = [i for i, at in self._sent_at.items() if now - at < self.cfg.resend_s]
-            due = [i for i in self._outbox if now - self._sent_at.get(i, -self.cfg.resend_s) >= self.cfg.resend_s]
-        for sample_id in due[:max(0, IN_FLIGHT - len(waiting))]:
+            due = [(SAMPLE_PRIORITY.index(reason), -n, i) for n, (i, (_, reason)) in enumerate(self._outbox.items())
+                   if now - self._sent_at.get(i, -self.cfg.resend_s) >= self.cfg.resend_s]
+        # What teaches most first, the newest first within a reason: the line as it is now.
+        for _, _, sample_id in heapq.nsmallest(max(0, IN_FLIGHT - len(waiting)), due):
             if not self._publish(sample_id):
                 return
             with self._lock:
@@ -201,8 +230,7 @@ class Sampler:
             sample = Sample.model_validate_json((self.folder / f"{sample_id}.json").read_bytes())
         except (OSError, ValidationError) as exc:  # gone under the quota meanwhile, or damaged on the card
             with self._lock:
-                if self._outbox.pop(sample_id, None) is not None:
-                    self._remove(sample_id)
+                if self._forget(sample_id):
                     self.dropped += 1
             logger.debug("sample %s cannot be read (%s): dropped", sample_id, exc)
             return True
@@ -222,9 +250,7 @@ class Sampler:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_ACK_IDS:
             raise ValueError(f'samples needs {{"ack": [sample_id, ...]}}, at most {MAX_ACK_IDS} ids')
         with self._lock:
-            known = [i for i in ids if self._outbox.pop(i, None) is not None]
-            for sample_id in known:
-                self._remove(sample_id)
+            known = [i for i in ids if self._forget(i)]
             self.acked += len(known)
             pending = len(self._outbox)
         self._wake.set()

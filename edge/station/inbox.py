@@ -20,14 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from linewatch.edge.comms.payloads import Sample
+from linewatch.edge.comms.payloads import SAMPLE_PRIORITY, Sample
 from linewatch.edge.files import write_atomic
 
 INBOX = "_inbox"
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-# What teaches most comes first on the labelling page: where two models disagree, what the model flagged, then what
-# it was unsure of.
-PRIORITY = ("disagreement", "anomalous", "low_confidence", "operator", "random")
 Stored = Literal["stored", "duplicate"]
 
 SCHEMA = """
@@ -133,17 +130,18 @@ class Inbox:
 
     def samples(self, state: str = "inbox", device: str | None = None, reason: str | None = None,
                 model: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        """Samples in ``state``, what teaches most first (by reason, then the least sure), filtered."""
+        """Samples in ``state``, what teaches most first (``SAMPLE_PRIORITY``, then the least sure), filtered."""
         where, args = ["state = ?"], [state]
         for column, value in (("device", device), ("reason", reason), ("model", model)):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
-        order = " ".join(f"WHEN '{r}' THEN {n}" for n, r in enumerate(PRIORITY))
+        order = " ".join(f"WHEN '{r}' THEN {n}" for n, r in enumerate(SAMPLE_PRIORITY)) + \
+            f" ELSE {len(SAMPLE_PRIORITY)}"
         with self._lock:
             rows = self._db.execute(
                 f"SELECT meta, state, label, by, decided, path FROM samples WHERE {' AND '.join(where)} "
-                f"ORDER BY CASE reason {order} ELSE {len(PRIORITY)} END, json_extract(meta, '$.score'), received "
+                f"ORDER BY CASE reason {order} END, json_extract(meta, '$.score'), received "
                 "LIMIT ?", (*args, limit)).fetchall()
         return [_row(*row) for row in rows]
 
@@ -177,7 +175,8 @@ class Inbox:
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             devices = [row[0] for row in self._db.execute("SELECT DISTINCT device FROM samples ORDER BY device")]
             models = [row[0] for row in self._db.execute("SELECT DISTINCT model FROM samples ORDER BY model")]
-        return {"states": states, "counters": counters, "devices": devices, "models": models}
+        return {"states": states, "counters": counters, "devices": devices, "models": models,
+                "reasons": list(SAMPLE_PRIORITY)}
 
     # --- deciding -------------------------------------------------------------------------------
 

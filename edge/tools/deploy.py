@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from linewatch.edge.comms.mqtt import Credentials, connect, make_client, parse_broker
 from linewatch.edge.errors import BrokerError, ModelError, UsageError
 from linewatch.edge.model import artifact
+from linewatch.edge.station.client import StationClient
 
 CHUNK_SIZE = 64 * 1024
 
@@ -190,14 +191,34 @@ def deploy(model_path: str, broker: str, devices: list[str] | None, prefix: str 
 
 
 @dataclass(frozen=True)
+class Labelled:
+    """What people said of frames where the two models disagreed: the station's labelled ``disagreement`` samples."""
+
+    samples: int = 0
+    candidate_right: int = 0
+    current_right: int = 0
+
+    @classmethod
+    def from_station(cls, station: StationClient, device: str, candidate: str) -> Labelled:
+        """The samples ``device`` sent while ``candidate`` (its sha256) ran in shadow, as labelled so far."""
+        found = station.call(f"/api/samples?state=labelled&reason=disagreement&device={device}&limit=5000")
+        mine = [s for s in found["samples"] if (s.get("candidate") or {}).get("sha256") == candidate]
+        return cls(len(mine), sum(s["candidate_label"] == s["labelled_as"] for s in mine),
+                   sum(s["label"] == s["labelled_as"] for s in mine))
+
+
+@dataclass(frozen=True)
 class Rules:
-    """When ``--auto`` promotes a candidate in shadow: all must hold once ``min_frames`` were compared."""
+    """When ``--auto`` promotes a candidate in shadow: all must hold once ``min_frames`` were compared (and, with
+    ``min_labelled``, that many of the frames where the two disagreed were labelled at the station)."""
 
     min_frames: int = 500
     min_agreement: float = 0.9
     max_defect_rate_change: float = 0.05
+    min_labelled: int = 0
+    min_labelled_accuracy: float = 0.9
 
-    def judge(self, shadow: dict[str, Any]) -> tuple[bool, str]:
+    def judge(self, shadow: dict[str, Any], labelled: Labelled | None = None) -> tuple[bool, str]:
         """(promote?, the verdict in words) for a ``shadow`` message that has ``min_frames``."""
         agreement, rates = shadow["agreement"] or 0.0, shadow["defect_rate"]
         change = abs((rates["candidate"] or 0.0) - (rates["current"] or 0.0))
@@ -209,6 +230,16 @@ class Rules:
                             f"{self.max_defect_rate_change:g}")
         facts = (f"{shadow['frames']} frames, agreement {agreement:.3f}, defect rate {rates['current']:.3f} -> "
                  f"{rates['candidate']:.3f}")
+        if self.min_labelled:
+            labelled = labelled or Labelled()
+            accuracy = labelled.candidate_right / labelled.samples if labelled.samples else 0.0
+            facts += (f"; of {labelled.samples} labelled disagreements the candidate was right on "
+                      f"{labelled.candidate_right}, the current model on {labelled.current_right}")
+            if labelled.samples < self.min_labelled:
+                failures.append(f"{labelled.samples} labelled disagreements < {self.min_labelled}")
+            elif accuracy < self.min_labelled_accuracy or labelled.candidate_right <= labelled.current_right:
+                failures.append(f"right on {accuracy:.0%} of the labelled disagreements (at least "
+                                f"{self.min_labelled_accuracy:.0%}, and more than the current model)")
         return (not failures, f"promoted by --auto: {facts}" if not failures else
                 f"aborted by --auto: {'; '.join(failures)} ({facts})")
 
@@ -231,8 +262,9 @@ def end_shadow(broker: str, devices: list[str] | None, action: str, reason: str 
 
 def watch_shadow(broker: str, device: str, rules: Rules, prefix: str = "linewatch", protocol: str = "5",
                  credentials: Credentials = Credentials(), timeout: float = 3600.0,
-                 out: TextIO = sys.stderr) -> dict[str, Any]:
-    """Follow ``device``'s ``shadow`` messages until ``rules.min_frames`` were compared, then promote or abort by
+                 out: TextIO = sys.stderr, station: StationClient | None = None) -> dict[str, Any]:
+    """Follow ``device``'s ``shadow`` messages until ``rules.min_frames`` were compared (and, with
+    ``rules.min_labelled``, that many disagreements were labelled at ``station``), then promote or abort by
     ``rules``; the verdict (``promoted``, ``reason``, the last ``shadow`` message). A candidate that failed, or no
     verdict in ``timeout``, is an abort."""
     session = Session(broker, prefix, protocol, credentials)
@@ -249,11 +281,19 @@ def watch_shadow(broker: str, device: str, rules: Rules, prefix: str = "linewatc
     topic = f"{prefix}/{device}/shadow"
     session.client.message_callback_add(topic, on_shadow)
     session.client.subscribe(topic, qos=1)
+    deadline = time.monotonic() + timeout
     try:
         with cond:
             cond.wait_for(lambda: bool(latest) and (latest[-1].get("state") != "running"
                                                     or latest[-1].get("frames", 0) >= rules.min_frames), timeout)
             last = latest[-1] if latest else None
+        labelled = None
+        if rules.min_labelled and station is not None and last is not None and last.get("state") == "running":
+            candidate = last["candidate"]["sha256"]
+            while (labelled := Labelled.from_station(station, device, candidate)).samples < rules.min_labelled \
+                    and time.monotonic() < deadline and latest[-1].get("state") == "running":
+                time.sleep(2.0)
+            last = latest[-1]
         if last is None or last.get("state") != "running" or last["frames"] < rules.min_frames:
             why = "no shadow message" if last is None else last.get("reason") or \
                 f"{last['frames']} of {rules.min_frames} frames in {timeout:.0f} s"
@@ -262,7 +302,7 @@ def watch_shadow(broker: str, device: str, rules: Rules, prefix: str = "linewatc
             verdict = {"promoted": False, "reason": f"aborted by --auto: {why}", "shadow": last}
             print(f"{device}: {verdict['reason']}", file=out, flush=True)
             return verdict
-        promote, reason = rules.judge(last)
+        promote, reason = rules.judge(last, labelled)
         print(f"{device}: {reason}", file=out, flush=True)
         reply = session.request(device, "shadow", {"action": "promote" if promote else "abort", "reason": reason},
                                 120)

@@ -8,7 +8,7 @@
 ``rtsp://…``, ``http://…``   a network stream, through OpenCV
 ``usb:N``, ``/dev/videoN``   a USB camera, through OpenCV
 ``picamera:N``               a Raspberry Pi camera, through picamera2
-``conveyor[:SEED]``          the simulated factory line of the demo
+``conveyor[:SEED[:drift=N]]``  the simulated factory line of the demo (from frame N, drifted)
 ===========================  ==============================================
 
 A source yields ``Captured`` BGR images. ``live`` sources (cameras, streams, the conveyor)
@@ -76,10 +76,12 @@ def open_source(spec: str, fps: float | None = None, loop: bool = False,
     if spec.startswith("conveyor"):
         from linewatch.edge.device.sources.conveyor import ConveyorSource
 
-        seed = spec.partition(":")[2]
-        if seed and not seed.isdigit():
-            raise UsageError(f"source '{spec}': the conveyor seed must be a whole number, e.g. conveyor:7")
-        return ConveyorSource(seed=int(seed or 0), fps=fps)
+        _, _, rest = spec.partition(":")
+        seed, _, drift = rest.partition(":")
+        if (seed and not seed.isdigit()) or (drift and not (drift.startswith("drift=") and drift[6:].isdigit())):
+            raise UsageError(f"source '{spec}': use conveyor:SEED, or conveyor:SEED:drift=N for a line that drifts "
+                             "from frame N, e.g. conveyor:7:drift=300")
+        return ConveyorSource(seed=int(seed or 0), fps=fps, drift_from=int(drift[6:]) if drift else None)
     if spec.startswith("picamera"):
         from linewatch.edge.device.sources.picamera import PicameraSource
 
