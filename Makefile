@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test test-device test-workstation lint docs schemas tiny-model dist pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
+.PHONY: demo demo-learn test test-device test-workstation lint docs schemas tiny-model dist pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ browser:
 
 demo: $(STAMP)
 	$(BIN)/linewatch demo --workdir build/demo
+
+# The line learns: three devices, a drift, the station, RUN2 --from RUN1, shadow, promotion (docs/station.md).
+demo-learn: $(STAMP)
+	$(BIN)/linewatch demo --learn --workdir build/demo
 
 # ruff, then both type checkers over linewatch/ (the folders as the installed namespace): mypy, and pyright as editors
 # run it.

@@ -331,3 +331,19 @@ def test_a_person_in_chromium_labels_with_one_key_and_undoes(tmp_path: Path, bro
     finally:
         browser.close()
         station.stop()
+
+
+def test_a_full_inbox_drops_its_oldest_waiting_photos_and_counts_them(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "DATA", max_waiting=3)
+    for n in range(1, 6):
+        jpeg = encode_jpeg(np.full((30, 40, 3), 40 * n, np.uint8))
+        inbox.add(Sample.model_validate(_announce(jpeg, "cell-1", f"1780000000000-{n}")), jpeg)
+        if n == 2:
+            inbox.label("cell-1", "1780000000000-2", "ok", "ana")  # labelled photos are never dropped
+    waiting = {s["sample_id"] for s in inbox.samples()}
+    assert waiting == {"1780000000000-3", "1780000000000-4", "1780000000000-5"}
+    assert inbox.stats()["states"] == {"inbox": 3, "labelled": 1, "dropped": 1}
+    assert inbox.stats()["counters"]["dropped"] == 1
+    assert not (tmp_path / "DATA" / "_inbox" / "cell-1" / "1780000000000-1.jpg").exists()
+    assert (tmp_path / "DATA" / "ok" / "cell-1_1780000000000-2.jpg").is_file()
+    assert inbox.add(Sample.model_validate(_announce(b"x", "cell-1", "1780000000000-1")), b"x") == "duplicate"

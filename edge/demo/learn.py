@@ -1,7 +1,7 @@
 """``linewatch demo --learn``: the line drifts, the devices send what they are unsure of, a better model proves itself.
 
 Three devices run the demo's model on simulated conveyors that drift after a while: the light
-dims and warms, and a defect nobody trained for (``chip``) appears. The devices send samples
+dims and turns colder, and a defect nobody trained for (``chip``) appears. The devices send samples
 to ``linewatch station``; a scripted labeller labels them through the station's API from the
 simulator's truth, as a person would, within a budget; RUN2 is trained ``--from`` RUN1,
 converted, run in shadow on one device and promoted by ``deploy --auto`` to all three. Every
@@ -189,8 +189,8 @@ def run_learn_demo(workdir: str, broker_url: str | None = None, summary_path: st
         before, before_frames = seen.accuracy(sha1, DRIFT_FROM, truth)
         undrifted, _ = _accuracy_until(seen, sha1, DRIFT_FROM, truth)
         step("the drifted line, RUN1", t)
-        print(f"\nthe line drifted at frame {DRIFT_FROM}: RUN1 labels {before} of {before_frames} drifted frames "
-              f"right ({undrifted} before the drift)", flush=True)
+        print(f"\nthe line drifted at frame {DRIFT_FROM}: RUN1 is right on {before} of {before_frames} drifted frames "
+              f"({undrifted} before the drift)", flush=True)
 
         t = time.monotonic()
         given = _label(station, truth, budget - JUDGED)
@@ -321,12 +321,12 @@ def _print(summary: dict[str, Any]) -> None:
     shadow = summary["shadow"]
     print(f"""
 linewatch demo --learn summary
-  the line drifted   light dimmer and warmer, and a defect never seen (chip)
-  before             RUN1: {summary['accuracy_before']} of {summary['frames_before']} drifted frames right \
+  the line drifted   the light dimmer and colder, and a defect never seen (chip)
+  before             RUN1: {summary['accuracy_before']} right on {summary['frames_before']} drifted frames \
 ({summary['accuracy_undrifted']} before the drift)
   labelled           {summary['labels']} photos through the station ({summary['samples_received']} samples received)
   shadow             {shadow['frames']} frames on {shadow['device']}, agreement {shadow['agreement']}
   promotion          {summary['promotion']['reason']}
-  after              RUN2: {summary['accuracy_after']} of {summary['frames_after']} drifted frames right
+  after              RUN2: {summary['accuracy_after']} right on {summary['frames_after']} drifted frames
   steps              {steps}
   time               {summary['demo_seconds']} s; artifacts in {summary['artifacts']}""", flush=True)
