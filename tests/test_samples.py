@@ -133,13 +133,13 @@ def test_samples_reach_the_station_are_acknowledged_and_a_station_that_was_away_
     station = None
     try:
         # Nobody listens yet: the samples are sent, and stay on the device, unacknowledged.
-        assert seen.wait_for(lambda c: len(c.on("/sample")) >= 3), "no samples announced"
+        assert seen.wait_for(lambda c: len(c.on("/sample")) >= 3, 60), "no samples announced"
         outbox = tmp_path / "state" / "samples"
         assert len(list(outbox.glob("*.json"))) >= 3
         station = _station(tmp_path, broker.url)
         inbox = station.inbox
-        assert wait_until(lambda: inbox.stats()["states"].get("inbox", 0) >= 36, 60), inbox.stats()
-        assert wait_until(lambda: any((m.get("samples") or {}).get("acked", 0) >= 36 for m in seen.on("/stats")), 30)
+        assert wait_until(lambda: inbox.stats()["states"].get("inbox", 0) >= 36, 120), inbox.stats()
+        assert wait_until(lambda: any((m.get("samples") or {}).get("acked", 0) >= 36 for m in seen.on("/stats")), 60)
     finally:
         stop_daemon(proc)
         if station is not None:
