@@ -49,6 +49,7 @@ class ShadowRun:
         self.latency_ms: deque[float] = deque(maxlen=1000)
         self._offered: Result | None = None
         self._cond = threading.Condition()
+        self._tally = threading.Lock()
         self._stopping = False
         self._cpu_s = 0.0
         self._started = time.monotonic()
@@ -87,20 +88,26 @@ class ShadowRun:
         pixels = self.engine.prepare(image)
         invoke = time.perf_counter()
         theirs = self.engine.predict_pixels(pixels)
-        self.latency_ms.append(1000 * (time.perf_counter() - invoke))
+        invoke_ms = 1000 * (time.perf_counter() - invoke)
         ours = result.prediction
-        self.frames += 1
-        self.agreed += ours.label == theirs.label
-        self.confusion.setdefault(ours.label, Counter())[theirs.label] += 1
-        self.defects["current"] += result.model.verdict(ours.label, ours.anomalous) != "good"
-        self.defects["candidate"] += self.model.verdict(theirs.label, theirs.anomalous) != "good"
-        self._cpu_s += time.thread_time() - cpu
+        with self._tally:  # the stats thread reads them
+            self.latency_ms.append(invoke_ms)
+            self.frames += 1
+            self.agreed += ours.label == theirs.label
+            self.confusion.setdefault(ours.label, Counter())[theirs.label] += 1
+            self.defects["current"] += result.model.verdict(ours.label, ours.anomalous) != "good"
+            self.defects["candidate"] += self.model.verdict(theirs.label, theirs.anomalous) != "good"
+            self._cpu_s += time.thread_time() - cpu
         if ours.label != theirs.label and self.sampler is not None:
             self.sampler.take(result, "disagreement", candidate=(self.model, theirs))
         logger.debug("shadow frame %d: %s vs %s in %.1f ms", result.frame.id, ours.label, theirs.label,
                      1000 * (time.perf_counter() - started))
 
     def message(self, current: ModelArtifact, state: ShadowState = "running", reason: str | None = None) -> Shadow:
+        with self._tally:
+            return self._message(current, state, reason)
+
+    def _message(self, current: ModelArtifact, state: ShadowState, reason: str | None) -> Shadow:
         wall = max(1e-9, time.monotonic() - self._started)
         candidate_cpu = 100 * self._cpu_s / wall
         process_cpu = 100 * (time.process_time() - self._process_cpu) / wall
