@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 from linewatch.edge import options
-from linewatch.edge.comms.payloads import TOPIC_PAYLOADS, json_schema
+from linewatch.edge.comms.payloads import TOPIC_PAYLOADS, Payload, json_schema
 from linewatch.edge.device.config import RUN_DEFAULTS, Config, env_name
 from linewatch.edge.errors import exit_code_table
+from linewatch.edge.station.inbox import InboxSample
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tables a long run records in its own document, copied into the README: `make soak`, `make bench-train`, `make bench`.
@@ -35,8 +36,10 @@ def recorded_block(name: str) -> re.Pattern[str]:
 
 
 def schemas() -> dict[Path, str]:
+    """The MQTT payloads', and the station API's sample (docs/station.md)."""
+    models: dict[str, type[Payload]] = {**TOPIC_PAYLOADS, "station-sample": InboxSample}
     return {ROOT / "docs" / "schemas" / f"{name}.schema.json": json.dumps(json_schema(model, name), indent=2) + "\n"
-            for name, model in TOPIC_PAYLOADS.items()}
+            for name, model in models.items()}
 
 
 def configuration() -> str:

@@ -20,12 +20,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict, Field
+
 from linewatch.edge.comms.payloads import SAMPLE_PRIORITY, Sample
 from linewatch.edge.files import write_atomic
 
 INBOX = "_inbox"
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 Stored = Literal["stored", "duplicate"]
+State = Literal["inbox", "labelled", "skipped", "dropped"]
+STATES: tuple[State, ...] = ("inbox", "labelled", "skipped", "dropped")
+
+
+class InboxSample(Sample):
+    """A sample as the station's API returns it: the device's announcement, and what became of it."""
+
+    model_config = ConfigDict(title="linewatch station sample (GET /api/samples)")
+
+    state: State = Field(description="inbox: waiting for a label; labelled: in DATA/<labelled_as>/; skipped; dropped: "
+                                     "the inbox was full and it was the oldest waiting.")
+    labelled_as: str | None = Field(description="The label it was given.")
+    by: str | None = Field(description="Who labelled, skipped or undid it last.")
+    decided: float | None = Field(description="When, epoch seconds.")
+    path: str = Field(description="The photo, under DATA.")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -238,4 +255,6 @@ class Inbox:
 
 def _row(meta: str, state: str, label: str | None, by: str | None, decided: float | None,
          path: str) -> dict[str, Any]:
-    return {**json.loads(meta), "state": state, "labelled_as": label, "by": by, "decided": decided, "path": path}
+    row = InboxSample.model_validate({**json.loads(meta), "state": state, "labelled_as": label, "by": by,
+                                      "decided": decided, "path": path})
+    return row.model_dump(mode="json", by_alias=True)

@@ -17,12 +17,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from linewatch.edge.http import JsonHandler, TokenServer
-from linewatch.edge.station.inbox import Conflict, Inbox, NotFound
+from linewatch.edge.station.inbox import STATES, Conflict, Inbox, NotFound
 
 logger = logging.getLogger(__name__)
 
 IMAGE = re.compile(r"^/api/samples/([A-Za-z0-9_.-]+)/([0-9]{13}-[0-9]{1,12})\.jpg$")
-STATES = ("inbox", "labelled", "skipped", "dropped")
 
 
 class StationServer(TokenServer):
