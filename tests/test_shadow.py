@@ -4,14 +4,18 @@ of ``deploy --auto``, refused when it fails, and every frame where it disagrees 
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 from pathlib import Path
 
 from linewatch.edge.comms.payloads import TOPIC_PAYLOADS
 from linewatch.edge.device.ota import candidate_path
 from linewatch.edge.model import artifact
 from linewatch.edge.model.card import InputSpec
-from tests.helpers import Collector, linewatch, start_daemon, stop_daemon
+from linewatch.edge.station.client import StationClient
+from tests.helpers import CLI, ENV, ROOT, Collector, linewatch, start_daemon, stop_daemon
 from tests.test_ota import _results_keep_coming, _variant
+from tests.test_samples import TOKEN, _station
 
 
 def _device(tiny: Path, broker, tmp_path: Path, device: str, *extra: str):
@@ -124,3 +128,45 @@ def test_the_auto_rules_judge_agreement_defect_rate_and_labelled_disagreements()
     assert promote and "right on 19, the current model on 1" in reason
     assert not drift.judge(shadow, Labelled(20, 17, 3))[0]  # 85% right: under 90%
     assert not drift.judge(shadow, Labelled(20, 10, 10))[0]
+
+
+def test_auto_judged_on_labelled_disagreements_waits_for_the_station_and_aborts_a_candidate_that_is_wrong(
+        tiny: Path, broker, tmp_path: Path) -> None:
+    station = _station(tmp_path, broker.url)
+    running, sub, proc = _device(tiny, broker, tmp_path, "shadow-4", "--samples", "--set", "samples.per_hour=3600",
+                                 "--set", "samples.below=0.01", "--set", "samples.random_every=0")
+    client = StationClient(station.url, TOKEN)
+    done = threading.Event()
+
+    def label_as_the_current_model_said() -> None:  # a person who finds the current model right every time
+        while not done.is_set():
+            for sample in client.call("/api/samples?reason=disagreement")["samples"]:
+                client.call("/api/label", {"device_id": sample["device_id"], "sample_id": sample["sample_id"],
+                                           "label": sample["label"], "by": "test"})
+            done.wait(0.5)
+
+    labeller = threading.Thread(target=label_as_the_current_model_said)
+    labeller.start()
+    try:
+        model = artifact.load(tiny)
+        swapped = tmp_path / "swapped.tflite"
+        swapped.write_bytes(artifact.pack(model.flatbuffer, model.card.model_copy(update={"version": "swapped"}),
+                                          model.labels[::-1]))
+        deployed = subprocess.run(
+            [*CLI, "deploy", str(swapped), "--broker", broker.url, "--device", "shadow-4", "--shadow", "--auto",
+             "--min-frames", "20", "--min-agreement", "0", "--max-defect-rate-change", "1", "--labelled-from",
+             station.url, "--min-labelled", "5", "--timeout", "60"], cwd=ROOT, capture_output=True, text=True,
+            env={**ENV, "LINEWATCH_STATION_TOKEN": TOKEN}, timeout=300)
+        last = deployed.stderr.strip().splitlines()[-1]
+        assert deployed.returncode == 5 and "right on 0% of the labelled disagreements" in last, deployed.stderr
+        assert "the current model on" in last
+        assert artifact.load(running).version == model.card.version
+        labelled = client.call("/api/samples?state=labelled&reason=disagreement")["samples"]
+        assert len(labelled) >= 5 and all(s["candidate"]["version"] == "swapped" for s in labelled)
+        stop_daemon(proc)
+    finally:
+        done.set()
+        labeller.join(10)
+        proc.kill()
+        sub.close()
+        station.stop()
