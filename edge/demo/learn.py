@@ -34,6 +34,7 @@ from linewatch.edge.comms.mqtt import connect, make_client, parse_broker
 from linewatch.edge.demo.brokers import local_broker
 from linewatch.edge.demo.demo import RUNTIME_NOTICES, _linewatch, train_demo_model
 from linewatch.edge.errors import LinewatchError
+from linewatch.edge.model import artifact
 from linewatch.edge.simulator import conveyor_truth
 from linewatch.edge.station.client import StationClient
 
@@ -63,11 +64,14 @@ class Seen:
         with self.lock:
             return sum(1 for n, (_, sha) in self.frames.get(device, {}).items() if n > after and sha == model)
 
-    def accuracy(self, model: str, after: int, truth: Callable[[str, int], str]) -> tuple[float | None, int]:
-        """The share of frames past ``after`` classified by ``model`` whose label is the truth, and how many."""
+    def accuracy(self, model: str, truth: Callable[[str, int], str], after: int = 0,
+                 before: int | None = None) -> tuple[float | None, int]:
+        """The share of frames after ``after`` (and before ``before``) classified by ``model`` whose label is the
+        truth, and how many."""
         with self.lock:
             judged = [label == truth(device, n) for device, frames in self.frames.items()
-                      for n, (label, sha) in frames.items() if n > after and sha == model]
+                      for n, (label, sha) in frames.items()
+                      if after < n and (before is None or n < before) and sha == model]
         return (round(sum(judged) / len(judged), 4) if judged else None), len(judged)
 
 
@@ -186,8 +190,8 @@ def run_learn_demo(workdir: str, broker_url: str | None = None, summary_path: st
         t = time.monotonic()
         _wait(lambda: all(seen.count(d, sha1, DRIFT_FROM) >= BEFORE_FRAMES for d in DEVICES), 600,
               f"{BEFORE_FRAMES} drifted frames on each device")
-        before, before_frames = seen.accuracy(sha1, DRIFT_FROM, truth)
-        undrifted, _ = _accuracy_until(seen, sha1, DRIFT_FROM, truth)
+        before, before_frames = seen.accuracy(sha1, truth, after=DRIFT_FROM)
+        undrifted, _ = seen.accuracy(sha1, truth, before=DRIFT_FROM)
         step("the drifted line, RUN1", t)
         print(f"\nthe line drifted at frame {DRIFT_FROM}: RUN1 is right on {before} of {before_frames} drifted frames "
               f"({undrifted} before the drift)", flush=True)
@@ -228,7 +232,7 @@ def run_learn_demo(workdir: str, broker_url: str | None = None, summary_path: st
             marks = {d: max(seen.frames.get(d, {}), default=0) for d in DEVICES}
             _wait(lambda: all(seen.count(d, sha2, marks[d]) >= AFTER_FRAMES for d in DEVICES), 600,
                   f"{AFTER_FRAMES} frames of RUN2 on each device")
-            after, after_frames = seen.accuracy(sha2, DRIFT_FROM, truth)
+            after, after_frames = seen.accuracy(sha2, truth, after=DRIFT_FROM)
             step("the drifted line, RUN2", t)
         stats = station.call("/api/stats")
     finally:
@@ -283,13 +287,6 @@ def _listen(client: mqtt.Client, url: str, seen: Seen) -> None:
         raise LinewatchError(f"demo --learn: cannot subscribe at {url}")
 
 
-def _accuracy_until(seen: Seen, model: str, until: int, truth: Truth) -> tuple[float | None, int]:
-    with seen.lock:
-        judged = [label == truth(device, n) for device, frames in seen.frames.items()
-                  for n, (label, sha) in frames.items() if n < until and sha == model]
-    return (round(sum(judged) / len(judged), 4) if judged else None), len(judged)
-
-
 def _deploy_auto(model: Path, url: str, protocol: str, first: str, rest: list[str], station: str,
                  token: str) -> dict[str, Any]:
     """``deploy --shadow --auto`` on ``first``, then to ``rest``: the verdicts.
@@ -311,8 +308,6 @@ def _deploy_auto(model: Path, url: str, protocol: str, first: str, rest: list[st
 
 
 def _sha(model: Path) -> str:
-    from linewatch.edge.model import artifact
-
     return artifact.load(model).sha256
 
 
