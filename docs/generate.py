@@ -20,6 +20,7 @@ from pathlib import Path
 from linewatch.edge import options
 from linewatch.edge.comms.payloads import TOPIC_PAYLOADS, Payload, json_schema
 from linewatch.edge.device.config import RUN_DEFAULTS, Config, env_name
+from linewatch.edge.device.plc.handshake import plc_map
 from linewatch.edge.errors import exit_code_table
 from linewatch.edge.station.inbox import InboxSample
 
@@ -76,6 +77,21 @@ def exit_codes() -> str:
             + exit_code_table() + "\n")
 
 
+def plc_map_table() -> str:
+    """docs/plc.md's map, from the points the handshake serves (``linewatch plc-map``)."""
+    lines = ["| name | table | address | type | access | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in plc_map():
+        last = row["address"] + row["words"] - 1
+        address = f"{row['address']}" if row["words"] == 1 else f"{row['address']}-{last}"
+        lines.append(f"| `{row['name']}` | {row['table']} | {address} | {row['type']} | {row['access']} | "
+                     f"{row['meaning']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plc(current: str) -> str:
+    return recorded_block("plc-map").sub(lambda m: m.group(1) + plc_map_table() + m.group(3), current)
+
+
 def readme(current: str) -> str:
     """The recorded tables as their documents have them."""
     for name, source in RECORDED.items():
@@ -86,9 +102,10 @@ def readme(current: str) -> str:
 
 
 def documents() -> dict[Path, str]:
-    readme_path = ROOT / "README.md"
+    readme_path, plc_path = ROOT / "README.md", ROOT / "docs" / "plc.md"
     return {**schemas(), ROOT / "docs" / "configuration.md": configuration(),
-            ROOT / "docs" / "exit-codes.md": exit_codes(), readme_path: readme(readme_path.read_text())}
+            ROOT / "docs" / "exit-codes.md": exit_codes(), readme_path: readme(readme_path.read_text()),
+            plc_path: plc(plc_path.read_text())}
 
 
 def main() -> int:

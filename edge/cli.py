@@ -325,8 +325,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         train_demo_model(Path(args.workdir), args.per_class, args.epochs)
     summary = run_line_demo(str(model), parts=args.parts, rate=args.rate, reject_delay_ms=args.reject_delay_ms,
                             broker_url=args.broker, workdir=str(Path(args.workdir) / "line"),
-                            summary_path=args.summary, stall_ms=args.stall_ms, camera_loss_s=args.camera_loss_s)
-    return 0 if summary["one_message_per_part"] and not summary["not_good_but_passed"] else 1
+                            summary_path=args.summary, stall_ms=args.stall_ms, camera_loss_s=args.camera_loss_s,
+                            plc=args.plc)
+    plc_ok = "plc" not in summary or (summary["plc"]["same_verdicts_as_part_messages"] and not summary["plc"]["errors"])
+    return 0 if summary["one_message_per_part"] and not summary["not_good_but_passed"] and plc_ok else 1
+
+
+def _cmd_plc_map(args: argparse.Namespace) -> int:
+    from linewatch.edge.device.plc.handshake import map_text, plc_map
+
+    print(json.dumps(plc_map(), indent=2) if args.json else map_text())
+    return 0
 
 
 def _edge_commands(sub: argparse._SubParsersAction) -> None:
@@ -408,6 +417,11 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--json", action="store_true", help="one JSON object: card, io, ops")
     p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser("plc-map", help="every point of the PLC's handshake: Modbus table and address, type, access "
+                                       "and meaning (docs/plc.md)")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object a point")
+    p.set_defaults(handler=_cmd_plc_map)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair to sign models with (KEY and KEY.pub)")
     p.add_argument("-o", "--out", required=True, help="the private key file; the public key goes to OUT.pub")
@@ -511,6 +525,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-ms", type=float, default=0.0, help="with --line: delay every inference this long")
     p.add_argument("--camera-loss-s", type=float, default=0.0, help="with --line: blind the camera this long, "
                                                                    "mid-run")
+    p.add_argument("--plc", choices=["modbus"], help="with --line: the photo-eye is wired to a PLC that triggers the "
+                                                     "device through the handshake over this protocol (docs/plc.md)")
     p.set_defaults(handler=_cmd_demo)
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from linewatch.edge.comms.mqtt import connect, make_client, parse_broker
 from linewatch.edge.demo.brokers import local_broker
+from linewatch.edge.demo.plc import ModbusPlc
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.daemon import Daemon
 from linewatch.edge.device.sources import Captured
@@ -52,6 +53,7 @@ class LineSimulation:
     name: str = "line simulation"
     live: bool = True
     reopens: bool = True  # the camera comes back after a loss
+    lead_s: float = 0.0  # parts pass untriggered this long first: the device warms up, a PLC waits for TriggerReady
     done: threading.Event = field(default_factory=threading.Event)
     truth: list[str] = field(default_factory=list)  # each triggered part's true class, in order
     t0: float = 0.0
@@ -66,13 +68,13 @@ class LineSimulation:
     @property
     def total_frames(self) -> int:
         slots = -(-self.parts * EMPTY_EVERY // (EMPTY_EVERY - 1)) + 2
-        return slots * STEPS_PER_PART
+        return slots * STEPS_PER_PART + round(self.lead_s * self.fps)
 
     def due(self, frame: int) -> float:
         return self.t0 + frame / self.fps
 
-    def start(self, trigger_pin: Any) -> threading.Thread:
-        """Start the clock and the photo-eye: it drives ``trigger_pin`` high then low at each part's middle frame."""
+    def start(self, photo_eye_edge: Callable[[], object]) -> threading.Thread:
+        """Start the clock and the photo-eye: ``photo_eye_edge()`` at each part's middle frame."""
         self.t0 = time.monotonic() + 0.5
         self._frames = conveyor(self.seed)
         labels = conveyor_truth(self.seed)
@@ -82,7 +84,7 @@ class LineSimulation:
                 label = next(labels)
                 for _ in range(STEPS_PER_PART - 1):
                     next(labels)
-                if label == "empty":
+                if label == "empty" or self.due(slot * STEPS_PER_PART) < self.t0 + self.lead_s:
                     continue
                 if len(self.truth) == self.parts:
                     return
@@ -90,8 +92,7 @@ class LineSimulation:
                 if delay > 0:
                     time.sleep(delay)
                 self.truth.append(label)
-                trigger_pin.drive_high()
-                trigger_pin.drive_low()
+                photo_eye_edge()
 
         thread = threading.Thread(target=photo_eye, name="photo-eye", daemon=True)
         thread.start()
@@ -165,8 +166,9 @@ class PartCounter:
 
 def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_ms: float = 500.0,
                   broker_url: str | None = None, workdir: str = "build/demo-line", summary_path: str | None = None,
-                  stall_ms: float = 0.0, camera_loss_s: float = 0.0) -> dict[str, Any]:
-    """Run the simulated line; the summary (also written to ``summary_path``)."""
+                  stall_ms: float = 0.0, camera_loss_s: float = 0.0, plc: str | None = None) -> dict[str, Any]:
+    """Run the simulated line; the summary (also written to ``summary_path``). ``plc`` "modbus": the photo-eye is
+    wired to a PLC that triggers the device through the handshake (docs/plc.md), not to the device's pin."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     broker = None
@@ -175,12 +177,13 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
         broker.start()
         broker_url = broker.url
     protocol = getattr(broker, "protocol", "5")
-    simulation = LineSimulation(parts, rate, camera_loss_s=camera_loss_s)
+    simulation = LineSimulation(parts, rate, camera_loss_s=camera_loss_s, lead_s=1.0 if plc else 0.0)
     frame_ms = 1000 / simulation.fps
     cfg = config_module.load(None, {
         "device_id": DEVICE_ID, "state_dir": str(work / "state"), "model.path": model, "source.spec": "conveyor:7",
         "mqtt.broker": broker_url, "mqtt.protocol": protocol, "stats.interval_s": 2,
-        "line.mode": "gpio", "line.trigger_pin": TRIGGER_PIN, "line.reject_pin": REJECT_PIN,
+        **({"line.mode": "plc", "modbus.listen": "127.0.0.1:0"} if plc else
+           {"line.mode": "gpio", "line.trigger_pin": TRIGGER_PIN}), "line.reject_pin": REJECT_PIN,
         "line.ready_pin": READY_PIN, "line.pin_factory": "mock", "line.reject_delay_ms": reject_delay_ms,
         "line.reject_pulse_ms": 50, "line.window_ms": 1.5 * frame_ms,
         "line.min_spacing_ms": 0.5 * STEPS_PER_PART * frame_ms})
@@ -195,15 +198,25 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
         trigger, reject = factory.pin(TRIGGER_PIN), factory.pin(REJECT_PIN)
         for pin in (trigger, reject):
             pin.clear_states()
+        controller = None
+        if plc:
+            assert daemon.modbus is not None
+            controller = ModbusPlc(daemon.modbus.port)
+            controller.start()
         print(f"line: {parts} parts at {rate:g} a second ({simulation.fps:g} frames/s), reject gate "
               f"{reject_delay_ms:g} ms after the photo-eye" + (f", every inference stalled {stall_ms:g} ms"
                                                                if stall_ms else "")
-              + (f", the camera lost for {camera_loss_s:g} s mid-run" if camera_loss_s else ""), flush=True)
-        eye = simulation.start(trigger)
+              + (f", the camera lost for {camera_loss_s:g} s mid-run" if camera_loss_s else "")
+              + (f", the photo-eye wired to a PLC that triggers over {plc}" if plc else ""), flush=True)
+        eye = simulation.start(controller.part if controller else lambda: (trigger.drive_high(), trigger.drive_low()))
+
+        plc_seen: dict[str, Any] = {}
 
         def stop_when_the_last_part_is_through() -> None:
             eye.join()
             time.sleep(reject_delay_ms / 1000 + 1.0)
+            if controller is not None:
+                plc_seen.update(controller.stop())
             simulation.done.set()
             daemon.stop_event.set()
 
@@ -216,13 +229,28 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
         counter.close()
         if broker is not None:
             broker.stop()
-    summary = judge(simulation.truth, counter.seen, _pin_times(trigger, True), _pin_times(reject, True),
+    triggers = controller.trigger_times if controller else _pin_times(trigger, True)
+    summary = judge(simulation.truth, counter.seen, triggers, _pin_times(reject, True),
                     reject_delay_ms, daemon.line.counters.double_triggers)
+    if controller is not None:
+        summary["plc"] = judge_plc(plc_seen, controller.results, counter.seen,
+                                   daemon.pipeline.stats.percentile("invoke", 99))
     text = json.dumps(summary, indent=2)
     if summary_path:
         Path(summary_path).write_text(text + "\n")
     print(text, flush=True)
     return summary
+
+
+def judge_plc(summary: dict[str, Any], results: list[dict[str, Any]], messages: dict[int, dict[str, Any]],
+              invoke_p99_ms: float) -> dict[str, Any]:
+    """What the PLC saw through the handshake against the ``part`` messages: the same verdict for every part."""
+    by_id = {m.get("external_id"): m["verdict"] for m in messages.values()}
+    same = [by_id.get(f"plc-{result['part_id']}") == result["verdict"] for result in results]
+    latency = summary["trigger_to_results_ready_ms"]
+    return {**summary, "same_verdicts_as_part_messages": bool(same) and all(same) and len(same) == len(by_id),
+            "invoke_p99_ms": round(invoke_p99_ms, 2),
+            "p99_within_invoke_p99_plus_10ms": latency is not None and latency["p99"] <= invoke_p99_ms + 10}
 
 
 def judge(truth: list[str], messages: dict[int, dict[str, Any]], triggers: list[float], pulses: list[float],

@@ -16,6 +16,7 @@ its environment nesting, and the whole merge here is a few dozen lines with no n
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import tomllib
@@ -234,10 +235,11 @@ Listen = Annotated[str | None, AfterValidator(_checked_listen)]  # HOST:PORT to 
 class LineSection(Section):
     """Line I/O (docs/line-io.md): BCM pin numbers, times in milliseconds from the trigger's edge."""
 
-    mode: Literal["free", "gpio", "mqtt"] = Field(
+    mode: Literal["free", "gpio", "mqtt", "plc"] = Field(
         default="free",
         description="free: a result per frame, no parts; gpio: a photo-eye on trigger_pin marks each part; mqtt: "
-                    "cmd/trigger does", json_schema_extra=_flag("--line"))
+                    "cmd/trigger does; plc: the PLC's Trigger over Modbus (docs/plc.md), and the reject output is "
+                    "optional (the PLC may reject by NG and Error)", json_schema_extra=_flag("--line"))
     trigger_pin: int | None = Field(default=None, ge=0, le=27, description="the photo-eye's input (mode gpio)")
     trigger_edge: Literal["rising", "falling"] = Field(default="rising",
                                                        description="the electrical edge that means a part")
@@ -274,11 +276,42 @@ class LineSection(Section):
     def _pins(self) -> LineSection:
         if self.mode == "gpio" and self.trigger_pin is None:
             raise ValueError("line.mode gpio needs line.trigger_pin (the photo-eye's input)")
-        if self.mode != "free" and self.reject_pin is None:
+        if self.mode in ("gpio", "mqtt") and self.reject_pin is None:
             raise ValueError(f"line.mode {self.mode} needs line.reject_pin (the reject gate's output)")
         if self.mode != "free" and self.reject_pulse_ms >= self.reject_delay_ms:
             raise ValueError("line.reject_pulse_ms must be shorter than line.reject_delay_ms")
         return self
+
+
+class ModbusSection(Section):
+    """The PLC's handshake over Modbus TCP (docs/plc.md): the smart camera's Trigger, ResultsReady and ResultsAck."""
+
+    listen: Listen = Field(default=None, description="serve Modbus TCP at HOST:PORT, e.g. 0.0.0.0:502 (off by default; "
+                                                     "--modbus alone: 127.0.0.1:5020); needs line.mode plc, gpio or "
+                                                     "mqtt. Modbus has no authentication: bind it to the controls "
+                                                     "network and set allow",
+                           json_schema_extra=_flag("--modbus", const="127.0.0.1:5020"))
+    unit_id: int = Field(default=1, ge=1, le=247, description="the unit (slave) id the PLC addresses; other ids are "
+                                                               "answered with exception 11")
+    allow: list[str] = Field(default_factory=list,
+                             description="the PLC addresses or networks that may connect (e.g. [\"10.0.0.5\", "
+                                         "\"10.0.1.0/24\"]; a flag or the environment: comma-separated); empty: "
+                                         "any", json_schema_extra=_flag("--modbus-allow"))
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _allow(cls, value: Any) -> Any:
+        return [entry.strip() for entry in value.split(",") if entry.strip()] if isinstance(value, str) else value
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"'{entry}' is not an address or network, e.g. 10.0.0.5 or 10.0.0.0/24") from None
+        return value
 
 
 class HttpSection(Section):
@@ -341,7 +374,16 @@ class Config(Section):
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     http: HttpSection = HttpSection()
     line: LineSection = LineSection()
+    modbus: ModbusSection = ModbusSection()
     metrics: MetricsSection = MetricsSection()
+
+    @model_validator(mode="after")
+    def _plc_needs_parts(self) -> Config:
+        if self.modbus.listen and self.line.mode == "free":
+            raise ValueError("modbus.listen needs parts to hand shake about: set line.mode to plc (or gpio, mqtt)")
+        if self.line.mode == "plc" and not self.modbus.listen:
+            raise ValueError("line.mode plc takes its triggers from the PLC: set modbus.listen (e.g. 0.0.0.0:502)")
+        return self
 
 
 SECTIONS = tuple(name for name, field in Config.model_fields.items()

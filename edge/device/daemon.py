@@ -22,18 +22,20 @@ import paho.mqtt.client as mqtt
 
 from linewatch.edge.comms.homeassistant import discovery_messages
 from linewatch.edge.comms.mqtt import Credentials, parse_broker
+from linewatch.edge.comms.payloads import PartVerdict, ShadowState, rfc3339
 from linewatch.edge.comms.payloads import Shadow as ShadowMessage
-from linewatch.edge.comms.payloads import ShadowState, rfc3339
 from linewatch.edge.comms.publisher import DevicePublisher
 from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
-from linewatch.edge.device.config import Config, HttpSection, LineSection, MqttSection, Rotation
-from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, decision_latency_ms
+from linewatch.edge.device.config import Config, HttpSection, LineSection, ModbusSection, MqttSection, Rotation
+from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, Part, decision_latency_ms
 from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater, candidate_path
 from linewatch.edge.device.pipeline import Pipeline
+from linewatch.edge.device.plc.handshake import Handshake
+from linewatch.edge.device.plc.modbus import ModbusServer
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.setup import SetupView
@@ -102,6 +104,10 @@ class Daemon:
         self.init_publisher(cfg.mqtt)
         self.state = StateReporter(cfg.device_id, self.publisher)
         self.line = self.init_line(cfg.line) if cfg.line.mode != "free" else None
+        self.handshake: Handshake | None = None
+        self.modbus: ModbusServer | None = None
+        if cfg.modbus.listen:
+            self.handshake, self.modbus = self.init_plc(cfg.modbus)
         self.init_sink()
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
@@ -161,6 +167,28 @@ class Daemon:
                              "gate further down the line, or shorten line.window_ms")
         return LineController(line, publish=self.publisher.spool_message, device_id=self.cfg.device_id,
                               spool_writable=self.spool.writable, on_part=self.state.update)
+
+    def init_plc(self, modbus: ModbusSection) -> tuple[Handshake, ModbusServer]:
+        """The PLC's handshake on the line's parts, and the Modbus server that serves it, bound now (a port in use is
+        a one-line error at start)."""
+        line = self.line
+        assert line is not None and modbus.listen  # the config refuses a PLC without parts
+
+        def verdict(part: Part, verdict: PartVerdict) -> None:
+            result = part.result
+            prediction = result.prediction if result is not None else None
+            handshake.verdict(part.external_id, verdict, prediction.index if prediction else None,
+                              prediction.score if prediction else None,
+                              prediction.anomaly_score if prediction else None,
+                              part.decided_mono - part.trigger_mono if part.decided_mono is not None else None)
+
+        handshake = Handshake(lambda external_id: line.trigger(external_id, debounce=False), line.counters.as_dict,
+                              lambda: self.model.sha256, clock=line.clock)
+        line.on_verdict, line.on_check = verdict, handshake.beat
+        server = ModbusServer(handshake, *config_module.parse_listen(modbus.listen), unit_id=modbus.unit_id,
+                              allow=modbus.allow)
+        server.start()
+        return handshake, server
 
     def init_sink(self) -> None:
         """Results, events and snapshots; the frames kept for review, and those sent to be labelled."""
@@ -418,6 +446,8 @@ class Daemon:
             self.notifier.stopping()
             if self.web is not None:
                 self.web.stop()
+            if self.modbus is not None:
+                self.modbus.stop()
             if self.line is not None:
                 self.line.stop()  # parts in transit are rejected at their deadlines, and their messages spooled
             self.stats.stop()

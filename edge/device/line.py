@@ -91,6 +91,12 @@ class LineCounters:
                 "yield": round(self.good / self.parts, 4) if self.parts else None}
 
 
+def used_pins(cfg: LineSection) -> list[int]:
+    """The GPIO pins the line drives or reads (the trigger's in mode gpio only)."""
+    return [pin for pin in (cfg.trigger_pin if cfg.mode == "gpio" else None, cfg.reject_pin, cfg.good_pin,
+                            cfg.ready_pin) if pin is not None]
+
+
 class Outputs:
     """The GPIO side: trigger input, reject, good and ready outputs, through gpiozero.
 
@@ -107,8 +113,7 @@ class Outputs:
             self.factory: Any = MockFactory()
         else:
             self.factory = Device.pin_factory  # None until gpiozero picks one for the first device
-        pins = [p for p in (cfg.trigger_pin if cfg.mode == "gpio" else None, cfg.reject_pin, cfg.good_pin,
-                            cfg.ready_pin) if p is not None]
+        pins = used_pins(cfg)
         if len(set(pins)) != len(pins):
             raise UsageError(f"line: a GPIO pin is used twice ({', '.join(map(str, pins))}): give each its own")
         kwargs = {"pin_factory": self.factory}
@@ -123,7 +128,8 @@ class Outputs:
                     self.trigger.when_activated = on_edge
                 else:
                     self.trigger.when_deactivated = on_edge
-            self.reject = DigitalOutputDevice(cfg.reject_pin, active_high=cfg.active_high, **kwargs)
+            self.reject = DigitalOutputDevice(cfg.reject_pin, active_high=cfg.active_high, **kwargs) \
+                if cfg.reject_pin is not None else None
             self.good = DigitalOutputDevice(cfg.good_pin, active_high=cfg.active_high, **kwargs) \
                 if cfg.good_pin is not None else None
             self.ready = DigitalOutputDevice(cfg.ready_pin, active_high=cfg.active_high, **kwargs) \
@@ -131,7 +137,7 @@ class Outputs:
         except Exception as exc:  # gpiozero's own errors: no GPIO here, a pin it does not know, a pin in use
             raise UsageError(f"line: cannot set up the GPIO pins ({type(exc).__name__}: {exc}): check line.*_pin "
                              "and that this user may use the GPIO (group gpio)") from None
-        self.factory = self.reject.pin_factory
+        self.factory = next(d for d in (self.trigger, self.reject, self.good, self.ready) if d is not None).pin_factory
 
     def close(self) -> None:
         for device in (self.trigger, self.reject, self.good, self.ready):
@@ -148,10 +154,13 @@ class LineController:
 
     def __init__(self, cfg: LineSection, *, publish: Callable[[str, Callable[[int], bytes]], int], device_id: str,
                  spool_writable: Callable[[], bool], on_part: Callable[..., None] | None = None,
-                 on_decision: Callable[[float], None] | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+                 on_decision: Callable[[float], None] | None = None,
+                 on_verdict: Callable[[Part, PartVerdict], None] | None = None,
+                 on_check: Callable[[bool], None] | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         """``publish(kind, build)`` spools a message built from its ``seq``; ``on_part(**facts)`` hears each part's
         verdict and the counts (the ``state`` topic), ``on_decision`` its decision latency in seconds (the metrics'
-        histogram)."""
+        histogram), ``on_verdict`` each part as soon as its verdict is known (at the gate for a late one: the PLC's
+        handshake), ``on_check`` whether the device inspects, at every check of the ready output."""
         self.cfg = cfg
         self.clock = clock
         self.publish = publish
@@ -159,6 +168,8 @@ class LineController:
         self.spool_writable = spool_writable
         self.on_part = on_part
         self.on_decision = on_decision
+        self.on_verdict = on_verdict
+        self.on_check = on_check
         self.counters = LineCounters()
         self._lock = threading.RLock()  # re-entrant: a trigger schedules its gate while it holds the lock
         self._wake = threading.Condition(self._lock)
@@ -173,23 +184,25 @@ class LineController:
         self._stopping = False
         self._ready = False
         self._next_ready = -float("inf")  # when tick() next refreshes the ready output
-        self.outputs = Outputs(cfg, lambda: self.trigger()) if cfg.mode != "free" else None
+        self.outputs = Outputs(cfg, lambda: self.trigger()) if used_pins(cfg) else None
         self._thread = threading.Thread(target=self._run, name="line", daemon=True)
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def trigger(self, external_id: str | None = None) -> dict[str, Any]:
-        """A part is in front of the camera now (the photo-eye's edge, or ``cmd/trigger``)."""
+    def trigger(self, external_id: str | None = None, debounce: bool = True) -> dict[str, Any]:
+        """A part is in front of the camera now (the photo-eye's edge, ``cmd/trigger``, or the PLC's handshake, whose
+        every trigger is a part: ``debounce`` False skips the bounce and double-trigger rules of a contact)."""
         now, wall = self.clock.monotonic(), self.clock.time()
         with self._lock:
-            if now - self._last_edge < self.cfg.debounce_ms / 1000:
-                self.counters.bounces += 1
+            if debounce:
+                bounce = now - self._last_edge < self.cfg.debounce_ms / 1000
                 self._last_edge = now
-                return {"counted": False, "why": "bounce"}
-            self._last_edge = now
-            if now - self._last_part < self.cfg.min_spacing_ms / 1000:
-                self.counters.double_triggers += 1
-                return {"counted": False, "why": "double trigger"}
+                if bounce:
+                    self.counters.bounces += 1
+                    return {"counted": False, "why": "bounce"}
+                if now - self._last_part < self.cfg.min_spacing_ms / 1000:
+                    self.counters.double_triggers += 1
+                    return {"counted": False, "why": "double trigger"}
             self._last_part = now
             part = Part(now, wall, external_id)
             self._in_transit.append(part)
@@ -246,14 +259,16 @@ class LineController:
         part.decided_mono = self.clock.monotonic()
         if not part.candidates:
             part.verdict = "no-frame"
-            return
-        if self.cfg.pick == "worst":
-            part.result = max(part.candidates, key=self._badness)
         else:
-            target = self._target(part)
-            part.result = min(part.candidates, key=lambda r: abs(r.frame.ts - target))
-        part.verdict = self._judge(part.result)
-        part.candidates = []
+            if self.cfg.pick == "worst":
+                part.result = max(part.candidates, key=self._badness)
+            else:
+                target = self._target(part)
+                part.result = min(part.candidates, key=lambda r: abs(r.frame.ts - target))
+            part.verdict = self._judge(part.result)
+            part.candidates = []
+        if self.on_verdict is not None:
+            self.on_verdict(part, part.verdict)
 
     # --- the gate ---------------------------------------------------------------------------------
 
@@ -266,10 +281,12 @@ class LineController:
             verdict = part.verdict or "late"
             rejected = verdict != "good" and (self.cfg.fail_safe or verdict != "late")
             self._in_transit.remove(part)
+            if part.verdict is None and self.on_verdict is not None:
+                self.on_verdict(part, verdict)
         outputs = self.outputs
         if rejected:
             self.counters.rejected[verdict] += 1
-            if outputs is not None:
+            if outputs is not None and outputs.reject is not None:
                 self._pulse(outputs.reject)
         else:
             self.counters.good += verdict == "good"
@@ -323,7 +340,10 @@ class LineController:
             except Exception:  # a GPIO call that fails: logged, the line thread goes on
                 logger.exception("line: an output action failed")
         if now >= self._next_ready:
-            self._set_ready(not self._stopping and now - self._last_frame < 1.0 and self.spool_writable())
+            ready = not self._stopping and now - self._last_frame < 1.0 and self.spool_writable()
+            self._set_ready(ready)
+            if self.on_check is not None:
+                self.on_check(ready)
             self._next_ready = now + READY_CHECK_S
         with self._wake:
             return self._stopping and not self._timers and not self._in_transit
