@@ -525,8 +525,9 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-ms", type=float, default=0.0, help="with --line: delay every inference this long")
     p.add_argument("--camera-loss-s", type=float, default=0.0, help="with --line: blind the camera this long, "
                                                                    "mid-run")
-    p.add_argument("--plc", choices=["modbus"], help="with --line: the photo-eye is wired to a PLC that triggers the "
-                                                     "device through the handshake over this protocol (docs/plc.md)")
+    p.add_argument("--plc", choices=["modbus", "opcua"], help="with --line: the photo-eye is wired to a PLC that "
+                                                              "triggers the device through the handshake over this "
+                                                              "protocol (docs/plc.md)")
     p.set_defaults(handler=_cmd_demo)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from linewatch.edge.comms.mqtt import connect, make_client, parse_broker
-from linewatch.edge.demo.brokers import local_broker
-from linewatch.edge.demo.plc import ModbusPlc
+from linewatch.edge.demo.brokers import free_port, local_broker
+from linewatch.edge.demo.plc import ModbusPlc, OpcUaPlc, Plc
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.daemon import Daemon
 from linewatch.edge.device.sources import Captured
@@ -167,8 +168,9 @@ class PartCounter:
 def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_ms: float = 500.0,
                   broker_url: str | None = None, workdir: str = "build/demo-line", summary_path: str | None = None,
                   stall_ms: float = 0.0, camera_loss_s: float = 0.0, plc: str | None = None) -> dict[str, Any]:
-    """Run the simulated line; the summary (also written to ``summary_path``). ``plc`` "modbus": the photo-eye is
-    wired to a PLC that triggers the device through the handshake (docs/plc.md), not to the device's pin."""
+    """Run the simulated line; the summary (also written to ``summary_path``). ``plc`` "modbus" or "opcua": the
+    photo-eye is wired to a PLC that triggers the device through the handshake (docs/plc.md), not to the device's
+    pin."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     broker = None
@@ -182,8 +184,8 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
     cfg = config_module.load(None, {
         "device_id": DEVICE_ID, "state_dir": str(work / "state"), "model.path": model, "source.spec": "conveyor:7",
         "mqtt.broker": broker_url, "mqtt.protocol": protocol, "stats.interval_s": 2,
-        **({"line.mode": "plc", "modbus.listen": "127.0.0.1:0"} if plc else
-           {"line.mode": "gpio", "line.trigger_pin": TRIGGER_PIN}), "line.reject_pin": REJECT_PIN,
+        **(_plc_settings(plc, work) if plc else {"line.mode": "gpio", "line.trigger_pin": TRIGGER_PIN}),
+        "line.reject_pin": REJECT_PIN,
         "line.ready_pin": READY_PIN, "line.pin_factory": "mock", "line.reject_delay_ms": reject_delay_ms,
         "line.reject_pulse_ms": 50, "line.window_ms": 1.5 * frame_ms,
         "line.min_spacing_ms": 0.5 * STEPS_PER_PART * frame_ms})
@@ -198,10 +200,8 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
         trigger, reject = factory.pin(TRIGGER_PIN), factory.pin(REJECT_PIN)
         for pin in (trigger, reject):
             pin.clear_states()
-        controller = None
-        if plc:
-            assert daemon.modbus is not None
-            controller = ModbusPlc(daemon.modbus.port)
+        controller = _plc(plc, daemon, work) if plc else None
+        if controller is not None:
             controller.start()
         print(f"line: {parts} parts at {rate:g} a second ({simulation.fps:g} frames/s), reject gate "
               f"{reject_delay_ms:g} ms after the photo-eye" + (f", every inference stalled {stall_ms:g} ms"
@@ -240,6 +240,28 @@ def run_line_demo(model: str, parts: int = 300, rate: float = 5.0, reject_delay_
         Path(summary_path).write_text(text + "\n")
     print(text, flush=True)
     return summary
+
+
+OPCUA_USER = "plc"
+
+
+def _plc_settings(plc: str, work: Path) -> dict[str, Any]:
+    """The device's side of the PLC: line mode plc, and the protocol's server on a free loopback port."""
+    if plc == "modbus":
+        return {"line.mode": "plc", "modbus.listen": "127.0.0.1:0"}
+    secret = work / "opcua-password"
+    secret.write_text(secrets.token_urlsafe(18) + "\n")
+    secret.chmod(0o600)
+    return {"line.mode": "plc", "opcua.listen": f"127.0.0.1:{free_port()}", "opcua.username": OPCUA_USER,
+            "opcua.password_file": str(secret)}
+
+
+def _plc(plc: str, daemon: Daemon, work: Path) -> Plc:
+    if plc == "modbus":
+        assert daemon.modbus is not None
+        return ModbusPlc(daemon.modbus.port)
+    assert daemon.opcua is not None
+    return OpcUaPlc(daemon.opcua.url, OPCUA_USER, (work / "opcua-password").read_text().strip(), work / "plc")
 
 
 def judge_plc(summary: dict[str, Any], results: list[dict[str, Any]], messages: dict[int, dict[str, Any]],

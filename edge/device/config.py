@@ -33,6 +33,8 @@ from linewatch.edge.errors import UsageError
 DEFAULT_PATH = Path("/etc/linewatch/linewatch.toml")
 ENV_PREFIX = "LINEWATCH_"
 PASSWORD_ENV = "LINEWATCH_MQTT_PASSWORD"  # the secret itself, not a config key: never in the file
+OPCUA_PASSWORD_ENV = "LINEWATCH_OPCUA_PASSWORD"  # the OPC UA user's, likewise
+SECRET_ENVS = (PASSWORD_ENV, OPCUA_PASSWORD_ENV)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -314,6 +316,33 @@ class ModbusSection(Section):
         return value
 
 
+class OpcUaSection(Section):
+    """The PLC's handshake as an OPC UA server after OPC 40100 Machine Vision (docs/plc.md)."""
+
+    listen: Listen = Field(default=None, description="serve OPC UA at HOST:PORT, e.g. 0.0.0.0:4840 (off by default; "
+                                                     "--opcua alone: 127.0.0.1:4840); needs line.mode plc, gpio or "
+                                                     "mqtt", json_schema_extra=_flag("--opcua", const="127.0.0.1:4840"))
+    username: str | None = Field(default=None, description="the user a client logs in as (with the password)",
+                                 json_schema_extra=_flag("--opcua-username"))
+    password_file: str | None = Field(default=None, description=f"file holding that user's password (or "
+                                                                 f"{OPCUA_PASSWORD_ENV}); never logged",
+                                      json_schema_extra=FILE)
+    trust_dir: str | None = Field(default=None, description="folder of the client certificates (DER or PEM) trusted "
+                                                             "to open the encrypted channel and to log in by "
+                                                             "certificate; unset: any client certificate opens the "
+                                                             "channel, the user and password still decide",
+                                  json_schema_extra=FILE)
+    anonymous: bool = Field(default=False, description="let clients in without a user or certificate (only on a "
+                                                       "closed controls network)")
+    insecure: bool = Field(default=False, description="also offer the unencrypted endpoint (security policy None): "
+                                                      "for clients without Basic256Sha256; the password then crosses "
+                                                      "the network in clear")
+    cert_file: str | None = Field(default=None, description="the server's certificate (DER); unset: one is made at the "
+                                                             "first start and kept in state_dir/opcua",
+                                  json_schema_extra=FILE)
+    key_file: str | None = Field(default=None, description="its private key (PEM)", json_schema_extra=FILE)
+
+
 class HttpSection(Section):
     listen: Listen = Field(default=None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
                                                      "default; --http alone: 127.0.0.1:8080). docs/http.md",
@@ -375,14 +404,22 @@ class Config(Section):
     http: HttpSection = HttpSection()
     line: LineSection = LineSection()
     modbus: ModbusSection = ModbusSection()
+    opcua: OpcUaSection = OpcUaSection()
     metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _plc_needs_parts(self) -> Config:
-        if self.modbus.listen and self.line.mode == "free":
-            raise ValueError("modbus.listen needs parts to hand shake about: set line.mode to plc (or gpio, mqtt)")
-        if self.line.mode == "plc" and not self.modbus.listen:
-            raise ValueError("line.mode plc takes its triggers from the PLC: set modbus.listen (e.g. 0.0.0.0:502)")
+        for name, section in (("modbus", self.modbus), ("opcua", self.opcua)):
+            if section.listen and self.line.mode == "free":
+                raise ValueError(f"{name}.listen needs parts to hand shake about: set line.mode to plc (or gpio, "
+                                 "mqtt)")
+        if self.line.mode == "plc" and not (self.modbus.listen or self.opcua.listen):
+            raise ValueError("line.mode plc takes its triggers from the PLC: set modbus.listen (e.g. 0.0.0.0:502) or "
+                             "opcua.listen")
+        opcua = self.opcua
+        if opcua.listen and not (opcua.username or opcua.trust_dir or opcua.anonymous):
+            raise ValueError("opcua.listen: nobody could log in: set opcua.username (its password in "
+                             f"opcua.password_file or {OPCUA_PASSWORD_ENV}), or opcua.trust_dir, or opcua.anonymous")
         return self
 
 
@@ -408,7 +445,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
     """``LINEWATCH_MQTT_PASSWORD_FILE`` → ``mqtt.password_file``; ``LINEWATCH_DEVICE_ID`` → ``device_id``."""
     out = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == PASSWORD_ENV:
+        if not name.startswith(ENV_PREFIX) or name in SECRET_ENVS:
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
@@ -528,14 +565,16 @@ def check_files(mqtt: MqttSection) -> list[str]:
     return warnings
 
 
-def read_password(password_file: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The MQTT password: ``LINEWATCH_MQTT_PASSWORD``, else the password file. Never logged."""
+def read_password(password_file: str | None, environ: dict[str, str] | None = None, env: str = PASSWORD_ENV,
+                  whose: str = "MQTT") -> str | None:
+    """A password: the environment's ``env`` (``LINEWATCH_MQTT_PASSWORD`` by default), else the password file. Never
+    logged."""
     environ = dict(os.environ if environ is None else environ)
-    if environ.get(PASSWORD_ENV):
-        return environ[PASSWORD_ENV]
+    if environ.get(env):
+        return environ[env]
     if not password_file:
         return None
     try:
         return Path(password_file).read_text().strip()
     except OSError as exc:
-        raise UsageError(f"cannot read the MQTT password file {password_file}: {exc.strerror}") from None
+        raise UsageError(f"cannot read the {whose} password file {password_file}: {exc.strerror}") from None

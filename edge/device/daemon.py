@@ -29,13 +29,22 @@ from linewatch.edge.comms.spool import Spool
 from linewatch.edge.device import config as config_module
 from linewatch.edge.device.archive import JpegArchive
 from linewatch.edge.device.commands import CommandRouter, DeviceCommands, anomaly_threshold, apply_threshold
-from linewatch.edge.device.config import Config, HttpSection, LineSection, ModbusSection, MqttSection, Rotation
+from linewatch.edge.device.config import (
+    Config,
+    HttpSection,
+    LineSection,
+    ModbusSection,
+    MqttSection,
+    OpcUaSection,
+    Rotation,
+)
 from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, Part, decision_latency_ms
 from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater, candidate_path
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.plc.handshake import Handshake
 from linewatch.edge.device.plc.modbus import ModbusServer
+from linewatch.edge.device.plc.opcua import OpcUaServer
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.setup import SetupView
@@ -104,10 +113,9 @@ class Daemon:
         self.init_publisher(cfg.mqtt)
         self.state = StateReporter(cfg.device_id, self.publisher)
         self.line = self.init_line(cfg.line) if cfg.line.mode != "free" else None
-        self.handshake: Handshake | None = None
-        self.modbus: ModbusServer | None = None
-        if cfg.modbus.listen:
-            self.handshake, self.modbus = self.init_plc(cfg.modbus)
+        self.handshake = self.init_handshake() if cfg.modbus.listen or cfg.opcua.listen else None
+        self.modbus = self.init_modbus(cfg.modbus) if cfg.modbus.listen else None
+        self.opcua = self.init_opcua(cfg.opcua) if cfg.opcua.listen else None
         self.init_sink()
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
@@ -168,11 +176,10 @@ class Daemon:
         return LineController(line, publish=self.publisher.spool_message, device_id=self.cfg.device_id,
                               spool_writable=self.spool.writable, on_part=self.state.update)
 
-    def init_plc(self, modbus: ModbusSection) -> tuple[Handshake, ModbusServer]:
-        """The PLC's handshake on the line's parts, and the Modbus server that serves it, bound now (a port in use is
-        a one-line error at start)."""
+    def init_handshake(self) -> Handshake:
+        """The PLC's handshake on the line's parts, for every protocol that serves it."""
         line = self.line
-        assert line is not None and modbus.listen  # the config refuses a PLC without parts
+        assert line is not None  # the config refuses a PLC without parts
 
         def verdict(part: Part, verdict: PartVerdict) -> None:
             result = part.result
@@ -185,10 +192,30 @@ class Daemon:
         handshake = Handshake(lambda external_id: line.trigger(external_id, debounce=False), line.counters.as_dict,
                               lambda: self.model.sha256, clock=line.clock)
         line.on_verdict, line.on_check = verdict, handshake.beat
-        server = ModbusServer(handshake, *config_module.parse_listen(modbus.listen), unit_id=modbus.unit_id,
+        return handshake
+
+    def init_modbus(self, modbus: ModbusSection) -> ModbusServer:
+        """Modbus TCP, listening now: a port in use is a one-line error at start."""
+        assert self.handshake is not None and modbus.listen
+        server = ModbusServer(self.handshake, *config_module.parse_listen(modbus.listen), unit_id=modbus.unit_id,
                               allow=modbus.allow)
         server.start()
-        return handshake, server
+        return server
+
+    def init_opcua(self, opcua: OpcUaSection) -> OpcUaServer:
+        """OPC UA, listening now; the server's certificate made at the first start."""
+        assert self.handshake is not None and opcua.listen
+        password = config_module.read_password(opcua.password_file, env=config_module.OPCUA_PASSWORD_ENV,
+                                               whose="OPC UA")
+        if opcua.username and not password:
+            raise UsageError(f"opcua.username {opcua.username} has no password: put it in opcua.password_file or "
+                             f"{config_module.OPCUA_PASSWORD_ENV}")
+        server = OpcUaServer(self.handshake, *config_module.parse_listen(opcua.listen), device_id=self.cfg.device_id,
+                             state_dir=self.state_dir, username=opcua.username, password=password,
+                             anonymous=opcua.anonymous, insecure=opcua.insecure, cert_file=opcua.cert_file,
+                             key_file=opcua.key_file, trust_dir=opcua.trust_dir)
+        server.start()
+        return server
 
     def init_sink(self) -> None:
         """Results, events and snapshots; the frames kept for review, and those sent to be labelled."""
@@ -446,8 +473,9 @@ class Daemon:
             self.notifier.stopping()
             if self.web is not None:
                 self.web.stop()
-            if self.modbus is not None:
-                self.modbus.stop()
+            for server in (self.modbus, self.opcua):
+                if server is not None:
+                    server.stop()
             if self.line is not None:
                 self.line.stop()  # parts in transit are rejected at their deadlines, and their messages spooled
             self.stats.stop()

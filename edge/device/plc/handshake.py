@@ -163,6 +163,15 @@ class Handshake:
         self.overruns = 0
         self._heartbeat = 0
         self._last_beat = -float("inf")
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """``listener()`` after every change a PLC could see (a server that pushes values, such as OPC UA's)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # --- the PLC's writes -------------------------------------------------------------------------
 
@@ -173,11 +182,12 @@ class Handshake:
         if not value:
             return
         if name == "Trigger":
-            self._trigger()
+            self.trigger_part()
         elif name == "ResultsAck":
             self._ack()
 
-    def _trigger(self) -> None:
+    def trigger_part(self) -> int:
+        """A part to inspect now (the PLC's ``Trigger``); its ``PartId``."""
         with self._lock:
             overrun = not self._trigger_ready()
             self._next_id += 1
@@ -192,10 +202,13 @@ class Handshake:
                                    self.overruns)
         # outside the lock: the line decides under its own lock and tells verdict(), which takes this one
         self._trigger_line(external_id)
+        self._changed()
+        return part_id
 
     def _ack(self) -> None:
         with self._lock:
             self._shown = self._queue.popleft() if self._queue else None
+        self._changed()
 
     # --- the line's side --------------------------------------------------------------------------
 
@@ -221,15 +234,19 @@ class Handshake:
                 self._shown = result
             else:
                 self._queue.append(result)
+        self._changed()
 
     def beat(self, ready: bool) -> None:
         """The line thread's periodic check: whether the device inspects, and the heartbeat."""
         now = self.clock.monotonic()
         with self._lock:
+            changed = ready != self._ready or now - self._last_beat >= HEARTBEAT_S
             self._ready = ready
             if now - self._last_beat >= HEARTBEAT_S:
                 self._heartbeat = (self._heartbeat + 1) & 0xFFFF
                 self._last_beat = now
+        if changed:
+            self._changed()
 
     # --- what the PLC reads -----------------------------------------------------------------------
 
