@@ -20,7 +20,7 @@ from pathlib import Path
 from linewatch.edge import options
 from linewatch.edge.comms.payloads import TOPIC_PAYLOADS, Payload, json_schema
 from linewatch.edge.device.config import RUN_DEFAULTS, Config, env_name
-from linewatch.edge.device.plc.handshake import plc_map
+from linewatch.edge.device.plc.handshake import address_text, plc_map
 from linewatch.edge.errors import exit_code_table
 from linewatch.edge.station.inbox import InboxSample
 
@@ -79,12 +79,11 @@ def exit_codes() -> str:
 
 def plc_map_table() -> str:
     """docs/plc.md's map, from the points the handshake serves (``linewatch plc-map``)."""
-    lines = ["| name | table | address | type | access | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| name | Modbus table | address | type | access | OPC UA, under Objects | meaning |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in plc_map():
-        last = row["address"] + row["words"] - 1
-        address = f"{row['address']}" if row["words"] == 1 else f"{row['address']}-{last}"
-        lines.append(f"| `{row['name']}` | {row['table']} | {address} | {row['type']} | {row['access']} | "
-                     f"{row['meaning']} |")
+        lines.append(f"| `{row['name']}` | {row['table']} | {address_text(row)} | {row['type']} | {row['access']} | "
+                     f"`{row['opcua_path']}` | {row['meaning']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
@@ -10,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import Client, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from linewatch.edge.comms.payloads import PartMessage
 from linewatch.edge.demo.brokers import free_port
 from linewatch.edge.device.plc.handshake import BY_NAME, POINTS, TABLES, VERDICT_CODES, Handshake, plc_map
+from linewatch.edge.device.plc.opcua import NAMESPACE
 from tests.helpers import Collector, FakeClock, linewatch, start_daemon, stop_daemon, wait_until
 
 UNIT = 1
@@ -200,6 +205,8 @@ def _connects(port: int) -> bool:
     (["--modbus", "127.0.0.1:5020"], "modbus.listen needs parts"),
     (["--line", "plc"], "line.mode plc takes its triggers from the PLC"),
     (["--line", "plc", "--modbus", "127.0.0.1:5020", "--modbus-allow", "10.0.0.300"], "not an address or network"),
+    (["--line", "plc", "--opcua", "127.0.0.1:4840"], "opcua.listen: nobody could log in"),
+    (["--line", "plc", "--opcua", "127.0.0.1:4840", "--opcua-username", "plc"], "has no password"),
 ])
 def test_a_plc_setting_that_cannot_work_is_one_line_naming_it(tiny: Path, args: list[str], says: str) -> None:
     proc = linewatch("run", "--model", str(tiny), "--source", "conveyor:1", "--broker", "mqtt://127.0.0.1:1", *args,
@@ -227,3 +234,134 @@ def test_the_line_demo_through_a_modbus_plc_gives_the_plc_every_verdict_the_part
     assert plc["triggers"] == plc["results"] == 40 and plc["same_verdicts_as_part_messages"], plc
     assert plc["overruns"] == 0 and plc["errors"] == [], plc
     assert 0 < plc["trigger_to_results_ready_ms"]["p50"] <= plc["trigger_to_results_ready_ms"]["max"], plc
+
+
+async def _client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.der"
+    await setup_self_signed_certificate(key, cert, f"urn:test:{name}", "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                        {"commonName": name})
+    return key, cert
+
+
+async def _session(url: str, key: Path, cert: Path, user: str | None = None, password: str | None = None,
+                   secure: bool = True) -> Client:
+    client = Client(url, timeout=5)
+    client.application_uri = f"urn:test:{cert.stem.removesuffix('-cert')}"
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password or "")
+    if secure:
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+    await client.connect()
+    return client
+
+
+def test_opcua_serves_the_handshake_encrypted_to_its_user_and_refuses_the_rest_once_each(
+        tiny: Path, broker, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/linewatch/"
+    trust = tmp_path / "trust"
+    sub = Collector(broker.url, "linewatch/ua-dev/#")
+    keys = asyncio.run(_client_certificate(tmp_path / "plc", "plc"))
+    trust.mkdir()
+    (trust / keys[1].name).write_bytes(keys[1].read_bytes())  # the PLC's certificate is trusted, not its key
+    stranger = asyncio.run(_client_certificate(tmp_path / "other", "stranger"))
+    proc = start_daemon(tiny, broker.url, "ua-dev", tmp_path, "--line", "plc", "--opcua", f"127.0.0.1:{port}",
+                        "--opcua-username", "plc", "--set", f"opcua.trust_dir={trust}",
+                        "--reject-delay-ms", "1500", "--set", "line.window_ms=600",
+                        env={"LINEWATCH_OPCUA_PASSWORD": "line-7-secret"})
+
+    async def scenario() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        client = await _session(url, *keys, user="plc", password="line-7-secret")
+        try:
+            endpoints = await client.get_endpoints()
+            found["policies"] = {e.SecurityPolicyUri.rsplit("#", 1)[-1] for e in endpoints}
+            ns = await client.get_namespace_index(NAMESPACE)
+            node = {name: client.get_node(f"ns={ns};s={name}") for name in
+                    ("TriggerReady", "ResultsReady", "PartId", "OK", "NG", "Error", "Verdict", "CurrentState",
+                     "Heartbeat")}
+            system = client.get_node(f"ns={ns};s=VisionSystem")
+            changes: list[tuple[str, Any]] = []
+
+            class Handler:
+                def datachange_notification(self, n: Any, value: Any, data: Any) -> None:
+                    changes.append((n.nodeid.Identifier, value))
+
+            subscription = await client.create_subscription(20, Handler())
+            await subscription.subscribe_data_change([node["ResultsReady"], node["PartId"]])
+            for _ in range(300):
+                if await node["TriggerReady"].read_value():
+                    break
+                await asyncio.sleep(0.1)
+            found["state"] = await node["CurrentState"].read_value()
+            results = []
+            for _ in range(3):
+                part_id = await system.call_method(f"{ns}:Trigger")
+                for _ in range(500):
+                    if await node["ResultsReady"].read_value():
+                        break
+                    await asyncio.sleep(0.01)
+                results.append({name: await node[name].read_value() for name in ("PartId", "OK", "NG", "Error",
+                                                                                  "Verdict")} | {"id": part_id})
+                await system.call_method(f"{ns}:ResultsAck")
+            await asyncio.sleep(0.3)
+            found["results"], found["changes"] = results, changes
+        finally:
+            await client.disconnect()
+        refusals = []
+        for _ in range(2):  # each refused twice: logged once each
+            for attempt in ({"user": "plc", "password": "wrong"}, {"user": None}):
+                try:
+                    await (await _session(url, *keys, **attempt)).disconnect()  # type: ignore[arg-type]
+                    refusals.append("let in")
+                except ua.UaError as exc:
+                    refusals.append(type(exc).__name__)
+            try:
+                await (await _session(url, *stranger, user="plc", password="line-7-secret")).disconnect()
+                refusals.append("let in")
+            except (TimeoutError, ua.UaError, OSError) as exc:
+                refusals.append(type(exc).__name__)
+            try:
+                await (await _session(url, *keys, secure=False)).disconnect()
+                refusals.append("let in")
+            except (TimeoutError, ua.UaError, OSError) as exc:
+                refusals.append(type(exc).__name__)
+        found["refusals"] = refusals
+        return found
+
+    try:
+        assert wait_until(lambda: _connects(port) or proc.poll() is not None, 60) and proc.poll() is None, \
+            proc.communicate()[1][-2000:]
+        found = asyncio.run(scenario())
+        assert sub.wait_for(lambda s: len(s.on("/part")) == 3, 20)
+        _, stderr = stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.close()
+    assert found["policies"] == {"Basic256Sha256"} and found["state"] == "Operational", found
+    assert [r["PartId"] for r in found["results"]] == [1, 2, 3] == [r["id"] for r in found["results"]], found
+    assert all(r["OK"] + r["NG"] + r["Error"] == 1 for r in found["results"]), found
+    assert ("ResultsReady", True) in found["changes"] and ("PartId", 3) in found["changes"], found["changes"]
+    assert "let in" not in found["refusals"] and len(found["refusals"]) == 8, found["refusals"]
+    parts = [PartMessage.model_validate(p, strict=True) for p in sub.on("/part")]
+    codes = {code: verdict for verdict, code in VERDICT_CODES.items()}
+    assert [p.external_id for p in parts] == ["plc-1", "plc-2", "plc-3"]
+    assert [p.verdict for p in parts] == [codes[r["Verdict"]] for r in found["results"]]
+    assert stderr.count("refused user 'plc'") == 1, stderr[-3000:]  # anonymous is not even offered: nothing to log
+    assert stderr.count("not in opcua.trust_dir") == 1 and "line-7-secret" not in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert (tmp_path / "opcua" / "server-key.pem").stat().st_mode & 0o077 == 0  # made at the first start, private
+
+
+def test_the_line_demo_through_an_opcua_plc_gives_the_plc_every_verdict_the_part_messages_have(
+        tiny: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "plc.json"
+    linewatch("demo", "--line", "--plc", "opcua", "--model", str(tiny), "--parts", "20", "--rate", "5",
+              "--workdir", str(tmp_path / "demo"), "--summary", str(summary))
+    s: dict[str, Any] = json.loads(summary.read_text())
+    plc = s["plc"]
+    assert s["parts"] == 20 and s["one_message_per_part"] and s["not_good_but_passed"] == 0, s
+    assert plc["protocol"] == "opcua" and plc["triggers"] == plc["results"] == 20, plc
+    assert plc["same_verdicts_as_part_messages"] and plc["overruns"] == 0 and plc["errors"] == [], plc

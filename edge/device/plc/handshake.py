@@ -113,21 +113,44 @@ RESULT_POINTS = ("OK", "NG", "Error", "Overrun", "PartId", "ClassIndex", "Score"
                  "DecisionMs")
 
 
+OPCUA_NAMESPACE = "urn:linewatch:machine-vision"
+OPCUA_STATE = ("Ready", "TriggerReady")  # under the vision system's state machine; RESULT_POINTS and ResultsReady
+# under its result management; the rest (counters, heartbeat, model) under its statistics
+
+
+def opcua_path(point: Point) -> str:
+    """Where OPC UA serves a point, under the vision system: the PLC's writes are its methods."""
+    if point.access == "read/write":
+        return f"VisionSystem/{point.name}()"
+    if point.name in OPCUA_STATE:
+        return f"VisionSystem/VisionStateMachine/{point.name}"
+    if point.name in RESULT_POINTS or point.name == "ResultsReady":
+        return f"VisionSystem/ResultManagement/{point.name}"
+    return f"VisionSystem/Statistics/{point.name}"
+
+
 def plc_map() -> list[dict[str, Any]]:
-    """Every point, as ``linewatch plc-map --json`` prints it and docs/plc.md tabulates it."""
+    """Every point, as ``linewatch plc-map --json`` prints it and docs/plc.md tabulates it: its Modbus table and
+    address, and its OPC UA node (``nsu=`` form: the namespace's index is the server's to give)."""
     return [{"name": p.name, "table": p.table, "address": p.address, "type": p.type, "words": p.words,
-             "access": p.access, "meaning": p.meaning} for p in POINTS]
+             "access": p.access, "opcua_node": f"nsu={OPCUA_NAMESPACE};s={p.name}", "opcua_path": opcua_path(p),
+             "meaning": p.meaning} for p in POINTS]
 
 
 def map_text() -> str:
     """The map as ``linewatch plc-map`` prints it: a row a point, Modbus addresses 0-based."""
-    rows = [("name", "table", "address", "type", "access", "meaning")]
-    for point in POINTS:
-        address = f"{point.address}" if point.words == 1 else f"{point.address}-{point.address + point.words - 1}"
-        rows.append((point.name, point.table, address, point.type, point.access, point.meaning))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5]
+    rows = [("name", "modbus table", "address", "type", "access", "opc ua (under Objects)", "meaning")]
+    for row in plc_map():
+        rows.append((row["name"], row["table"], address_text(row), row["type"], row["access"], row["opcua_path"],
+                     row["meaning"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[6]
                      for row in rows)
+
+
+def address_text(row: dict[str, Any]) -> str:
+    """A point's Modbus address, or its range for a 32-bit value."""
+    return f"{row['address']}" if row["words"] == 1 else f"{row['address']}-{row['address'] + row['words'] - 1}"
 
 
 def _u16(value: float | None, scale: int) -> int:

@@ -35,34 +35,19 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from linewatch.edge.device.plc.handshake import POINTS, RESULT_POINTS, Handshake, Point
+from linewatch.edge.device.plc.handshake import OPCUA_NAMESPACE, POINTS, Handshake, opcua_path
 from linewatch.edge.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "urn:linewatch:machine-vision"
+NAMESPACE = OPCUA_NAMESPACE
 VARIANTS = {"bool": ua.VariantType.Boolean, "uint16": ua.VariantType.UInt16, "uint32": ua.VariantType.UInt32}
 START_TIMEOUT_S = 30.0
-STATE_POINTS = ("Ready", "TriggerReady")  # the rest not in RESULT_POINTS are the statistics
-
-
-def node_id(name: str) -> str:
-    """A point's node id in its namespace's URI form (stable, unlike the namespace's index)."""
-    return f"nsu={NAMESPACE};s={name}"
 
 
 def _ids(index: int, name: str) -> tuple[str, str]:
     """A node's id and browse name in the namespace at ``index``."""
     return f"ns={index};s={name}", f"{index}:{name}"
-
-
-def folder(point: Point) -> str | None:
-    """Where a point sits under the vision system; None for the PLC's writes, which are methods here."""
-    if point.access == "read/write":
-        return None
-    if point.name in STATE_POINTS:
-        return "VisionStateMachine"
-    return "ResultManagement" if point.name in RESULT_POINTS or point.name == "ResultsReady" else "Statistics"
 
 
 class _Users:
@@ -113,7 +98,8 @@ class OpcUaServer:
         self.cert_file = Path(cert_file) if cert_file else own / "server-cert.der"
         self.key_file = Path(key_file) if key_file else own / "server-key.pem"
         self.made_certificate = not cert_file
-        self.trusted = self._load_trusted(Path(trust_dir)) if trust_dir else set()
+        self.trust_dir = Path(trust_dir) if trust_dir else None
+        self.trusted = self._load_trusted(self.trust_dir) if self.trust_dir else set()
         self.users = _Users(username, password, anonymous, lambda der: der in self.trusted)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -191,7 +177,7 @@ class OpcUaServer:
             self.key_file.chmod(0o600)
         await server.load_certificate(str(self.cert_file))
         await server.load_private_key(str(self.key_file))
-        if self.trusted:
+        if self.trust_dir is not None:
             server.set_certificate_validator(self._validate)
         index = await server.register_namespace(NAMESPACE)
         system = await server.nodes.objects.add_object(*_ids(index, "VisionSystem"))
@@ -202,10 +188,10 @@ class OpcUaServer:
         self.nodes: dict[str, ua.NodeId] = {}
         self.values: dict[str, int] = {}
         for point in POINTS:
-            where = folder(point)
-            if where is None:
+            where = opcua_path(point).split("/")
+            if len(where) != 3:  # the PLC's writes: the methods below
                 continue
-            node = await folders[where].add_variable(*_ids(index, point.name),
+            node = await folders[where[1]].add_variable(*_ids(index, point.name),
                                                      ua.Variant(0, VARIANTS[point.type]))
             self.nodes[point.name] = node.nodeid
         await system.add_method(*_ids(index, "Trigger"), self._trigger, [],
