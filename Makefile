@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_BIN  := $(EDGE_VENV)/bin
 EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo demo-learn test test-device test-workstation lint docs schemas tiny-model dist pi-check soak bench bench-train bench-anomaly bench-line broker browser clean
+.PHONY: demo demo-learn test test-device test-workstation lint docs schemas tiny-model dist pi-check soak bench bench-train bench-anomaly bench-line broker browser node-red clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ browser:
 		echo "chromium is missing: the setup page's browser test will be skipped (install chromium to run it)" >&2; \
 	fi
 
+# Node-RED, the Modbus nodes of docs/node-red/'s flow and Eclipse Tahu's Sparkplug B decoder, from the npm registry
+# into build/node, for the tests that run them (Debian's nodejs and npm). Where npm or its registry cannot be reached,
+# those tests skip and say why (build/node/npm-error.log).
+node-red:
+	@mkdir -p build/node && cp docs/node-red/package.json build/node/package.json
+	@if [ -f build/node/node_modules/.installed ] && cmp -s docs/node-red/package.json build/node/node_modules/.installed; then :; \
+	elif ! command -v npm >/dev/null 2>&1; then echo "npm is missing: the Node-RED and Sparkplug decoder tests will skip" | tee build/node/npm-error.log >&2; \
+	elif (cd build/node && npm install --no-audit --no-fund --loglevel=error >/dev/null 2>npm-error.log); then \
+		cp docs/node-red/package.json build/node/node_modules/.installed; \
+	else echo "npm install failed (build/node/npm-error.log): the Node-RED and Sparkplug decoder tests will skip" >&2; fi
+
 demo: $(STAMP)
 	$(BIN)/linewatch demo --workdir build/demo
 
@@ -72,7 +83,7 @@ tiny-model: $(STAMP)
 	$(BIN)/python tests/fixtures/make_tiny_model.py
 
 # Unit, device and broker tests where TensorFlow is not even installed, as on a Pi.
-test-device: $(EDGE_STAMP) broker browser
+test-device: $(EDGE_STAMP) broker browser node-red
 	@$(EDGE_BIN)/python -c "import importlib.util, sys; sys.exit('TensorFlow is installed in $(EDGE_VENV)' if importlib.util.find_spec('tensorflow') else 0)"
 	$(EDGE_BIN)/python -m pytest -m "not workstation"
 
@@ -83,7 +94,7 @@ test-workstation: $(STAMP) broker
 # The README's test command: the lint and both tiers at once (each one's output when it ends). The device tier mostly
 # waits (on brokers, daemons, a browser) and the lint is short: both fit in the share of the two cores TensorFlow's
 # training leaves idle. Each alone: make lint, make test-device, make test-workstation.
-test: broker browser
+test: broker browser node-red
 	$(MAKE) --no-print-directory -j3 --output-sync=line test-workstation test-device lint
 
 # The offline release for a Pi with no network (docs/raspberry-pi.md): dist/linewatch-VERSION-pi.tar.gz, the wheel and

@@ -160,7 +160,7 @@ class OpcUaPlc(Plc):
     protocol = "opcua"
 
     def __init__(self, url: str, username: str, password: str, certificates: Path) -> None:
-        from asyncua import Client
+        from asyncua.client.client import Client
         from asyncua.crypto.cert_gen import setup_self_signed_certificate
         from cryptography.x509.oid import ExtendedKeyUsageOID
 

@@ -343,6 +343,21 @@ class OpcUaSection(Section):
     key_file: str | None = Field(default=None, description="its private key (PEM)", json_schema_extra=FILE)
 
 
+class SparkplugSection(Section):
+    """The device as a Sparkplug B edge node on the MQTT broker, for Ignition and other Sparkplug hosts
+    (docs/plc.md)."""
+
+    enabled: bool = Field(default=False, description="publish NBIRTH, DBIRTH, DDATA and NDEATH under spBv1.0/ on a "
+                                                      "connection of its own, beside the JSON topics",
+                          json_schema_extra=_flag("--sparkplug"))
+    group_id: str = Field(default="linewatch", pattern=r"^[^#+/]+$", description="the Sparkplug group")
+    edge_node_id: str | None = Field(default=None, pattern=r"^[^#+/]+$",
+                                     description="the edge node's id (default: device_id, which the shipped ACL "
+                                                 "expects)")
+    interval_s: float = Field(default=1.0, ge=0.1, description="how often the metrics are checked; DDATA carries "
+                                                               "those that changed")
+
+
 class HttpSection(Section):
     listen: Listen = Field(default=None, description="serve the setup page at HOST:PORT, e.g. 0.0.0.0:8080 (off by "
                                                      "default; --http alone: 127.0.0.1:8080). docs/http.md",
@@ -405,6 +420,7 @@ class Config(Section):
     line: LineSection = LineSection()
     modbus: ModbusSection = ModbusSection()
     opcua: OpcUaSection = OpcUaSection()
+    sparkplug: SparkplugSection = SparkplugSection()
     metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")

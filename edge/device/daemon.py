@@ -50,6 +50,7 @@ from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.setup import SetupView
 from linewatch.edge.device.shadow import ShadowRun
 from linewatch.edge.device.sources import Source, open_source
+from linewatch.edge.device.sparkplug import SparkplugNode
 from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
@@ -122,6 +123,8 @@ class Daemon:
         self.read = DeviceReader(device_id=cfg.device_id, pipeline=self.pipeline, sink=self.sink,
                                  publisher=self.publisher, paused=self.paused, line=self.line)
         self.metrics = Metrics(cfg.device_id, self.read)
+        self.sparkplug = SparkplugNode(cfg.sparkplug, cfg.mqtt, cfg.device_id, self.credentials, self.read,
+                                       self.state_dir) if cfg.sparkplug.enabled else None
         if self.line is not None:
             self.line.on_decision = self.metrics.decision.observe
         self.updater = ModelUpdater(Path(cfg.model.path), self.state_dir / "ota", install=self.install,
@@ -158,8 +161,9 @@ class Daemon:
             raise UsageError(f"state_dir {self.state_dir}: {exc}") from None
         for warning in config_module.check_files(mqtt_cfg):
             logger.warning(warning)
-        credentials = Credentials(mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file),
-                                  mqtt_cfg.ca_file, mqtt_cfg.cert_file, mqtt_cfg.key_file)
+        self.credentials = credentials = Credentials(
+            mqtt_cfg.username, config_module.read_password(mqtt_cfg.password_file), mqtt_cfg.ca_file,
+            mqtt_cfg.cert_file, mqtt_cfg.key_file)
         self.publisher = DevicePublisher(
             parse_broker(mqtt_cfg.broker), self.cfg.device_id, self.spool, prefix=mqtt_cfg.prefix,
             protocol=mqtt_cfg.protocol, credentials=credentials, keepalive=mqtt_cfg.keepalive,
@@ -448,6 +452,8 @@ class Daemon:
             self.sampler.start()
         if self.web is not None:
             self.web.start()
+        if self.sparkplug is not None:
+            self.sparkplug.start()
         if self.line is not None:
             # A thread waiting for the GIL may wait a whole switch interval (5 ms by default) behind the
             # pipeline's Python: a reject pulse must not. Half a millisecond costs the pipeline little.
@@ -473,7 +479,7 @@ class Daemon:
             self.notifier.stopping()
             if self.web is not None:
                 self.web.stop()
-            for server in (self.modbus, self.opcua):
+            for server in (self.modbus, self.opcua, self.sparkplug):
                 if server is not None:
                     server.stop()
             if self.line is not None:

@@ -27,11 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import uacrypto
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -207,7 +209,7 @@ class OpcUaServer:
         if der not in self.trusted:
             self.users._refuse(f"certificate {hashlib.sha256(der).hexdigest()[:16]} "
                                f"({application.ApplicationUri})", "not in opcua.trust_dir")
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     def _trigger(self, parent: ua.NodeId) -> list[ua.Variant]:
         part_id = self.handshake.trigger_part()
