@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from linewatch.edge.comms.mqtt import Credentials
+from linewatch.edge.comms.sparkplug import BOOLEAN, Metric, encode
 from linewatch.edge.demo.brokers import MosquittoBroker
 from linewatch.edge.station.app import Station, StationOptions
 from tests.helpers import (
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installing sets owner
 
 ACL = ROOT / "docs" / "mosquitto" / "linewatch.acl"
 USERS = {"line-3": "pw-of-line-3", "line-4": "pw-of-line-4", "operator": "pw-of-operator",
-         "dashboard": "pw-of-dashboard", "homeassistant": "pw-of-ha", "station": "pw-of-station"}
+         "dashboard": "pw-of-dashboard", "homeassistant": "pw-of-ha", "station": "pw-of-station",
+         "ignition": "pw-of-ignition"}
 
 
 def _shipped_broker(make_broker: Callable[..., MosquittoBroker], folder: Path) -> tuple[MosquittoBroker, Path]:
@@ -102,6 +104,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
     home_assistant = _as("homeassistant", broker, ca, "homeassistant/#")
     operator = _as("operator", broker, ca, "linewatch/line-3/cmd/+/reply")
     intruder = _as("line-4", broker, ca, "linewatch/line-3/cmd/#")
+    ignition = _as("ignition", broker, ca, "spBv1.0/#")
     station = Station(StationOptions(broker=broker.url, data=tmp_path / "DATA", http="127.0.0.1:0",
                                      credentials=Credentials("station", USERS["station"], str(ca)),
                                      token_file=str(_secret(tmp_path, "station"))))
@@ -109,7 +112,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
     proc = subprocess.Popen([*CLI, "run", "--config", str(etc / "linewatch.toml"), "--fps", "25", "--ha-discovery",
                              "--stats-interval", "1", "--line", "mqtt", "--reject-pin", "27", "--reject-delay-ms",
                              "1500", "--set", "line.pin_factory=mock", "--set", "line.window_ms=600", "--samples",
-                             "--set", "samples.below=1", "--set", "samples.per_hour=360"],
+                             "--set", "samples.below=1", "--set", "samples.per_hour=360", "--sparkplug"],
                             cwd=ROOT, env={**ENV, **below_root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -140,6 +143,15 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
                             "--timeout", "60", check=False)
         assert watched.returncode == 0 and len(watched.stdout.splitlines()) >= 5, watched.stderr
 
+        # Ignition sees the edge node born and its data, and may ask it to be born again.
+        spb = lambda kind: [m for m in ignition.messages if m.topic.split("/")[2:4] == [kind, "line-3"]]  # noqa: E731
+        assert ignition.wait_for(lambda s: spb("NBIRTH") and spb("DBIRTH") and spb("DDATA"), 30), \
+            [m.topic for m in ignition.messages]
+        rebirth = encode([Metric("Node Control/Rebirth", BOOLEAN, True)], int(time.time() * 1000), 0)
+        ignition.client.publish("spBv1.0/linewatch/NCMD/line-3", rebirth, qos=0)
+        assert ignition.wait_for(lambda s: len(spb("NBIRTH")) == 2, 30)
+        assert _publish_as("line-4", broker, ca, "spBv1.0/linewatch/NBIRTH/line-3", b"").is_failure
+
         # Device B may neither speak for device A nor hear its commands.
         forged = _publish_as("line-4", broker, ca, "linewatch/line-3/result", b'{"forged": true}')
         assert forged.is_failure and forged.value == 0x87, forged  # Not authorized
@@ -157,7 +169,7 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
         stop_daemon(proc)
     finally:
         proc.kill()
-        for client in (dashboard, home_assistant, operator, intruder):
+        for client in (dashboard, home_assistant, operator, intruder, ignition):
             client.close()
         station.stop()
 
