@@ -78,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from linewatch.edge.tools.bench import bench
 
     result = bench(args.model, args.source, frames=args.frames, threads=args.threads, labels=args.labels,
-                   seconds=args.seconds, shadow=args.shadow)
+                   seconds=args.seconds, shadow=args.shadow, plc=args.plc)
     if args.json:
         print(json.dumps(result))
     else:
@@ -95,6 +95,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"with a shadow      {shadow['pipeline_fps']:>8.1f} frames/s  ({shadow['ratio']:.1%} of bare); the "
                   f"candidate ({shadow['candidate_threads']} thread) saw one frame in {shadow['candidate_every']:g}, "
                   f"{shadow['cpu_percent']['candidate']}% of a core, invoke {shadow['latency_ms']['candidate']} ms")
+        if "plc" in result:
+            plc = result["plc"]
+            print(f"PLC polling        {plc['ratio_polled']:.1%} of bare polled, {plc['ratio_alone']:.1%} alone "
+                  f"({plc['change']:+.1%}); Modbus {plc['polls_per_s']['modbus']:g} and OPC UA "
+                  f"{plc['polls_per_s']['opcua']:g} reads/s")
     return 0
 
 
@@ -383,6 +388,8 @@ def _edge_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="labels file, for a .tflite without a model card")
     p.add_argument("--shadow", help="a candidate .tflite run beside, as 'deploy --shadow' runs it; leave it a core "
                                     "with --threads")
+    p.add_argument("--plc", action="store_true", help="the pipeline again beside the Modbus and OPC UA servers, "
+                                                      "each polled 100 times a second from another process")
     p.add_argument("--json", action="store_true", help="JSON with pipeline_fps, bare_fps and ratio")
     p.set_defaults(handler=_cmd_bench)
 

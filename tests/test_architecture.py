@@ -123,13 +123,15 @@ def test_imports_follow_docs_architecture() -> None:
 
 
 def test_the_setup_page_and_the_metrics_see_the_daemon_only_through_its_reading() -> None:
-    """docs/architecture.md: they read a frozen ``DeviceReading``, and change only what they are handed."""
+    """docs/architecture.md: they (and the Sparkplug node) read a frozen ``DeviceReading``, and change only what they
+    are handed."""
     from linewatch.edge.device.view import DeviceReading
 
     modules = _modules()
     parts = {f"linewatch.edge.device.{m}" for m in ("daemon", "results", "line", "ota", "commands", "stats", "state")}
     parts |= {"linewatch.edge.comms.publisher", "linewatch.edge.comms.spool"}
-    for name in ("linewatch.edge.device.setup", "linewatch.edge.device.metrics", "linewatch.edge.device.web"):
+    for name in ("linewatch.edge.device.setup", "linewatch.edge.device.metrics", "linewatch.edge.device.web",
+                 "linewatch.edge.device.sparkplug"):
         assert not _imports(modules[name], modules) & parts, name
         assert "Daemon" not in modules[name].read_text(), name
     assert DeviceReading.__dataclass_params__.frozen  # type: ignore[attr-defined]

@@ -21,13 +21,20 @@ With ``shadow``, a candidate model runs beside the pipeline as a device runs one
 (``linewatch.edge.device.shadow``: its own interpreter thread, the newest frame whenever it is
 free), in rounds against the bare loop again: what the current model keeps of its bare rate,
 and what the candidate costs and sees.
+
+With ``plc``, the pipeline runs again beside the PLC's servers (Modbus TCP and OPC UA over
+Basic256Sha256 with a password, on a handshake), each polled at ``POLL_HZ`` by a client in a
+process of its own, as a PLC and a SCADA poll a device: in rounds, the pipeline alone and polled
+against the bare loop, so the two ratios come from the same stretch of the host's speed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import socket
 import statistics
 import tempfile
 import threading
@@ -181,9 +188,109 @@ def _outside_s(stats: PipelineStats) -> float:
     return sum(stats.outside_cpu_s.values()) / max(1, stats.frames)
 
 
+POLL_HZ = 100.0
+
+
+def _poll(modbus_port: int, opcua_url: str, password: str, certificates: str, stop: Any, counts: Any) -> None:
+    """In a process of its own: a Modbus client and an OPC UA client each reading the handshake's state at
+    ``POLL_HZ``, until ``stop`` is set; ``counts`` gets how many reads each made."""
+    import asyncio
+
+    from asyncua.client.client import Client
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    from pymodbus.client import ModbusTcpClient
+
+    from linewatch.edge.device.plc.handshake import OPCUA_NAMESPACE
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+    def paced() -> Iterator[float]:
+        """Waits for each poll's turn, ``POLL_HZ`` a second on a schedule (a slow read does not slow the next)."""
+        due = time.monotonic()
+        while not stop.is_set():
+            due += 1 / POLL_HZ
+            yield max(0.0, due - time.monotonic())
+
+    def modbus() -> None:
+        client = ModbusTcpClient("127.0.0.1", port=modbus_port)
+        client.connect()
+        for wait in paced():
+            client.read_discrete_inputs(0, count=7, device_id=1)
+            client.read_input_registers(0, count=8, device_id=1)
+            counts[0] += 1
+            time.sleep(wait)
+        client.close()
+
+    async def opcua() -> None:
+        key, cert = Path(certificates) / "poll-key.pem", Path(certificates) / "poll-cert.der"
+        await setup_self_signed_certificate(key, cert, "urn:linewatch:bench", "localhost",
+                                            [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "bench"})
+        client = Client(opcua_url)
+        client.application_uri = "urn:linewatch:bench"
+        client.set_user("bench")
+        client.set_password(password)
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+        async with client:
+            ns = await client.get_namespace_index(OPCUA_NAMESPACE)
+            nodes = [client.get_node(f"ns={ns};s={name}") for name in ("ResultsReady", "PartId", "Verdict", "Parts")]
+            for wait in paced():
+                await client.read_values(nodes)
+                counts[1] += 1
+                await asyncio.sleep(wait)
+
+    thread = threading.Thread(target=modbus)
+    thread.start()
+    asyncio.run(opcua())
+    thread.join()
+
+
+class _Polled:
+    """The PLC's servers on a handshake, and the pollers' process, for ``bench(plc=True)``."""
+
+    def __init__(self, folder: Path) -> None:
+        import multiprocessing
+        import secrets
+
+        from linewatch.edge.device.plc.handshake import Handshake
+        from linewatch.edge.device.plc.modbus import ModbusServer
+        from linewatch.edge.device.plc.opcua import OpcUaServer
+
+        handshake = Handshake(lambda external_id: None, dict, lambda: "0" * 64)
+        handshake.beat(True)
+        password = secrets.token_urlsafe(12)
+        self.modbus = ModbusServer(handshake, "127.0.0.1", 0)
+        self.modbus.start()
+        with socket.socket() as probe:  # a free loopback port for the OPC UA server, which takes no port 0
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.opcua = OpcUaServer(handshake, "127.0.0.1", port, device_id="bench", state_dir=folder, username="bench",
+                                 password=password)
+        self.opcua.start()
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.counts = context.Event(), context.Array("l", 2)
+        self.process = context.Process(target=_poll, args=(self.modbus.port, self.opcua.url, password, str(folder),
+                                                           self.stop, self.counts), daemon=True)
+        self.process.start()
+        deadline = time.monotonic() + 60
+        while min(self.counts[:]) < 10 and time.monotonic() < deadline and self.process.is_alive():
+            time.sleep(0.1)
+        if min(self.counts[:]) < 10:
+            raise DataError("bench --plc: the Modbus and OPC UA pollers did not start polling")
+
+    def reads(self) -> list[int]:
+        return list(self.counts[:])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.process.join(20)
+        self.opcua.stop()
+        self.modbus.stop()
+
+
 def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | None = None,
           labels: str | None = None, repeats: int = 5, seconds: float = 0.5,
-          shadow: str | None = None) -> dict[str, Any]:
+          shadow: str | None = None, plc: bool = False) -> dict[str, Any]:
     """Frames/s of the bare, pipeline and serial loops (``repeats`` rounds of each, back to back: the best rates,
     the median of the rounds' ratios), CPU per frame, and the frames a live-paced pipeline drops; with ``shadow``
     (a candidate's .tflite), the pipeline again with it beside.
@@ -282,6 +389,33 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
             "candidate_frames": last.frames, "agreement": last.agreement,
             "latency_ms": last.latency_ms.model_dump(), "cpu_percent": last.cpu_percent.model_dump(),
         }
+    polled: dict[str, Any] | None = None
+    if plc:
+        with tempfile.TemporaryDirectory() as folder:
+            servers = _Polled(Path(folder))
+            plc_rounds = []
+            try:
+                for _ in range(repeats):
+                    alone_bare, _ = bare()
+                    alone, _, _ = pipeline()
+                    before = servers.reads()
+                    started = time.perf_counter()
+                    beside, _, _ = pipeline()
+                    elapsed = time.perf_counter() - started
+                    rate = [(after - b) / elapsed for after, b in zip(servers.reads(), before)]
+                    plc_rounds.append((alone_bare, alone, beside, rate))
+            finally:
+                servers.close()
+        polled = {
+            "poll_hz": POLL_HZ,
+            "polls_per_s": {"modbus": round(statistics.median(r[3][0] for r in plc_rounds), 1),
+                            "opcua": round(statistics.median(r[3][1] for r in plc_rounds), 1)},
+            "ratio_alone": round(statistics.median(a / b for b, a, _, _ in plc_rounds), 3),
+            "ratio_polled": round(statistics.median(p / b for b, _, p, _ in plc_rounds), 3),
+            "ratios_alone": [round(a / b, 3) for b, a, _, _ in plc_rounds],
+            "ratios_polled": [round(p / b, 3) for b, _, p, _ in plc_rounds],
+        }
+        polled["change"] = round(polled["ratio_polled"] / polled["ratio_alone"] - 1, 3)
     return {
         "model": str(model_path),
         "source": source_spec,
@@ -321,4 +455,5 @@ def bench(model_path: str, source_spec: str, frames: int = 300, threads: int | N
         "model_loaded_s": round(first_result_s, 3),
         "max_rss_mb": max_rss_mb(),
         **({"shadow": in_shadow} if in_shadow is not None else {}),
+        **({"plc": polled} if polled is not None else {}),
     }
