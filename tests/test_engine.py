@@ -158,3 +158,15 @@ def test_bench_with_a_shadow_reports_what_the_current_model_keeps_and_what_the_c
     assert shadow["candidate_frames"] > 0 and shadow["candidate_every"] >= 1
     assert shadow["agreement"] == 1.0  # the same model beside itself
     assert shadow["latency_ms"]["candidate"] > 0 and shadow["cpu_percent"]["candidate"] > 0
+
+
+def test_bench_with_the_plc_servers_polls_them_from_another_process_and_reports_both_ratios(
+        tiny: Path, holdout: Path) -> None:
+    result = json.loads(linewatch("bench", str(tiny), "--source", str(holdout), "--frames", "40", "--seconds", "0.2",
+                                  "--threads", "1", "--plc", "--json").stdout)
+    plc = result["plc"]
+    assert len(plc["ratios_alone"]) == len(plc["ratios_polled"]) == 5
+    assert plc["ratio_polled"] == pytest.approx(sorted(plc["ratios_polled"])[2], abs=0.001)
+    assert plc["change"] == pytest.approx(plc["ratio_polled"] / plc["ratio_alone"] - 1, abs=0.002)
+    # both pollers ran while the pipeline did (the rate is theirs to keep on a loaded machine: a floor, not a figure)
+    assert plc["polls_per_s"]["modbus"] > 20 and plc["polls_per_s"]["opcua"] > 20, plc
