@@ -127,6 +127,31 @@ def test_parts_in_transit_get_their_own_verdicts_and_only_the_bad_one_is_pushed_
     assert counters["parts"] == 4 and counters["good"] == 2 and counters["rejected"] == 2 and counters["yield"] == 0.5
 
 
+@pytest.mark.parametrize("pick", ["nearest", "worst"])
+def test_a_part_is_decided_as_soon_as_no_later_frame_can_be_nearer_and_worst_waits_for_its_window(pick: str) -> None:
+    """Frames 25 ms apart: one 5 ms before the target is the nearest the part can get (the next is at least 0.8 x
+    25 ms later, 15 ms after the target), so "nearest" decides on it at once; "worst" waits for the window's end."""
+    clock = FakeClock()
+    line, messages = _line(clock, pick=pick, window_ms=200)
+    for n in range(12):  # the camera's rhythm, seen before the part comes
+        line.on_result(_result(n, clock.time() - 0.3 + 0.025 * n, "ok"))
+    frame = 12
+    line.on_result(_result(frame, clock.time() - 0.005, "scratch"))  # classified before the trigger: a camera ahead
+    _edge(line)
+    decided = line.counters.parts == 1 and not line._undecided
+    assert decided == (pick == "nearest")
+    for offset in (0.02, 0.045, 0.07, 0.095, 0.12):
+        frame += 1
+        clock.advance(0.025)
+        line.on_result(_result(frame, clock.time() - 0.025 + offset - 0.02, "ok"))
+        line.tick()
+    clock.advance(0.4)
+    line.tick()
+    line.stop()
+    assert [m["verdict"] for m in messages] == ["defect"]  # the scratch frame either way: nearest, and the worst
+    assert (messages[0]["decision_ms"] == 0) == (pick == "nearest"), messages
+
+
 @pytest.mark.parametrize("fail_safe", [True, False])
 def test_a_part_without_a_verdict_by_its_deadline_is_rejected_as_late_unless_fail_safe_is_off(fail_safe: bool) -> None:
     clock = FakeClock()

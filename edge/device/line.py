@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 LATENCY_MARGIN_MS = 50  # a reject delay must leave this beyond the decision latency measured at start
 READY_CHECK_S = 0.2  # how often the ready output is checked: it drops within this plus a second of no frames
 HISTORY_S = 5.0  # results kept to match a trigger that comes after its frame was classified
+# Deciding a part before its window closes (pick "nearest") needs the shortest interval between frames: the last
+# INTERVALS_KEPT intervals, at least MIN_INTERVALS of them, the shortest taken at INTERVAL_MARGIN for jitter.
+INTERVALS_KEPT, MIN_INTERVALS, INTERVAL_MARGIN = 100, 10, 0.8
 VERDICTS = ("good", "defect", "anomaly", "late", "no-frame")
 
 
@@ -177,6 +180,7 @@ class LineController:
         self._in_transit: deque[Part] = deque()  # trigger order = deadline order: the delay is one for all
         self._undecided: list[Part] = []
         self._history: deque[Result] = deque()
+        self._intervals: deque[float] = deque(maxlen=INTERVALS_KEPT)  # between consecutive frames' capture times
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._last_edge = -float("inf")
@@ -219,6 +223,8 @@ class LineController:
         """Every classified frame, from the publish thread: a candidate for the parts around its capture time."""
         with self._lock:
             self._last_frame = self.clock.monotonic()
+            if self._history and result.frame.ts > self._history[-1].frame.ts:
+                self._intervals.append(result.frame.ts - self._history[-1].frame.ts)
             self._history.append(result)
             while self._history and self._history[0].frame.ts < result.frame.ts - HISTORY_S:
                 self._history.popleft()
@@ -236,14 +242,24 @@ class LineController:
             part.candidates.append(result)
 
     def _settle(self, newest_ts: float) -> None:
-        """Decide the parts whose window has closed: no frame still to come can be nearer their target."""
+        """Decide the parts whose window has closed, or (``pick = "nearest"``) whose nearest frame is known: no frame
+        still to come can be nearer their target."""
         still = []
         for part in self._undecided:
-            if newest_ts > self._target(part) + self.cfg.window_ms / 2000:
+            if newest_ts > self._target(part) + self.cfg.window_ms / 2000 or self._nearest_known(part):
                 self._decide(part)
             else:
                 still.append(part)
         self._undecided = still
+
+    def _nearest_known(self, part: Part) -> bool:
+        """With frames at least ``p`` apart, no later frame is nearer the target than one at or after
+        ``target - p / 2``: the part need not wait for its window to close. ``p`` is a margin under the shortest
+        interval seen between recent frames (none seen yet: wait)."""
+        if self.cfg.pick != "nearest" or not part.candidates or len(self._intervals) < MIN_INTERVALS:
+            return False
+        earliest = self._target(part) - INTERVAL_MARGIN * min(self._intervals) / 2
+        return any(candidate.frame.ts >= earliest for candidate in part.candidates)
 
     def _judge(self, result: Result) -> PartVerdict:
         """The part's verdict by the rule of the model that classified its frame."""
