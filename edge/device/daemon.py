@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -43,14 +43,11 @@ from linewatch.edge.device.metrics import Metrics
 from linewatch.edge.device.ota import ModelUpdater, candidate_path
 from linewatch.edge.device.pipeline import Pipeline
 from linewatch.edge.device.plc.handshake import Handshake
-from linewatch.edge.device.plc.modbus import ModbusServer
-from linewatch.edge.device.plc.opcua import OpcUaServer
 from linewatch.edge.device.results import ResultSink
 from linewatch.edge.device.samples import Sampler
 from linewatch.edge.device.setup import SetupView
 from linewatch.edge.device.shadow import ShadowRun
 from linewatch.edge.device.sources import Source, open_source
-from linewatch.edge.device.sparkplug import SparkplugNode
 from linewatch.edge.device.state import StateReporter
 from linewatch.edge.device.stats import StatsReporter
 from linewatch.edge.device.system import max_rss_mb
@@ -63,6 +60,11 @@ from linewatch.edge.http import page_token
 from linewatch.edge.model import artifact, signing
 from linewatch.edge.model.artifact import ModelArtifact
 from linewatch.edge.model.engine import Engine
+
+if TYPE_CHECKING:  # imported where they are turned on: asyncua alone takes longer to import than the daemon
+    from linewatch.edge.device.plc.modbus import ModbusServer
+    from linewatch.edge.device.plc.opcua import OpcUaServer
+    from linewatch.edge.device.sparkplug import SparkplugNode
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +117,15 @@ class Daemon:
         self.state = StateReporter(cfg.device_id, self.publisher)
         self.line = self.init_line(cfg.line) if cfg.line.mode != "free" else None
         self.handshake = self.init_handshake() if cfg.modbus.listen or cfg.opcua.listen else None
-        self.modbus = self.init_modbus(cfg.modbus) if cfg.modbus.listen else None
-        self.opcua = self.init_opcua(cfg.opcua) if cfg.opcua.listen else None
+        self.modbus: ModbusServer | None = self.init_modbus(cfg.modbus) if cfg.modbus.listen else None
+        self.opcua: OpcUaServer | None = self.init_opcua(cfg.opcua) if cfg.opcua.listen else None
         self.init_sink()
         self.pipeline = Pipeline(self.source, self.engine, self.sink, max_frames=max_frames, roi=cfg.source.roi,
                                  rotate=cfg.source.rotate)
         self.read = DeviceReader(device_id=cfg.device_id, pipeline=self.pipeline, sink=self.sink,
                                  publisher=self.publisher, paused=self.paused, line=self.line)
         self.metrics = Metrics(cfg.device_id, self.read)
-        self.sparkplug = SparkplugNode(cfg.sparkplug, cfg.mqtt, cfg.device_id, self.credentials, self.read,
-                                       self.state_dir) if cfg.sparkplug.enabled else None
+        self.sparkplug = self.init_sparkplug() if cfg.sparkplug.enabled else None
         if self.line is not None:
             self.line.on_decision = self.metrics.decision.observe
         self.updater = ModelUpdater(Path(cfg.model.path), self.state_dir / "ota", install=self.install,
@@ -198,8 +199,16 @@ class Daemon:
         line.on_verdict, line.on_check = verdict, handshake.beat
         return handshake
 
+    def init_sparkplug(self) -> SparkplugNode:
+        """The Sparkplug B edge node, on a connection of its own: it reads what the setup page reads."""
+        from linewatch.edge.device.sparkplug import SparkplugNode
+
+        return SparkplugNode(self.cfg.sparkplug, self.cfg.mqtt, self.cfg.device_id, self.credentials, self.read,
+                             self.state_dir)
+
     def init_modbus(self, modbus: ModbusSection) -> ModbusServer:
         """Modbus TCP, listening now: a port in use is a one-line error at start."""
+        from linewatch.edge.device.plc.modbus import ModbusServer
         assert self.handshake is not None and modbus.listen
         server = ModbusServer(self.handshake, *config_module.parse_listen(modbus.listen), unit_id=modbus.unit_id,
                               allow=modbus.allow)
@@ -208,6 +217,8 @@ class Daemon:
 
     def init_opcua(self, opcua: OpcUaSection) -> OpcUaServer:
         """OPC UA, listening now; the server's certificate made at the first start."""
+        from linewatch.edge.device.plc.opcua import OpcUaServer
+
         assert self.handshake is not None and opcua.listen
         password = config_module.read_password(opcua.password_file, env=config_module.OPCUA_PASSWORD_ENV,
                                                whose="OPC UA")
