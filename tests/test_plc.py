@@ -352,5 +352,8 @@ def test_the_line_demo_through_a_plc_gives_the_plc_every_verdict_the_part_messag
     plc = s["plc"]
     assert s["parts"] == parts and s["one_message_per_part"] and s["not_good_but_passed"] == 0, s
     assert plc["protocol"] == protocol and plc["triggers"] == plc["results"] == parts, plc
-    assert plc["same_verdicts_as_part_messages"] and plc["overruns"] == 0 and plc["errors"] == [], plc
+    assert plc["same_verdicts_as_part_messages"] and plc["errors"] == [], plc
+    # A device slower than the parts (emulated arm64 in make pi-check) overruns: each overrun is counted, its
+    # result flagged and still delivered. That it keeps up here is make bench-line's figure, not this test's.
+    assert plc["overruns"] == plc["results_flagged_overrun"] < parts, plc
     assert 0 < plc["trigger_to_results_ready_ms"]["p50"] <= plc["trigger_to_results_ready_ms"]["max"], plc

@@ -104,7 +104,8 @@ class Plc:
         latency = np.array(self.latency_ms) if self.latency_ms else None
         return {
             "protocol": self.protocol, "triggers": len(self.trigger_times), "results": len(self.results),
-            "overruns": overruns, "errors": self.errors,
+            "overruns": overruns, "results_flagged_overrun": sum(r["overrun"] for r in self.results),
+            "errors": self.errors,
             "trigger_to_results_ready_ms": {"p50": round(float(np.percentile(latency, 50)), 2),
                                             "p99": round(float(np.percentile(latency, 99)), 2),
                                             "max": round(float(latency.max()), 2)} if latency is not None else None,

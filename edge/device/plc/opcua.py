@@ -227,9 +227,11 @@ class OpcUaServer:
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._refresh()))
 
     async def _refresh(self) -> None:
+        """Write the values that changed, ``ResultsReady`` last: a client that sees it sees its result's values."""
         self._pending = False
         values = self.handshake.values()
-        for name, value in values.items():
+        for name in sorted(values, key=lambda name: name == "ResultsReady"):
+            value = values[name]
             if name in self.nodes and self.values.get(name) != value:
                 self.values[name] = value
                 kind = VARIANTS[next(p.type for p in POINTS if p.name == name)]
