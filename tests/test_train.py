@@ -233,14 +233,18 @@ def test_a_time_budget_keeps_the_best_epoch_so_far(photos: Path, tmp_path: Path)
 def test_the_console_shows_linewatch_progress_and_no_tensorflow_noise(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = linewatch("train", str(photos), "-o", str(run), "--size", "32", "--epochs", "3")
-    for noise in ("oneDNN", "E0000", "absl", "cpu_feature_guard", "I0000", "NodeDef", "WARNING: All log"):
+    noises = ("oneDNN", "E0000", "absl", "cpu_feature_guard", "I0000", "NodeDef", "WARNING: All log")
+    for noise in noises:
         assert noise not in proc.stderr and noise not in proc.stdout, noise
     lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 3 and all("val_acc" in line and "left)" in line for line in lines), proc.stdout
-    # What TensorFlow said is kept, not lost: in the run folder.
-    assert "oneDNN" in (run / "tensorflow.log").read_text()
+    # What TensorFlow said is kept, not lost: in the run folder. (Which of its messages it prints depends on its
+    # release: 2.21 no longer announces oneDNN.)
+    kept = (run / "tensorflow.log").read_text()
+    said = [noise for noise in noises if noise in kept]
+    assert said, kept
     verbose = linewatch("train", str(photos), "-o", str(tmp_path / "v"), "--size", "32", "--epochs", "1", "--verbose")
-    assert "oneDNN" in verbose.stderr and not (tmp_path / "v" / "tensorflow.log").exists()
+    assert any(noise in verbose.stderr for noise in said) and not (tmp_path / "v" / "tensorflow.log").exists()
 
 
 def test_from_a_run_keeps_its_splits_grows_the_head_and_compares_on_the_same_test_photos(photos: Path,
