@@ -233,7 +233,7 @@ async def _client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
 
 async def _session(url: str, key: Path, cert: Path, user: str | None = None, password: str | None = None,
                    secure: bool = True) -> Client:
-    client = Client(url, timeout=5)
+    client = Client(url, timeout=30)  # an encrypted session opens in seconds under emulated arm64 (make pi-check)
     client.application_uri = f"urn:test:{cert.stem.removesuffix('-cert')}"
     if user is not None:
         client.set_user(user)

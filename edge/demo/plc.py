@@ -24,6 +24,8 @@ from linewatch.edge.device.plc.handshake import BY_NAME, POINTS, VERDICT_CODES
 from linewatch.edge.errors import BrokerError
 
 SCAN_S = 0.001  # the PLC's scan cycle, beyond its requests' own time
+# A request's timeout: an encrypted OPC UA session opens in milliseconds here, in seconds under emulated arm64
+REQUEST_TIMEOUT_S = 30.0
 VERDICTS = {code: verdict for verdict, code in VERDICT_CODES.items()}
 T = TypeVar("T")
 
@@ -121,7 +123,7 @@ class ModbusPlc(Plc):
         from pymodbus.client import ModbusTcpClient
 
         super().__init__()
-        self.client = ModbusTcpClient(host, port=port, timeout=2)
+        self.client = ModbusTcpClient(host, port=port, timeout=REQUEST_TIMEOUT_S)
         if not self.client.connect():
             raise BrokerError(f"the PLC could not connect to the device's Modbus server at {host}:{port}")
         self.unit_id = unit_id
@@ -173,7 +175,7 @@ class OpcUaPlc(Plc):
         key, cert = certificates / "plc-key.pem", certificates / "plc-cert.der"
         self._run(setup_self_signed_certificate(key, cert, "urn:linewatch:demo-plc", "localhost",
                                                 [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "demo PLC"}))
-        self.client = Client(url, timeout=5)
+        self.client = Client(url, timeout=REQUEST_TIMEOUT_S)
         self.client.application_uri = "urn:linewatch:demo-plc"
         self.client.set_user(username)
         self.client.set_password(password)
