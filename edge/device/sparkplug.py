@@ -76,7 +76,6 @@ class SparkplugNode:
         self._seq = 0
         self._last: dict[str, Any] = {}
         self._connected = False
-        self.births = 0
         self.refused_commands = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sparkplug", daemon=True)
@@ -136,7 +135,6 @@ class SparkplugNode:
             self._publish("DBIRTH", metrics, DEVICE)
             self._last = {m.name: m.value for m in metrics}
             self._connected = True
-            self.births += 1
         logger.info("sparkplug: born as %s/%s/%s (bdSeq %d)", self.group, self.node, DEVICE, self.bdseq)
 
     def tick(self) -> None:

@@ -235,11 +235,6 @@ class Handshake:
 
     # --- the line's side --------------------------------------------------------------------------
 
-    def owns(self, external_id: str | None) -> bool:
-        """Whether the PLC triggered this part (a photo-eye's or an MQTT trigger's part is not the PLC's to ack)."""
-        with self._lock:
-            return external_id in self._open
-
     def verdict(self, external_id: str | None, verdict: PartVerdict, class_index: int | None, score: float | None,
                 anomaly_score: float | None, decision_s: float | None) -> None:
         """The line decided a part (or found it late at the gate); a part not the PLC's is ignored."""
@@ -303,9 +298,3 @@ class Handshake:
             value = values[point.name] & (0xFFFFFFFF if point.type == "uint32" else 0xFFFF)
             words += [value >> 16, value & 0xFFFF] if point.type == "uint32" else [value]
         return words
-
-    def stats(self) -> dict[str, Any]:
-        """For the ``stats`` message: what a PLC's integrator looks at first."""
-        with self._lock:
-            return {"overruns": self.overruns, "open": len(self._open),
-                    "unacknowledged": (self._shown is not None) + len(self._queue)}
