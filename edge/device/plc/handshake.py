@@ -157,13 +157,6 @@ def _u16(value: float | None, scale: int) -> int:
     return NONE_U16 if value is None else max(0, min(NONE_U16 - 1, round(value * scale)))
 
 
-@dataclass
-class PartResult:
-    """What the PLC reads of one part, as point values."""
-
-    values: dict[str, int]
-
-
 class Handshake:
     """The handshake's state, shared by every protocol that serves it; thread-safe.
 
@@ -178,8 +171,8 @@ class Handshake:
         self._model_sha256 = model_sha256
         self.clock = clock
         self._lock = threading.Lock()
-        self._shown: PartResult | None = None
-        self._queue: deque[PartResult] = deque()
+        self._shown: dict[str, int] | None = None  # the result the PLC reads: point name -> value
+        self._queue: deque[dict[str, int]] = deque()
         self._open: dict[str, tuple[int, bool]] = {}  # external_id -> (PartId, overrun)
         self._next_id = 0
         self._ready = False
@@ -242,12 +235,12 @@ class Handshake:
             if external_id not in self._open:
                 return
             part_id, overrun = self._open.pop(external_id)
-            result = PartResult({
+            result = {
                 "OK": verdict in OK_VERDICTS, "NG": verdict not in OK_VERDICTS + ERROR_VERDICTS,
                 "Error": verdict in ERROR_VERDICTS, "Overrun": overrun, "PartId": part_id,
                 "ClassIndex": NONE_U16 if class_index is None else class_index,
                 "Score": _u16(score, SCORE_SCALE), "AnomalyScore": _u16(anomaly_score, ANOMALY_SCALE),
-                "Verdict": VERDICT_CODES[verdict], "DecisionMs": _u16(decision_s, 1000)})
+                "Verdict": VERDICT_CODES[verdict], "DecisionMs": _u16(decision_s, 1000)}
             if self._shown is None:
                 self._shown = result
             else:
@@ -276,7 +269,7 @@ class Handshake:
         counters = self._counters()
         rejected = counters.get("rejected_by_reason", {})
         with self._lock:
-            shown = self._shown.values if self._shown else {}
+            shown = self._shown or {}
             values = {
                 "Trigger": 0, "ResultsAck": 0, "Ready": self._ready, "TriggerReady": self._trigger_ready(),
                 "ResultsReady": self._shown is not None,

@@ -37,7 +37,7 @@ from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from linewatch.edge.device.plc.handshake import OPCUA_NAMESPACE, POINTS, Handshake, opcua_path
+from linewatch.edge.device.plc.handshake import BY_NAME, OPCUA_NAMESPACE, POINTS, Handshake, opcua_path
 from linewatch.edge.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class OpcUaServer:
             value = values[name]
             if name in self.nodes and self.values.get(name) != value:
                 self.values[name] = value
-                kind = VARIANTS[next(p.type for p in POINTS if p.name == name)]
+                kind = VARIANTS[BY_NAME[name].type]
                 await self.server.write_attribute_value(
                     self.nodes[name], ua.DataValue(ua.Variant(bool(value) if kind == ua.VariantType.Boolean
                                                               else value, kind)))
