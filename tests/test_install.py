@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from linewatch.edge.device import config
 from tests.helpers import linewatch
@@ -28,6 +29,12 @@ def _venv(folder: Path, system_site_packages: bool = True) -> Path:
 def _mode_owner(path: Path) -> tuple[str, int, int]:
     info = path.stat()
     return oct(stat.S_IMODE(info.st_mode)), info.st_uid, info.st_gid
+
+
+def _certificate_uri(path: Path) -> str:
+    cert = x509.load_der_x509_certificate(path.read_bytes())
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)[0]
 
 
 def test_install_into_a_root_sets_every_file_owner_and_mode(tiny: Path, tmp_path: Path) -> None:
@@ -55,12 +62,23 @@ def test_install_into_a_root_sets_every_file_owner_and_mode(tiny: Path, tmp_path
     cfg = config.load(etc / "linewatch.toml", environ={})
     assert (cfg.device_id, cfg.mqtt.broker, cfg.source.spec) == ("line-7", "mqtt://broker.plant:1883", "usb:0")
     assert "wrote" in proc.stdout
+    # The OPC UA server's certificate, made at install for this device (clients can be told to trust it before the
+    # server is turned on), its key the service user's alone.
+    opcua = state / "opcua"
+    assert _mode_owner(opcua) == ("0o700", uid, gid) and _mode_owner(opcua / "server-key.pem") == ("0o600", uid, gid)
+    assert _certificate_uri(opcua / "server-cert.der") == "urn:linewatch:line-7"
+    assert f"made the OPC UA server's certificate {opcua / 'server-cert.der'}" in proc.stdout
 
     (etc / "linewatch.toml").write_text((etc / "linewatch.toml").read_text().replace("line-7", "line-8"))
     again = linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody", "--device-id", "other")
     assert f"wrote {etc / 'linewatch.toml'}" not in again.stdout  # an edited configuration is never rewritten
     assert "it was edited since install wrote it, so these were not applied: device_id = other" in again.stdout
     assert config.load(etc / "linewatch.toml", environ={}).device_id == "line-8"
+    assert _certificate_uri(opcua / "server-cert.der") == "urn:linewatch:line-8"  # made again for the new id
+    assert "made the OPC UA server's certificate" in again.stdout
+    kept_certificate = (opcua / "server-cert.der").read_bytes()
+    linewatch("install", "--root", str(root), "--venv", str(venv), "--user", "nobody")
+    assert (opcua / "server-cert.der").read_bytes() == kept_certificate  # kept while it is still this device's
 
     kept = linewatch("uninstall", "--root", str(root))
     assert not unit.exists() and (etc / "linewatch.toml").is_file() and (state / "model.tflite").is_file()

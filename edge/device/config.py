@@ -337,8 +337,9 @@ class OpcUaSection(Section):
     insecure: bool = Field(default=False, description="also offer the unencrypted endpoint (security policy None): "
                                                       "for clients without Basic256Sha256; the password then crosses "
                                                       "the network in clear")
-    cert_file: str | None = Field(default=None, description="the server's certificate (DER); unset: one is made at the "
-                                                             "first start and kept in state_dir/opcua",
+    cert_file: str | None = Field(default=None, description="the server's certificate (DER); unset: one made by "
+                                                             "`linewatch install` (or at the first start) and kept "
+                                                             "in state_dir/opcua",
                                   json_schema_extra=FILE)
     key_file: str | None = Field(default=None, description="its private key (PEM)", json_schema_extra=FILE)
 

@@ -3,8 +3,8 @@
 Run as root from the venv that will run the daemon (made with ``--system-site-packages``, so
 apt's picamera2 and the Pi's GPIO libraries are visible). It creates the system user, the
 folders, the unit (its ``ExecStart`` pointing at this venv), the configuration from the flags
-given (the MQTT user is the device id, as the shipped broker ACL expects), the CA certificate
-and the password file. Then it checks the installed configuration as the daemon would
+given (the MQTT user is the device id, as the shipped broker ACL expects), the CA certificate,
+the password file and the OPC UA server's certificate. Then it checks the installed configuration as the daemon would
 (``linewatch check``) and only when that passes runs ``systemctl enable --now``; otherwise it
 starts nothing and prints what to fix. Running it again changes only what is missing or stale:
 a configuration the user edited is never rewritten. ``--root DIR`` installs into a folder
@@ -134,6 +134,26 @@ def _folder(path: Path, mode: int, owner: tuple[int, int]) -> None:
     os.chown(path, *owner)
 
 
+def _opcua_certificate(layout: Layout, owner: tuple[int, int], done: list[str]) -> None:
+    """The OPC UA server's own certificate, made now so that the SCADA or PLC can be told to trust it before the
+    server is turned on; the daemon keeps it (and makes it again as ``ensure_certificate`` says)."""
+    import asyncio
+
+    from linewatch.edge.device.plc.opcua import ensure_certificate, own_certificate
+
+    try:
+        device_id = tomllib.loads(layout.config.read_text()).get("device_id", socket.gethostname())
+    except tomllib.TOMLDecodeError:
+        return  # the check names what is wrong with the file
+    cert, key = own_certificate(layout.state)
+    before = cert.read_bytes() if cert.is_file() else None
+    asyncio.run(ensure_certificate(cert, key, str(device_id)))
+    for path in (cert.parent, cert, key):
+        os.chown(path, *owner)
+    if cert.read_bytes() != before:
+        done.append(f"made the OPC UA server's certificate {cert}: OPC UA clients trust it once (docs/plc.md)")
+
+
 @dataclass
 class Outcome:
     """What install did (a line each), how the installed configuration checked, and whether the unit runs."""
@@ -181,6 +201,7 @@ def install(root: Path = Path("/"), venv: Path | None = None, user: str = "linew
     if model is not None:
         _place(layout.model, model.read_bytes(), 0o640, (uid, gid), done)
     _place(layout.unit, unit_text(layout), 0o644, root_owned, done)
+    _opcua_certificate(layout, (uid, gid), done)
     # The daemon reads the password through systemd's credential; the check reads the file itself.
     report = check(layout.config, root=root, environ={})
     started = False

@@ -52,6 +52,25 @@ def _ids(index: int, name: str) -> tuple[str, str]:
     return f"ns={index};s={name}", f"{index}:{name}"
 
 
+def application_uri(device_id: str) -> str:
+    return f"urn:linewatch:{device_id}"
+
+
+def own_certificate(state_dir: Path) -> tuple[Path, Path]:
+    """Where the server keeps the certificate and key it made: (certificate, key)."""
+    return state_dir / "opcua" / "server-cert.der", state_dir / "opcua" / "server-key.pem"
+
+
+async def ensure_certificate(cert_file: Path, key_file: Path, device_id: str) -> None:
+    """The server's own certificate: made when missing, made again when expired or not this device's (asyncua's
+    rule), kept otherwise, so that a client that trusted it once goes on trusting it. The key is the service's
+    alone."""
+    cert_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await setup_self_signed_certificate(key_file, cert_file, application_uri(device_id), socket.gethostname(),
+                                        [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"linewatch {device_id}"})
+    key_file.chmod(0o600)
+
+
 class _Users:
     """asyncua's user manager: the configured user, trusted certificates, anonymous when allowed; each refusal
     logged once."""
@@ -96,9 +115,9 @@ class OpcUaServer:
         self.handshake = handshake
         self.host, self.port, self.device_id = host, port, device_id
         self.insecure = insecure
-        own = state_dir / "opcua"
-        self.cert_file = Path(cert_file) if cert_file else own / "server-cert.der"
-        self.key_file = Path(key_file) if key_file else own / "server-key.pem"
+        own_cert, own_key = own_certificate(state_dir)
+        self.cert_file = Path(cert_file) if cert_file else own_cert
+        self.key_file = Path(key_file) if key_file else own_key
         self.made_certificate = not cert_file
         self.trust_dir = Path(trust_dir) if trust_dir else None
         self.trusted = self._load_trusted(self.trust_dir) if self.trust_dir else set()
@@ -165,18 +184,13 @@ class OpcUaServer:
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name(f"linewatch {self.device_id}")
-        uri = f"urn:linewatch:{self.device_id}"
-        await server.set_application_uri(uri)
+        await server.set_application_uri(application_uri(self.device_id))
         policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
         server.set_security_policy(policies + ([ua.SecurityPolicyType.NoSecurity] if self.insecure else []))
         tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
         server.set_identity_tokens(tokens + ([ua.AnonymousIdentityToken] if self.users.anonymous else []))
         if self.made_certificate:
-            self.cert_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            await setup_self_signed_certificate(self.key_file, self.cert_file, uri, socket.gethostname(),
-                                                [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": f"linewatch "
-                                                                                                  f"{self.device_id}"})
-            self.key_file.chmod(0o600)
+            await ensure_certificate(self.cert_file, self.key_file, self.device_id)
         await server.load_certificate(str(self.cert_file))
         await server.load_private_key(str(self.key_file))
         if self.trust_dir is not None:
