@@ -13,6 +13,7 @@ instead of ``/`` (for images and tests): no systemctl, no useradd there.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import hashlib
 import os
@@ -137,9 +138,7 @@ def _folder(path: Path, mode: int, owner: tuple[int, int]) -> None:
 def _opcua_certificate(layout: Layout, owner: tuple[int, int], done: list[str]) -> None:
     """The OPC UA server's own certificate, made now so that the SCADA or PLC can be told to trust it before the
     server is turned on; the daemon keeps it (and makes it again as ``ensure_certificate`` says)."""
-    import asyncio
-
-    from linewatch.edge.device.plc.opcua import ensure_certificate, own_certificate
+    from linewatch.edge.device.plc.opcua import ensure_certificate, own_certificate  # asyncua: only when installing
 
     try:
         device_id = tomllib.loads(layout.config.read_text()).get("device_id", socket.gethostname())
