@@ -112,7 +112,8 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
     proc = subprocess.Popen([*CLI, "run", "--config", str(etc / "linewatch.toml"), "--fps", "25", "--ha-discovery",
                              "--stats-interval", "1", "--line", "mqtt", "--reject-pin", "27", "--reject-delay-ms",
                              "1500", "--set", "line.pin_factory=mock", "--set", "line.window_ms=600", "--samples",
-                             "--set", "samples.below=1", "--set", "samples.per_hour=360", "--sparkplug"],
+                             "--set", "samples.below=1", "--set", "samples.per_hour=360", "--sparkplug",
+                             "--set", "sparkplug.primary_host_id=ignition"],
                             cwd=ROOT, env={**ENV, **below_root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -143,7 +144,11 @@ def test_the_shipped_acl_passwords_and_tls_carry_every_topic_to_whom_it_names(
                             "--timeout", "60", check=False)
         assert watched.returncode == 0 and len(watched.stdout.splitlines()) >= 5, watched.stderr
 
-        # Ignition sees the edge node born and its data, and may ask it to be born again.
+        # Ignition, the primary host, says it is online (the device may read that); then it sees the edge node born
+        # and its data, and may ask it to be born again.
+        assert not [m for m in ignition.messages if "/line-3" in m.topic]  # no births before the host is online
+        ignition.client.publish("spBv1.0/STATE/ignition", json.dumps({"online": True, "timestamp": int(
+            time.time() * 1000)}), qos=1, retain=True)
         spb = lambda kind: [m for m in ignition.messages if m.topic.split("/")[2:4] == [kind, "line-3"]]  # noqa: E731
         assert ignition.wait_for(lambda s: spb("NBIRTH") and spb("DBIRTH") and spb("DDATA"), 30), \
             [m.topic for m in ignition.messages]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -97,3 +98,40 @@ def test_a_bad_ncmd_is_refused_and_logged_once(tiny: Path, broker, tmp_path: Pat
     assert stderr.count("NCMD refused") == 1 and "Traceback" not in stderr, stderr[-2000:]
     assert len(_spb(sub, "NBIRTH")) == 1  # no rebirth for what was not a rebirth
 
+
+
+def test_with_a_primary_host_the_births_wait_for_its_state_and_its_going_offline_ends_the_session(
+        tiny: Path, broker, tmp_path: Path) -> None:
+    """Sparkplug 3.0's primary host: born only while its retained STATE says online; offline is NDEATH and a new
+    session (a new bdSeq) that waits again; an older STATE and one that is not JSON are ignored."""
+    sub = Collector(broker.url, "spBv1.0/#")
+    results = Collector(broker.url, "linewatch/spb-host/result")
+    state = "spBv1.0/STATE/scada"
+    proc = start_daemon(tiny, broker.url, "spb-host", tmp_path, "--sparkplug", "--set", "sparkplug.interval_s=0.2",
+                        "--set", "sparkplug.primary_host_id=scada")
+    try:
+        assert results.wait_for(lambda s: len(s.messages) >= 10, 60), proc.stderr
+        assert not [m for m in sub.messages if m.topic != state]  # inspecting, but nothing born: no host yet
+        now = int(time.time() * 1000)
+        sub.client.publish(state, b"not json", qos=1, retain=True)
+        sub.client.publish(state, json.dumps({"online": True, "timestamp": now}), qos=1, retain=True)
+        assert sub.wait_for(lambda s: len(_spb(s, "DDATA")) >= 1, 30)
+        sub.client.publish(state, json.dumps({"online": False, "timestamp": now - 1}), qos=1)  # older: ignored
+        sub.client.publish(state, json.dumps({"online": False, "timestamp": now + 1}), qos=1, retain=True)
+        assert sub.wait_for(lambda s: len(_spb(s, "NDEATH")) == 1, 30)
+        time.sleep(1.5)  # the new session, waiting for the host
+        assert len(_spb(sub, "NBIRTH")) == 1
+        sub.client.publish(state, json.dumps({"online": True, "timestamp": now + 2}), qos=1, retain=True)
+        assert sub.wait_for(lambda s: len(_spb(s, "NBIRTH")) == 2 and len(_spb(s, "DBIRTH")) == 2, 30), proc.stderr
+        _, stderr = stop_daemon(proc)
+    finally:
+        proc.kill()
+        sub.client.publish(state, b"", retain=True)  # the broker is the session's: leave no retained STATE
+        sub.close()
+        results.close()
+    assert sub.wait_for(lambda s: len(_spb(s, "NDEATH")) == 2, 20)
+    bdseq = [decode(p)["metrics"]["bdSeq"] for p in _spb(sub, "NBIRTH")]
+    deaths = [decode(p)["metrics"]["bdSeq"] for p in _spb(sub, "NDEATH")]
+    assert deaths == bdseq and bdseq[1] == (bdseq[0] + 1) % 256, (bdseq, deaths)
+    assert stderr.count("spBv1.0/STATE/scada is not") == 1 and stderr.count("primary host scada is offline") == 1
+    assert "Traceback" not in stderr

@@ -357,6 +357,11 @@ class SparkplugSection(Section):
                                                  "expects)")
     interval_s: float = Field(default=1.0, ge=0.1, description="how often the metrics are checked; DDATA carries "
                                                                "those that changed")
+    primary_host_id: str | None = Field(default=None, pattern=r"^[^#+/]+$",
+                                        description="the Sparkplug primary host (e.g. Ignition's MQTT Engine): the "
+                                                    "births wait for its STATE to say online, and the session ends "
+                                                    "(NDEATH, a new connection) while it says offline; unset: born "
+                                                    "at once")
 
 
 class HttpSection(Section):

@@ -8,10 +8,16 @@ connect ``NBIRTH`` (with ``bdSeq`` and ``Node Control/Rebirth``) and ``DBIRTH`` 
 per connection and is kept in ``state_dir``, so a host pairs each ``NDEATH`` with its ``NBIRTH``
 across restarts. The JSON topics are untouched. Metrics come from the ``DeviceReading`` the setup
 page and Prometheus read.
+
+With ``primary_host_id`` set (Sparkplug 3.0's primary host application, e.g. Ignition's MQTT Engine),
+the births wait for the host's retained ``spBv1.0/STATE/<id>`` to say online; when it says offline,
+the node sends ``NDEATH`` and opens a new session, which waits again. A STATE older than one seen
+is ignored, as the specification asks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -32,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 DEVICE = "vision"  # the Sparkplug device under the edge node: the camera and its model
 REBIRTH = "Node Control/Rebirth"
+
+
+def state_topic(host_id: str) -> str:
+    """Where a Sparkplug primary host publishes whether it is online (retained, its will saying offline)."""
+    return f"spBv1.0/STATE/{host_id}"
 
 
 def device_metrics(reading: DeviceReading) -> list[Metric]:
@@ -72,6 +83,12 @@ class SparkplugNode:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.message_callback_add(topic(self.group, "NCMD", self.node), self._on_command)
+        self.host = cfg.primary_host_id
+        if self.host is not None:
+            self.client.message_callback_add(state_topic(self.host), self._on_state)
+        self._host_seen = -1  # the newest STATE's timestamp
+        self._bad_states = 0
+        self._walk = threading.Event()  # the host went offline: end this session, open another
         self._lock = threading.Lock()
         self._seq = 0
         self._last: dict[str, Any] = {}
@@ -110,7 +127,10 @@ class SparkplugNode:
         if reason.is_failure:
             return
         client.subscribe(topic(self.group, "NCMD", self.node), qos=0)
-        self._birth()
+        if self.host is None:
+            self._birth()
+        else:  # retained: the host's state comes at once, and the births with it when it is online
+            client.subscribe(state_topic(self.host), qos=1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._lock:
@@ -148,8 +168,45 @@ class SparkplugNode:
                 self._publish("DDATA", changed, DEVICE)
                 self._last.update({m.name: m.value for m in changed})
 
+    def _on_state(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """The primary host's STATE: online, the births (once); offline, NDEATH and a new session."""
+        try:
+            state = json.loads(msg.payload)
+            online, timestamp = state["online"], state["timestamp"]
+            if not isinstance(online, bool) or not isinstance(timestamp, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            self._bad_states += 1
+            if self._bad_states == 1:
+                logger.warning('sparkplug: %s is not {"online": true|false, "timestamp": ms}: ignored (logged once)',
+                               msg.topic)
+            return
+        if timestamp < self._host_seen:
+            return
+        self._host_seen = timestamp
+        if online and not self._connected:
+            self._birth()
+        elif not online and self._connected:
+            with self._lock:
+                self._connected = False
+                client.publish(topic(self.group, "NDEATH", self.node), self._death(), qos=1)
+            logger.warning("sparkplug: primary host %s is offline: NDEATH sent; a new session waits for it", self.host)
+            self._walk.set()
+
+    def _new_session(self) -> None:
+        """Leave the broker and connect again (from this node's thread: paho's own ends with the session)."""
+        self._walk.clear()
+        self.client.disconnect()
+        self.client.loop_stop()  # when it returns, the next session's bdSeq and will are set (_on_disconnect)
+        broker = parse_broker(self.mqtt_cfg.broker)
+        self.client.connect_async(broker.host, broker.port, keepalive=self.mqtt_cfg.keepalive)
+        self.client.loop_start()
+
     def _run(self) -> None:
         while not self._stop.wait(self.cfg.interval_s):
+            if self._walk.is_set():
+                self._new_session()
+                continue
             try:
                 self.tick()
             except Exception:  # a reading that fails is logged; the node keeps its session
