@@ -4,11 +4,12 @@ Run as root from the venv that will run the daemon (made with ``--system-site-pa
 apt's picamera2 and the Pi's GPIO libraries are visible). It creates the system user, the
 folders, the unit (its ``ExecStart`` pointing at this venv), the configuration from the flags
 given (the MQTT user is the device id, as the shipped broker ACL expects), the CA certificate,
-the password file and the OPC UA server's certificate. Then it checks the installed configuration as the daemon would
-(``linewatch check``) and only when that passes runs ``systemctl enable --now``; otherwise it
-starts nothing and prints what to fix. Running it again changes only what is missing or stale:
-a configuration the user edited is never rewritten. ``--root DIR`` installs into a folder
-instead of ``/`` (for images and tests): no systemctl, no useradd there.
+the password file and the OPC UA server's certificate. Then it checks the installed
+configuration as the daemon would (``linewatch check``) and only when that passes runs
+``systemctl enable --now``; otherwise it starts nothing and prints what to fix. Running it
+again changes only what is missing or stale: a configuration the user edited is never
+rewritten. ``--root DIR`` installs into a folder instead of ``/`` (for images and tests): no
+systemctl, no useradd there.
 """
 
 from __future__ import annotations
