@@ -19,6 +19,7 @@ from pymodbus.exceptions import ModbusException
 
 from linewatch.edge.comms.payloads import PartMessage
 from linewatch.edge.demo.brokers import free_port
+from linewatch.edge.demo.plc import REQUEST_TIMEOUT_S
 from linewatch.edge.device.plc.handshake import BY_NAME, POINTS, TABLES, VERDICT_CODES, Handshake, plc_map
 from linewatch.edge.device.plc.opcua import NAMESPACE
 from tests.helpers import Collector, FakeClock, linewatch, start_daemon, stop_daemon, wait_until
@@ -233,7 +234,7 @@ async def _client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
 
 async def _session(url: str, key: Path, cert: Path, user: str | None = None, password: str | None = None,
                    secure: bool = True) -> Client:
-    client = Client(url, timeout=30)  # an encrypted session opens in seconds under emulated arm64 (make pi-check)
+    client = Client(url, timeout=REQUEST_TIMEOUT_S)  # the demo PLC's: slow under emulated arm64 (pi-check)
     client.application_uri = f"urn:test:{cert.stem.removesuffix('-cert')}"
     if user is not None:
         client.set_user(user)

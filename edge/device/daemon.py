@@ -37,6 +37,7 @@ from linewatch.edge.device.config import (
     MqttSection,
     OpcUaSection,
     Rotation,
+    SparkplugSection,
 )
 from linewatch.edge.device.line import LATENCY_MARGIN_MS, LineController, Part, decision_latency_ms
 from linewatch.edge.device.metrics import Metrics
@@ -125,7 +126,7 @@ class Daemon:
         self.read = DeviceReader(device_id=cfg.device_id, pipeline=self.pipeline, sink=self.sink,
                                  publisher=self.publisher, paused=self.paused, line=self.line)
         self.metrics = Metrics(cfg.device_id, self.read)
-        self.sparkplug = self.init_sparkplug() if cfg.sparkplug.enabled else None
+        self.sparkplug = self.init_sparkplug(cfg.sparkplug) if cfg.sparkplug.enabled else None
         if self.line is not None:
             self.line.on_decision = self.metrics.decision.observe
         self.updater = ModelUpdater(Path(cfg.model.path), self.state_dir / "ota", install=self.install,
@@ -199,11 +200,11 @@ class Daemon:
         line.on_verdict, line.on_check = verdict, handshake.beat
         return handshake
 
-    def init_sparkplug(self) -> SparkplugNode:
+    def init_sparkplug(self, sparkplug: SparkplugSection) -> SparkplugNode:
         """The Sparkplug B edge node, on a connection of its own: it reads what the setup page reads."""
         from linewatch.edge.device.sparkplug import SparkplugNode
 
-        return SparkplugNode(self.cfg.sparkplug, self.cfg.mqtt, self.cfg.device_id, self.credentials, self.read,
+        return SparkplugNode(sparkplug, self.cfg.mqtt, self.cfg.device_id, self.credentials, self.read,
                              self.state_dir)
 
     def init_modbus(self, modbus: ModbusSection) -> ModbusServer:
@@ -216,7 +217,7 @@ class Daemon:
         return server
 
     def init_opcua(self, opcua: OpcUaSection) -> OpcUaServer:
-        """OPC UA, listening now; the server's certificate made at the first start."""
+        """OPC UA, listening now; the server's certificate kept, or made when install did not make it."""
         from linewatch.edge.device.plc.opcua import OpcUaServer
 
         assert self.handshake is not None and opcua.listen
